@@ -1,0 +1,65 @@
+/*
+ * The mount's path grammar: what a path under the mount root names.
+ *
+ *   ""                          FS_PATH_ROOT       the mount root
+ *   "me"                        FS_PATH_ME         symlink to the token's user
+ *   "datasets", "spaces"        FS_PATH_TYPE       namespaces of that repo type
+ *   "NS", "datasets/NS"         FS_PATH_NAMESPACE  repos of NS
+ *   "NS/REPO"                   FS_PATH_REPO       its revisions
+ *   "NS/REPO/refs[/pr|/convert]" FS_PATH_REFS      groups of special refs
+ *   "NS/REPO/REV"               FS_PATH_REVISION   a branch or tag (REV may be
+ *                                                  %-encoded: "feature%2Fx")
+ *   "NS/REPO/refs/pr/N"         FS_PATH_REVISION   pull request N
+ *   "NS/REPO/refs/convert/X"    FS_PATH_REVISION   e.g. refs/convert/parquet
+ *   "NS/REPO@REV"               FS_PATH_REVISION   pinned: commit id (full or
+ *                                                  short), tag, branch, or a
+ *                                                  %-encoded ref
+ *   "<any revision>/PATH"       FS_PATH_ENTRY      a file or directory in it
+ *
+ * Parsing checks every name against the Hub's rules (hub_id.h), so a name that
+ * cannot exist on the Hub is refused without asking it.  It says nothing about
+ * whether the name exists.
+ */
+#ifndef HUBFS_FS_PATH_H
+#define HUBFS_FS_PATH_H
+
+#include <stdbool.h>
+
+#include "hub_id.h"
+
+enum fs_path_kind {
+	FS_PATH_ROOT,
+	FS_PATH_ME,
+	FS_PATH_TYPE,
+	FS_PATH_NAMESPACE,
+	FS_PATH_REPO,
+	FS_PATH_REFS,
+	FS_PATH_REVISION,
+	FS_PATH_ENTRY,
+};
+
+struct fs_path {
+	enum fs_path_kind kind;
+	enum hub_repo_type type;      /* from FS_PATH_TYPE on */
+	bool pinned;                  /* the revision was written REPO@REV */
+	char ns[HUB_NAME_MAX + 1];    /* from FS_PATH_NAMESPACE on */
+	char repo[HUB_NAME_MAX + 1];  /* from FS_PATH_REPO on */
+	/* From FS_PATH_REVISION on: the decoded revision ("main", "refs/pr/1").
+	 * For FS_PATH_REFS: the group, "refs", "refs/pr" or "refs/convert". */
+	char rev[HUB_REV_MAX + 1];
+	/* FS_PATH_ENTRY: the path inside the revision's tree, borrowed from the
+	 * parsed string.  "" otherwise. */
+	const char *path;
+};
+
+/* The name of the root's symlink to the token's user. */
+#define FS_PATH_ME_NAME "me"
+
+/* Parses @path, relative to the mount root (leading '/' ignored), into @out.
+ * @out->path borrows from @path, which must outlive @out.
+ * Returns 0; -ENOENT when a component is not a valid name for its place (so
+ * nothing can exist there); -ENAMETOOLONG when a name or the path is too
+ * long; -ENOMEM. */
+int fs_path_parse(const char *path, struct fs_path *out);
+
+#endif

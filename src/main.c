@@ -1,0 +1,80 @@
+/*
+ * hubfs: the command line.
+ *
+ * Dispatches "hubfs COMMAND [ARGS]" to the command's entry point.  Today only
+ * --help and --version do their work; mount, umount, status and cache are
+ * named so that scripts and users see the planned interface, and say plainly
+ * that this build does not have them yet.
+ */
+#include "config.h"
+
+#define FUSE_USE_VERSION 314
+#include <fuse.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "cache_hash.h"
+#include "http.h"
+#include "log.h"
+
+static const char hubfs_usage[] =
+	"usage: hubfs COMMAND [OPTIONS] [ARGS]\n"
+	"\n"
+	"The Hugging Face Hub as a filesystem.\n"
+	"\n"
+	"commands:\n"
+	"  mount MOUNTPOINT      mount the Hub on MOUNTPOINT              (planned)\n"
+	"  umount MOUNTPOINT     commit what is pending, then unmount     (planned)\n"
+	"  status [MOUNTPOINT]   pending changes, uploads and errors      (planned)\n"
+	"  cache stats|prune|clear\n"
+	"                        show, trim or empty the blob cache       (planned)\n"
+	"\n"
+	"options:\n"
+	"  -h, --help            show this help and exit\n"
+	"  -V, --version         show the version and the libraries' and exit\n"
+	"\n"
+	"environment:\n"
+	"  HF_ENDPOINT           the Hub to use (default https://huggingface.co)\n"
+	"  HF_TOKEN              access token (else HF_TOKEN_PATH, $HF_HOME/token,\n"
+	"                        ~/.cache/huggingface/token)\n"
+	"\n"
+	"See hubfs(1) for the layout of the mount and its semantics.\n";
+
+static void hubfs_print_version(void)
+{
+	printf("hubfs %s\n", PACKAGE_VERSION);
+	printf("libfuse %s\n", fuse_pkgversion());
+	printf("%s\n", http_lib_version());
+	printf("%s\n", cache_hash_lib_version());
+}
+
+static const char *const hubfs_planned[] = { "mount", "umount", "status", "cache" };
+
+int main(int argc, char *argv[])
+{
+	const char *cmd;
+
+	if (argc < 2) {
+		fputs(hubfs_usage, stderr);
+		return 2;
+	}
+	cmd = argv[1];
+	if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+		fputs(hubfs_usage, stdout);
+		return 0;
+	}
+	if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+		hubfs_print_version();
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(hubfs_planned) / sizeof(hubfs_planned[0]); i++) {
+		if (!strcmp(cmd, hubfs_planned[i])) {
+			log_msg(LOG_ERR, "command '%s' is not implemented in hubfs %s yet", cmd,
+				PACKAGE_VERSION);
+			return 1;
+		}
+	}
+	log_msg(LOG_ERR, "unknown command '%s' (see 'hubfs --help')", cmd);
+	return 2;
+}

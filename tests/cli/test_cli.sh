@@ -1,0 +1,33 @@
+#!/bin/bash
+# The command line: --help, --version, planned and unknown commands.  TAP.
+set -u
+hubfs=${HUBFS_BUILDDIR:-.}/hubfs
+n=0
+failed=0
+check() { # check DESCRIPTION COMMAND...
+	local desc=$1
+	shift
+	n=$((n + 1))
+	if "$@"; then echo "ok $n - $desc"; else echo "not ok $n - $desc"; failed=1; fi
+}
+
+out=$("$hubfs" --help); rc=$?
+check "--help exits 0" test $rc -eq 0
+for cmd in mount umount status cache; do
+	check "--help lists '$cmd'" grep -q "^  $cmd" <<<"$out"
+done
+out=$("$hubfs" --version); rc=$?
+check "--version exits 0" test $rc -eq 0
+check "--version names hubfs and its version" grep -qx "hubfs [0-9][0-9.]*" <<<"$(head -n1 <<<"$out")"
+check "--version names libfuse" grep -q "^libfuse 3\." <<<"$out"
+check "--version names libcurl" grep -q "^libcurl/" <<<"$out"
+err=$("$hubfs" mount /nonexistent 2>&1); rc=$?
+check "a planned command exits 1" test $rc -eq 1
+check "a planned command says it is not implemented" grep -q "not implemented" <<<"$err"
+err=$("$hubfs" frobnicate 2>&1); rc=$?
+check "an unknown command exits 2" test $rc -eq 2
+check "an unknown command is named in the error" grep -q "'frobnicate'" <<<"$err"
+"$hubfs" >/dev/null 2>&1; rc=$?
+check "no command exits 2" test $rc -eq 2
+echo "1..$n"
+exit $failed
