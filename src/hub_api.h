@@ -1,0 +1,113 @@
+/*
+ * Typed calls of the Hub's HTTP API: JSON in, hubfs structs out.
+ *
+ * The only part of hubfs that includes cJSON.h.  Every answer is untrusted:
+ * names and paths are checked with the rules of hub_id.h, lengths and counts
+ * are bounded, and a malformed answer gives -EIO with a log line.
+ * Functions return 0 or a negative errno (see http_status_errno() for the
+ * mapping of the Hub's errors).  All are thread-safe.
+ */
+#ifndef HUBFS_HUB_API_H
+#define HUBFS_HUB_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http.h"
+#include "hub_id.h"
+
+/* Most entries accepted in one directory listing, and repos in a namespace. */
+#define HUB_LIST_MAX 1000000
+
+struct hub_repo {
+	enum hub_repo_type type;
+	const char *ns;   /* borrowed */
+	const char *name; /* borrowed */
+};
+
+struct hub_whoami {
+	char *name;     /* the token's user */
+	char **orgs;    /* its organisations */
+	size_t n_orgs;
+};
+
+/* GET /api/whoami-v2.  -EACCES for a bad token.  Release with
+ * hub_whoami_release(). */
+int hub_whoami(struct http_client *http, struct hub_whoami *out);
+void hub_whoami_release(struct hub_whoami *w);
+
+/* Whether @ns is a user or an organisation: 0, -ENOENT, or another error. */
+int hub_namespace_exists(struct http_client *http, const char *ns);
+
+struct hub_names {
+	char **names;
+	size_t n;
+};
+
+/* The names (without namespace) of the repos of @type in @ns that the token
+ * can see, all pages.  Release with hub_names_release(). */
+int hub_list_repos(struct http_client *http, enum hub_repo_type type, const char *ns,
+		   struct hub_names *out);
+void hub_names_release(struct hub_names *names);
+
+enum hub_ref_kind {
+	HUB_REF_BRANCH,
+	HUB_REF_TAG,
+	HUB_REF_PR,      /* name "refs/pr/N" */
+	HUB_REF_CONVERT, /* name "refs/convert/NAME" */
+};
+
+struct hub_ref {
+	enum hub_ref_kind kind;
+	char *name;
+	char commit[HUB_COMMIT_LEN + 1];
+};
+
+struct hub_refs {
+	struct hub_ref *refs;
+	size_t n;
+};
+
+/* GET .../refs?include_prs=1.  Release with hub_refs_release(). */
+int hub_list_refs(struct http_client *http, const struct hub_repo *repo, struct hub_refs *out);
+void hub_refs_release(struct hub_refs *refs);
+
+struct hub_revision {
+	char commit[HUB_COMMIT_LEN + 1]; /* full commit id */
+	int64_t mtime;                   /* lastModified, seconds since the epoch */
+	bool private;
+};
+
+/* GET .../revision/REV: resolves a branch, tag, ref or (short) commit id.
+ * -ENOENT when the repo or the revision does not exist (or is hidden). */
+int hub_resolve(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		struct hub_revision *out);
+
+struct hub_entry {
+	const char *name;  /* last component, borrowed from the page */
+	bool is_dir;
+	uint64_t size;     /* the LFS object's size for LFS files */
+	char oid[HUB_COMMIT_LEN + 1];  /* git object id */
+	char sha256[65];   /* LFS oid, or "" */
+};
+
+/* Receives one page of a listing; returns 0 or -errno to stop. */
+typedef int (*hub_entries_fn)(void *arg, const struct hub_entry *entries, size_t n);
+
+/* GET .../tree/COMMIT/DIR, every page, non-recursive.  @dir is "" for the
+ * root.  Each page's entries are checked (a direct child of @dir, valid name,
+ * valid ids) before @fn sees them.  -ENOENT if @dir does not exist, -ENOTDIR
+ * if it is a file. */
+int hub_list_tree(struct http_client *http, const struct hub_repo *repo, const char *commit,
+		  const char *dir, hub_entries_fn fn, void *arg);
+
+/* The resolve URL of @path at @commit (caller frees), or NULL. */
+char *hub_resolve_url(struct http_client *http, const struct hub_repo *repo, const char *commit,
+		      const char *path);
+
+/* Parses an ISO 8601 UTC time ("2026-06-01T12:34:56.000Z").  Returns the
+ * seconds since the epoch, or -1. */
+int64_t hub_parse_time(const char *s);
+
+#endif
