@@ -1,0 +1,1254 @@
+/*
+ * Blob handles: a blob's sparse file, which of its chunks are present, the
+ * single flight of fills, verification, discard, and the persistence of
+ * presence.  See cache.h for the contract.
+ *
+ * Invariants:
+ * - A bit of `present` is set only once every byte of its chunk was written
+ *   (pwrite returned) to the current file, in the current generation.  Bits
+ *   are cleared only by a discard, with the io lock write-held, so a reader
+ *   that saw its bits with io read-held preads the bytes they describe.
+ *   Present chunks are never written again.
+ * - The row's presence is a subset of what was written before the last
+ *   fdatasync of the file: a flush snapshots the bitmap, syncs, and only then
+ *   writes the snapshot to the index.
+ * - A row only describes the file at DIR/blobs/xx/<id>: when there is no
+ *   file, the row is deleted before one is created; a file of the wrong size
+ *   is unlinked; a discard unlinks the file before it makes a new one; an
+ *   eviction unlinks the file before it deletes the row.  After a crash at
+ *   any point, no row claims chunks of a file that does not hold them.  A
+ *   handle checks, after reading its row, that its file is still the one at
+ *   the path (another process may have replaced it).
+ * - One flush or discard at a time per blob (the `persisting` flag, waited
+ *   for on `cond`), holding no lock while it syncs or writes the index.
+ * - Each chunk marked in `filling` belongs to one struct cache_fill of
+ *   `fills`, where waiters find the result of its fill.
+ * - A running hash follows the leading present chunks (advanced by the
+ *   cache's worker); the read whose fill lands the last chunk waits for the
+ *   verdict, and so does any read of the blob until it is given.
+ *
+ * Lock order (cache_internal.h explains each): c->table_lock, then b->io,
+ * then b->lock, then the index's locks.  No lock is held while a fill runs,
+ * during an fdatasync or an index call.  The read hot path takes io for
+ * reading and reads the bitmap with atomic loads: no mutex.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "cache.h"
+#include "cache_index.h"
+#include "cache_internal.h"
+
+/* Runs of missing chunks one thread claims at a time. */
+#define BLOB_RUNS 16
+/* Times a range is filled again after a discard took it away. */
+#define BLOB_RETRIES 4
+/* Last use is persisted before the last put only when older than this (ms). */
+#define BLOB_USED_GRANULARITY 10000
+/* Buffers of import copies and of hashing. */
+#define BLOB_IO_BUFFER (1u << 20)
+#define BLOB_HASH_BUFFER (128u << 10)
+
+/*
+ * Bitmaps.  `present` is written under b->lock and read with atomic loads
+ * anywhere; `filling` only under b->lock.
+ */
+
+static bool bit_test(const uint64_t *w, uint64_t i)
+{
+	return (__atomic_load_n(&w[i >> 6], __ATOMIC_ACQUIRE) >> (i & 63)) & 1;
+}
+
+static void bit_set(uint64_t *w, uint64_t i)
+{
+	__atomic_fetch_or(&w[i >> 6], 1ull << (i & 63), __ATOMIC_RELEASE);
+}
+
+static bool fill_test(const uint64_t *w, uint64_t i)
+{
+	return (w[i >> 6] >> (i & 63)) & 1;
+}
+
+static void fill_set(uint64_t *w, uint64_t i, bool on)
+{
+	if (on)
+		w[i >> 6] |= 1ull << (i & 63);
+	else
+		w[i >> 6] &= ~(1ull << (i & 63));
+}
+
+/* True if chunks [first, last] are all present. */
+static bool range_present(const struct cache_blob *b, uint64_t first, uint64_t last)
+{
+	for (uint64_t i = first; i <= last;) {
+		uint64_t top = (i | 63) < last ? (i | 63) : last;
+		uint64_t mask = (~0ull << (i & 63)) & (~0ull >> (63 - (top & 63)));
+
+		if ((__atomic_load_n(&b->present[i >> 6], __ATOMIC_ACQUIRE) & mask) != mask)
+			return false;
+		i = top + 1;
+	}
+	return true;
+}
+
+static uint64_t chunk_start(const struct cache_blob *b, uint64_t i)
+{
+	return i << b->c->chunk_shift;
+}
+
+static uint64_t chunk_end(const struct cache_blob *b, uint64_t i)
+{
+	uint64_t end = (i + 1) << b->c->chunk_shift;
+
+	return end < b->size ? end : b->size;
+}
+
+/* All chunks present but not verified yet. */
+static bool blob_needs_verify(const struct cache_blob *b)
+{
+	return __atomic_load_n(&b->npresent, __ATOMIC_ACQUIRE) == b->nchunks &&
+	       !__atomic_load_n(&b->verified, __ATOMIC_ACQUIRE);
+}
+
+static void blob_touch(struct cache_blob *b)
+{
+	__atomic_store_n(&b->last_used, cache_now_ms(), __ATOMIC_RELAXED);
+}
+
+/*
+ * Plain I/O.
+ */
+
+static int pwrite_full(int fd, const unsigned char *p, uint64_t len, uint64_t off)
+{
+	while (len) {
+		size_t n = len < (1u << 30) ? (size_t)len : (1u << 30);
+		ssize_t w = pwrite(fd, p, n, (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		if (w == 0)
+			return -EIO;
+		p += w;
+		off += (uint64_t)w;
+		len -= (uint64_t)w;
+	}
+	return 0;
+}
+
+/* Reads exactly @len bytes: the range is inside the file (sized at creation). */
+static ssize_t pread_full(int fd, unsigned char *p, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = pread(fd, p + done, len - done, (off_t)(off + done));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO; /* truncated behind our back */
+		done += (size_t)r;
+	}
+	return (ssize_t)done;
+}
+
+/*
+ * Presence in memory.  Called with b->lock held.
+ */
+
+static struct cache_partial *partial_find(struct cache_blob *b, uint64_t chunk)
+{
+	for (size_t i = 0; i < b->npartials; i++)
+		if (b->partials[i].chunk == chunk)
+			return &b->partials[i];
+	return NULL;
+}
+
+static void partial_drop(struct cache_blob *b, struct cache_partial *p)
+{
+	free(p->ranges);
+	*p = b->partials[--b->npartials];
+}
+
+static void partials_clear(struct cache_blob *b)
+{
+	for (size_t i = 0; i < b->npartials; i++)
+		free(b->partials[i].ranges);
+	b->npartials = 0;
+}
+
+/* Adds [s, e) to what was written of chunk @chunk, which spans [cs, ce).
+ * Returns 1 when the chunk is now complete (its record is dropped), 0 when
+ * not yet, -ENOMEM. */
+static int partial_add(struct cache_blob *b, uint64_t chunk, uint64_t s, uint64_t e, uint64_t cs,
+		       uint64_t ce)
+{
+	struct cache_partial *p = partial_find(b, chunk);
+	size_t i = 0, j;
+
+	if (!p) {
+		if (b->npartials == b->partials_cap) {
+			size_t cap = b->partials_cap ? 2 * b->partials_cap : 8;
+			struct cache_partial *np = realloc(b->partials, cap * sizeof(*np));
+
+			if (!np)
+				return -ENOMEM;
+			b->partials = np;
+			b->partials_cap = cap;
+		}
+		p = &b->partials[b->npartials++];
+		memset(p, 0, sizeof(*p));
+		p->chunk = chunk;
+	}
+	if (p->n == p->cap) {
+		size_t cap = p->cap ? 2 * p->cap : 4;
+		struct cache_range *nr = realloc(p->ranges, cap * sizeof(*nr));
+
+		if (!nr) {
+			if (!p->n)
+				partial_drop(b, p);
+			return -ENOMEM;
+		}
+		p->ranges = nr;
+		p->cap = cap;
+	}
+	/* Merge [s, e) with the ranges it overlaps or touches. */
+	while (i < p->n && p->ranges[i].end < s)
+		i++;
+	for (j = i; j < p->n && p->ranges[j].start <= e; j++) {
+		if (p->ranges[j].start < s)
+			s = p->ranges[j].start;
+		if (p->ranges[j].end > e)
+			e = p->ranges[j].end;
+	}
+	if (i == j) {
+		memmove(&p->ranges[i + 1], &p->ranges[i], (p->n - i) * sizeof(*p->ranges));
+		p->n++;
+	} else {
+		memmove(&p->ranges[i + 1], &p->ranges[j], (p->n - j) * sizeof(*p->ranges));
+		p->n -= j - i - 1;
+	}
+	p->ranges[i].start = s;
+	p->ranges[i].end = e;
+	if (p->n == 1 && p->ranges[0].start == cs && p->ranges[0].end == ce) {
+		partial_drop(b, p);
+		return 1;
+	}
+	return 0;
+}
+
+static void mark_present(struct cache_blob *b, uint64_t i)
+{
+	uint64_t len = chunk_end(b, i) - chunk_start(b, i);
+	struct cache_partial *p = partial_find(b, i);
+
+	if (p)
+		partial_drop(b, p);
+	bit_set(b->present, i);
+	__atomic_add_fetch(&b->npresent, 1, __ATOMIC_RELEASE);
+	b->present_bytes += len;
+	b->dirty += len;
+	__atomic_add_fetch(&b->c->used, (int64_t)len, __ATOMIC_RELAXED);
+}
+
+/* Forgets everything present: the file is about to be replaced. */
+static void presence_clear(struct cache_blob *b)
+{
+	for (size_t i = 0; i < b->nwords; i++)
+		__atomic_store_n(&b->present[i], 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&b->npresent, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&b->verified, false, __ATOMIC_RELEASE);
+	__atomic_sub_fetch(&b->c->used, (int64_t)b->present_bytes, __ATOMIC_RELAXED);
+	b->present_bytes = 0;
+	b->dirty = 0;
+	partials_clear(b);
+}
+
+/* Takes over the presence of a row just read (or made) by blob_attach(). */
+static void presence_load(struct cache_blob *b, const struct cache_index_blob *row)
+{
+	const unsigned char *bytes = row->present;
+	bool usable =
+	    row->present_len == (b->nchunks + 7) / 8 && row->chunk_size == b->c->chunk_size;
+
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < b->nchunks; i++) {
+		if (!row->complete && !(usable && (bytes[i >> 3] >> (i & 7)) & 1))
+			continue;
+		bit_set(b->present, i);
+		n++;
+		b->present_bytes += chunk_end(b, i) - chunk_start(b, i);
+	}
+	__atomic_store_n(&b->npresent, n, __ATOMIC_RELEASE);
+	__atomic_store_n(&b->verified, row->complete, __ATOMIC_RELEASE);
+	/* Those bytes were counted in c->used at cache_open() (or just now). */
+	b->row = row->row;
+	b->orphan = false;
+	b->persisted_chunks = b->npresent;
+	b->persisted_bytes = b->present_bytes;
+	b->persisted_complete = row->complete;
+	b->persisted_used = row->last_used;
+}
+
+/*
+ * Files.
+ */
+
+int cache_subdir_open(struct cache *c, const char *id, bool create)
+{
+	char name[3] = {id[0], id[1], '\0'};
+	int fd;
+
+	if (create && mkdirat(c->blobs_fd, name, 0700) && errno != EEXIST)
+		return -errno;
+	fd = openat(c->blobs_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Opens the blob's file, creating it when missing, and its row.  Returns 0
+ * with the file in *@fdp and the row in *@row (the caller frees
+ * row->present), or -errno. */
+static int blob_attach(struct cache_blob *b, int *fdp, struct cache_index_blob *row)
+{
+	static const int flags = O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+	struct cache *c = b->c;
+	int err = 0;
+
+	for (int attempt = 0; attempt < 4; attempt++) {
+		bool created = false;
+		struct stat st, at;
+		uint64_t gone;
+		int fd = openat(b->subdir_fd, b->id, flags);
+
+		if (fd < 0 && errno == ENOENT) {
+			/* No file: delete the row first, so that no crash can
+			 * leave an old row describing the file about to be made. */
+			err = cache_index_blob_delete(c->idx, b->id, &gone);
+			if (err)
+				return err;
+			__atomic_sub_fetch(&c->used, (int64_t)gone, __ATOMIC_RELAXED);
+			fd = openat(b->subdir_fd, b->id, flags | O_CREAT | O_EXCL, 0600);
+			if (fd < 0 && errno == EEXIST)
+				continue;
+			if (fd >= 0 && ftruncate(fd, (off_t)b->size)) {
+				err = -errno;
+				unlinkat(b->subdir_fd, b->id, 0);
+				goto close_fd;
+			}
+			created = true;
+		}
+		if (fd < 0)
+			return -errno; /* ELOOP: a symlink where the blob should be */
+		if (fstat(fd, &st)) {
+			err = -errno;
+			goto close_fd;
+		}
+		if (!S_ISREG(st.st_mode)) {
+			cache_log(c, LOG_ERR, "blob \"%s\" is not a regular file", b->id);
+			err = -EIO;
+			goto close_fd;
+		}
+		if (!created && (uint64_t)st.st_size != b->size) {
+			struct cache_index_blob old;
+			bool conflict = false;
+
+			/* A verified blob proves its size: the caller is wrong. */
+			if (!cache_index_blob_load(c->idx, b->id, &old)) {
+				conflict = old.complete && old.size == (uint64_t)st.st_size;
+				free(old.present);
+			}
+			if (conflict) {
+				err = -EINVAL;
+				goto close_fd;
+			}
+			unlinkat(b->subdir_fd, b->id, 0);
+			close(fd);
+			continue;
+		}
+		err = cache_index_blob_attach(c->idx, b->id, b->size, c->chunk_size, cache_now_ms(),
+					      row);
+		if (err) {
+			if (created)
+				unlinkat(b->subdir_fd, b->id, 0);
+			goto close_fd;
+		}
+		/* The row is ours only if our file is still the one at the path. */
+		if (!fstatat(b->subdir_fd, b->id, &at, AT_SYMLINK_NOFOLLOW) &&
+		    at.st_ino == st.st_ino && at.st_dev == st.st_dev) {
+			*fdp = fd;
+			return 0;
+		}
+		free(row->present);
+		close(fd);
+		continue;
+	close_fd:
+		close(fd);
+		return err;
+	}
+	return -EAGAIN;
+}
+
+/*
+ * Life cycle.
+ */
+
+struct cache_blob *cache_blob_alloc(struct cache *c, const char *id, enum cache_id_kind kind,
+				    uint64_t size, int *err)
+{
+	uint64_t nchunks = size ? ((size - 1) >> c->chunk_shift) + 1 : 0;
+	pthread_rwlockattr_t attr;
+	struct cache_blob *b;
+
+	if (size > INT64_MAX || nchunks > CACHE_CHUNKS_MAX) {
+		*err = -EFBIG;
+		return NULL;
+	}
+	b = calloc(1, sizeof(*b));
+	if (!b) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	b->c = c;
+	strcpy(b->id, id);
+	b->kind = kind;
+	b->size = size;
+	b->nchunks = nchunks;
+	b->nwords = (size_t)((nchunks + 63) / 64);
+	b->present = calloc(b->nwords ? b->nwords : 1, sizeof(uint64_t));
+	b->filling = calloc(b->nwords ? b->nwords : 1, sizeof(uint64_t));
+	if (!b->present || !b->filling) {
+		*err = -ENOMEM;
+		goto free_b;
+	}
+	b->fd = -1;
+	b->subdir_fd = -1;
+	b->refs = 1;
+	b->state = CACHE_BLOB_OPENING;
+	b->last_used = cache_now_ms();
+	/* Writers first: a discard must not starve behind a stream of reads.
+	 * Nobody takes io twice, so this cannot deadlock. */
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&b->io, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->cond, NULL);
+	return b;
+
+free_b:
+	free(b->present);
+	free(b->filling);
+	free(b);
+	return NULL;
+}
+
+int cache_blob_open(struct cache_blob *b)
+{
+	struct cache_index_blob row;
+	int fd, err;
+
+	b->subdir_fd = cache_subdir_open(b->c, b->id, true);
+	if (b->subdir_fd < 0) {
+		err = b->subdir_fd;
+		b->subdir_fd = -1;
+		return err;
+	}
+	err = blob_attach(b, &fd, &row);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&b->io);
+	b->fd = fd;
+	pthread_rwlock_unlock(&b->io);
+	pthread_mutex_lock(&b->lock);
+	presence_load(b, &row);
+	pthread_mutex_unlock(&b->lock);
+	free(row.present);
+	return 0;
+}
+
+void cache_blob_free(struct cache_blob *b)
+{
+	if (!b)
+		return;
+	if (b->fd >= 0)
+		close(b->fd);
+	if (b->subdir_fd >= 0)
+		close(b->subdir_fd);
+	partials_clear(b);
+	free(b->partials);
+	cache_hasher_free(b->hasher);
+	free(b->hashbuf);
+	free(b->present);
+	free(b->filling);
+	pthread_cond_destroy(&b->cond);
+	pthread_mutex_destroy(&b->lock);
+	pthread_rwlock_destroy(&b->io);
+	free(b);
+}
+
+const char *cache_blob_id(const struct cache_blob *b)
+{
+	return b->id;
+}
+
+uint64_t cache_blob_size(const struct cache_blob *b)
+{
+	return b->size;
+}
+
+bool cache_blob_complete(const struct cache_blob *b)
+{
+	return __atomic_load_n(&b->verified, __ATOMIC_ACQUIRE);
+}
+
+bool cache_blob_present(const struct cache_blob *b, uint64_t off, uint64_t len)
+{
+	uint64_t end;
+
+	if (len == 0 || off >= b->size)
+		return true;
+	end = len > b->size - off ? b->size : off + len;
+	return range_present(b, off >> b->c->chunk_shift, (end - 1) >> b->c->chunk_shift);
+}
+
+/*
+ * Discard and persistence.
+ */
+
+/* Throws the blob's content away: clears its presence, unlinks its file and
+ * makes a new empty one with a fresh row.  With @persisting, the caller holds
+ * the persisting flag (it is released here). */
+static void blob_discard(struct cache_blob *b, bool persisting)
+{
+	struct cache_index_blob row;
+	int fd = -1, old, err;
+
+	pthread_mutex_lock(&b->lock);
+	while (!persisting && b->persisting)
+		pthread_cond_wait(&b->cond, &b->lock);
+	b->persisting = true;
+	pthread_mutex_unlock(&b->lock);
+
+	/* No read is using the old bytes once io is write-held. */
+	pthread_rwlock_wrlock(&b->io);
+	pthread_mutex_lock(&b->lock);
+	b->gen++;
+	b->detached = true;
+	presence_clear(b);
+	if (!b->hashing) { /* else the hashing thread sees the new gen */
+		cache_hasher_free(b->hasher);
+		b->hasher = NULL;
+		b->hashed = 0;
+	}
+	pthread_mutex_unlock(&b->lock);
+	pthread_rwlock_unlock(&b->io);
+
+	/* The bad bytes leave the path first; another process that has the
+	 * file open keeps its inode.  blob_attach() then deletes the row and
+	 * makes a new file. */
+	if (unlinkat(b->subdir_fd, b->id, 0) && errno != ENOENT)
+		cache_log(b->c, LOG_ERR, "cannot remove blob \"%s\": %s", b->id, strerror(errno));
+	err = blob_attach(b, &fd, &row);
+
+	pthread_rwlock_wrlock(&b->io);
+	old = b->fd;
+	b->fd = err ? -1 : fd;
+	pthread_rwlock_unlock(&b->io);
+	if (old >= 0)
+		close(old);
+
+	pthread_mutex_lock(&b->lock);
+	if (err) {
+		cache_log(b->c, LOG_ERR, "cannot recreate blob \"%s\": %s", b->id, strerror(-err));
+		b->broken = true;
+		b->err = err;
+	} else {
+		presence_load(b, &row);
+		free(row.present);
+	}
+	b->detached = false;
+	b->persisting = false;
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+}
+
+bool cache_blob_dirty(struct cache_blob *b)
+{
+	bool dirty;
+
+	pthread_mutex_lock(&b->lock);
+	dirty = b->state == CACHE_BLOB_READY && !b->broken && !b->orphan && b->dirty > 0;
+	pthread_mutex_unlock(&b->lock);
+	return dirty;
+}
+
+void cache_blob_unpersisted(struct cache_blob *b, int64_t *chunks, int64_t *bytes,
+			    int64_t *complete)
+{
+	pthread_mutex_lock(&b->lock);
+	*chunks = *bytes = *complete = 0;
+	if (b->state == CACHE_BLOB_READY && !b->orphan && !b->broken) {
+		*chunks = (int64_t)(b->npresent - b->persisted_chunks);
+		*bytes = (int64_t)(b->present_bytes - b->persisted_bytes);
+		*complete = (int64_t)b->verified - (int64_t)b->persisted_complete;
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+static int blob_settle(struct cache_blob *b);
+
+/* Persists what is new; see cache_internal.h.  Returns 0 or -errno. */
+static int blob_flush(struct cache_blob *b, bool final)
+{
+	struct cache *c = b->c;
+	struct cache_index_persist p = {0};
+	unsigned char *bitmap = NULL;
+	uint64_t dirty;
+	int64_t used;
+	bool sync;
+	int err;
+
+	pthread_mutex_lock(&b->lock);
+	while (b->persisting)
+		pthread_cond_wait(&b->cond, &b->lock);
+	if (b->state != CACHE_BLOB_READY || b->broken || b->orphan) {
+		pthread_mutex_unlock(&b->lock);
+		return 0;
+	}
+	used = __atomic_load_n(&b->last_used, __ATOMIC_RELAXED);
+	sync = b->dirty > 0;
+	if (!sync && b->verified == b->persisted_complete &&
+	    (used == b->persisted_used ||
+	     (!final && used - b->persisted_used < BLOB_USED_GRANULARITY))) {
+		pthread_mutex_unlock(&b->lock);
+		return 0;
+	}
+	if (!b->verified) {
+		size_t nbytes = (size_t)((b->nchunks + 7) / 8);
+
+		bitmap = calloc(nbytes ? nbytes : 1, 1);
+		if (!bitmap) {
+			pthread_mutex_unlock(&b->lock);
+			return -ENOMEM;
+		}
+		for (size_t j = 0; j < nbytes; j++)
+			bitmap[j] = (unsigned char)(b->present[j / 8] >> (8 * (j % 8)));
+		p.present = bitmap;
+		p.present_len = nbytes;
+	}
+	p.row = b->row;
+	p.chunks = b->npresent;
+	p.bytes = b->present_bytes;
+	p.complete = b->verified;
+	p.last_used = used;
+	dirty = b->dirty;
+	b->persisting = true;
+	pthread_mutex_unlock(&b->lock);
+
+	/* Everything in the snapshot was written before this sync. */
+	if (sync && fdatasync(b->fd)) {
+		err = -errno;
+		/* After a failed sync the kernel may have dropped the data and a
+		 * later sync may succeed: nothing written so far can be trusted. */
+		cache_log(c, LOG_ERR, "cannot sync blob \"%s\": %s; discarding it", b->id,
+			  strerror(-err));
+		free(bitmap);
+		blob_discard(b, true);
+		return err;
+	}
+	p.hits = __atomic_exchange_n(&c->hits, 0, __ATOMIC_RELAXED);
+	p.misses = __atomic_exchange_n(&c->misses, 0, __ATOMIC_RELAXED);
+	err = cache_index_blob_persist(c->idx, &p);
+	if (err && err != -ESTALE) {
+		__atomic_add_fetch(&c->hits, p.hits, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&c->misses, p.misses, __ATOMIC_RELAXED);
+	}
+	free(bitmap);
+
+	pthread_mutex_lock(&b->lock);
+	if (err == -ESTALE) {
+		/* Evicted (or replaced) by another process: what we have lives
+		 * in an unlinked file; keep serving it, record nothing. */
+		cache_log(c, LOG_DEBUG, "blob \"%s\" was removed from the index", b->id);
+		b->orphan = true;
+	} else if (!err) {
+		b->dirty -= dirty;
+		b->persisted_chunks = p.chunks;
+		b->persisted_bytes = p.bytes;
+		b->persisted_complete = p.complete;
+		b->persisted_used = used;
+	}
+	b->persisting = false;
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	if (err == -ESTALE)
+		err = 0;
+	if (!err)
+		cache_evict_if_needed(c);
+	return err;
+}
+
+int cache_blob_flush(struct cache_blob *b, bool final)
+{
+	if (final && blob_needs_verify(b))
+		blob_settle(b); /* persists the completion itself */
+	return blob_flush(b, final);
+}
+
+int cache_blob_sync(struct cache_blob *b)
+{
+	return cache_blob_flush(b, true);
+}
+
+/*
+ * Verification.  A running hash follows the leading chunks that are present:
+ * a blob filled in order is hashed as it arrives (by the cache's worker, or
+ * by whoever calls blob_hash() first), and judged as soon as its last chunk
+ * lands.
+ */
+
+/* Feeds chunk @i to @h, unless the blob was discarded since generation @gen
+ * (-ESTALE).  With io read-held, the file cannot be replaced. */
+static int hash_chunk(struct cache_blob *b, struct cache_hasher *h, uint64_t i, uint64_t gen)
+{
+	uint64_t off = chunk_start(b, i), end = chunk_end(b, i);
+	int err = 0;
+
+	pthread_rwlock_rdlock(&b->io);
+	if (b->gen != gen) /* written with io write-held: stable here */
+		err = -ESTALE;
+	while (!err && off < end) {
+		size_t n = end - off < BLOB_HASH_BUFFER ? (size_t)(end - off) : BLOB_HASH_BUFFER;
+		ssize_t r = pread_full(b->fd, b->hashbuf, n, off);
+
+		err = r < 0 ? (int)r : cache_hasher_update(h, b->hashbuf, n);
+		off += n;
+	}
+	pthread_rwlock_unlock(&b->io);
+	return err;
+}
+
+/* Advances the running hash over the leading present chunks, one thread at
+ * a time (returns 0 at once if another thread is at it).  When it reaches
+ * the end, judges the blob: on a match marks it complete and persists that;
+ * on a mismatch discards it and returns -EIO. */
+static int blob_hash(struct cache_blob *b)
+{
+	char hex[CACHE_ID_MAX] = "";
+	bool judged = false, match = false;
+	struct cache_hasher *h;
+	uint64_t gen, i;
+	int err = 0;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state != CACHE_BLOB_READY || b->hashing || b->broken || b->detached || b->verified) {
+		pthread_mutex_unlock(&b->lock);
+		return 0;
+	}
+	if (!b->hashbuf)
+		b->hashbuf = malloc(BLOB_HASH_BUFFER);
+	if (b->hashbuf && !b->hasher) {
+		b->hasher = cache_hasher_new(b->kind, b->size, &err);
+		b->hashed = 0;
+	}
+	if (!b->hashbuf || !b->hasher) {
+		pthread_mutex_unlock(&b->lock);
+		return err ? err : -ENOMEM;
+	}
+	b->hashing = true;
+	gen = b->gen;
+	h = b->hasher;
+	/* Presence is tested with the lock held: a chunk that becomes present
+	 * after the last test is followed by its filler's own call. */
+	for (i = b->hashed; i < b->nchunks && bit_test(b->present, i); i++) {
+		pthread_mutex_unlock(&b->lock);
+		err = hash_chunk(b, h, i, gen);
+		pthread_mutex_lock(&b->lock);
+		if (err)
+			break;
+	}
+	if (!err && i == b->nchunks && b->gen == gen) {
+		pthread_mutex_unlock(&b->lock);
+		err = cache_hasher_final(h, hex);
+		match = !err && !strcmp(hex, b->id);
+		pthread_mutex_lock(&b->lock);
+		judged = !err && b->gen == gen;
+	}
+	if (err || i == b->nchunks || b->gen != gen) {
+		/* Spent, stale, or fed in part: start again next time. */
+		cache_hasher_free(h);
+		b->hasher = NULL;
+		b->hashed = 0;
+	} else {
+		b->hashed = i;
+	}
+	if (judged && match)
+		__atomic_store_n(&b->verified, true, __ATOMIC_RELEASE);
+	if (!judged || match) {
+		b->hashing = false;
+		pthread_cond_broadcast(&b->cond);
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (err && err != -ESTALE) {
+		cache_log(b->c, LOG_ERR, "cannot verify blob \"%s\": %s", b->id, strerror(-err));
+		return err;
+	}
+	if (judged && !match) {
+		cache_log(b->c, LOG_ERR,
+			  "blob \"%s\" does not match its id (its content hashes to %s); discarded",
+			  b->id, hex);
+		/* Still `hashing`: waiters for the verdict see the discard. */
+		blob_discard(b, false);
+		pthread_mutex_lock(&b->lock);
+		b->hashing = false;
+		pthread_cond_broadcast(&b->cond);
+		pthread_mutex_unlock(&b->lock);
+		return -EIO;
+	}
+	if (judged)
+		blob_flush(b, false);
+	return 0;
+}
+
+/* For a blob whose chunks are all present: has it judged, by this thread or
+ * by the one hashing it.  Returns 0 (verified, or no longer all present),
+ * -EIO when it was discarded meanwhile, or -errno. */
+static int blob_settle(struct cache_blob *b)
+{
+	for (int round = 0; round < BLOB_RETRIES; round++) {
+		uint64_t gen;
+		bool stale;
+		int err = blob_hash(b);
+
+		if (err || !blob_needs_verify(b))
+			return err;
+		/* Another thread is hashing it: wait for its verdict. */
+		pthread_mutex_lock(&b->lock);
+		gen = b->gen;
+		while (b->hashing)
+			pthread_cond_wait(&b->cond, &b->lock);
+		stale = b->gen != gen;
+		pthread_mutex_unlock(&b->lock);
+		if (stale)
+			return -EIO;
+	}
+	return 0;
+}
+
+/*
+ * Writes, fills, reads.
+ */
+
+/* Records that [off, end) was written to the chunks [first, last].  Called
+ * with b->lock held, in the generation the bytes were written in. */
+static int blob_record(struct cache_blob *b, uint64_t off, uint64_t end, uint64_t first,
+		       uint64_t last)
+{
+	bool woke = false;
+	int err = 0;
+
+	for (uint64_t i = first; i <= last; i++) {
+		uint64_t cs = chunk_start(b, i), ce = chunk_end(b, i);
+		uint64_t s = off > cs ? off : cs, e = end < ce ? end : ce;
+		int done;
+
+		if (bit_test(b->present, i))
+			continue;
+		done = s == cs && e == ce ? 1 : partial_add(b, i, s, e, cs, ce);
+		if (done < 0) {
+			err = done;
+			break;
+		}
+		if (done) {
+			mark_present(b, i);
+			woke = true;
+		}
+	}
+	if (woke)
+		pthread_cond_broadcast(&b->cond);
+	return err;
+}
+
+int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	uint64_t end, first, last, gen;
+	int err = 0;
+
+	if (len == 0)
+		return 0;
+	if (off > b->size || len > b->size - off)
+		return -EINVAL;
+	end = off + len;
+	first = off >> b->c->chunk_shift;
+	last = (end - 1) >> b->c->chunk_shift;
+
+	pthread_rwlock_rdlock(&b->io);
+	pthread_mutex_lock(&b->lock);
+	if (b->broken)
+		err = b->err;
+	gen = b->gen;
+	if (err || b->detached) {
+		/* Being replaced: these bytes belong to the old file. */
+		pthread_mutex_unlock(&b->lock);
+		goto unlock_io;
+	}
+	pthread_mutex_unlock(&b->lock);
+
+	/* Write the runs of chunks that are not present. */
+	for (uint64_t i = first; i <= last && !err;) {
+		uint64_t j = i, s, e;
+
+		if (bit_test(b->present, i)) {
+			i++;
+			continue;
+		}
+		while (j < last && !bit_test(b->present, j + 1))
+			j++;
+		s = off > chunk_start(b, i) ? off : chunk_start(b, i);
+		e = end < chunk_end(b, j) ? end : chunk_end(b, j);
+		err = pwrite_full(b->fd, p + (s - off), e - s, s);
+		i = j + 1;
+	}
+	if (!err) {
+		pthread_mutex_lock(&b->lock);
+		if (b->gen == gen && !b->detached)
+			err = blob_record(b, off, end, first, last);
+		pthread_mutex_unlock(&b->lock);
+	}
+unlock_io:
+	pthread_rwlock_unlock(&b->io);
+	return err;
+}
+
+static struct cache_fill *fill_find(struct cache_blob *b, uint64_t chunk)
+{
+	for (struct cache_fill *f = b->fills; f; f = f->next)
+		if (f->first <= chunk && chunk <= f->last)
+			return f;
+	return NULL;
+}
+
+static void fill_unlink(struct cache_blob *b, struct cache_fill *f)
+{
+	for (struct cache_fill **pp = &b->fills; *pp; pp = &(*pp)->next) {
+		if (*pp == f) {
+			*pp = f->next;
+			return;
+		}
+	}
+}
+
+/* Runs the fills of the runs a thread claimed, with b->lock released, then
+ * publishes their results.  Called and returns with b->lock held. */
+static int blob_fill_runs(struct cache_blob *b, struct cache_fill **runs, size_t n,
+			  cache_fill_fn fill, void *arg)
+{
+	uint64_t gen = b->gen;
+	int err = 0;
+
+	for (size_t k = 0; k < n; k++) {
+		runs[k]->next = b->fills;
+		b->fills = runs[k];
+	}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t k = 0; k < n; k++) {
+		uint64_t off = chunk_start(b, runs[k]->first);
+
+		if (!err) {
+			err = fill(arg, b, off, chunk_end(b, runs[k]->last) - off);
+			if (err > 0)
+				err = -EIO;
+		}
+		runs[k]->err = err;
+	}
+	pthread_mutex_lock(&b->lock);
+	err = 0;
+	for (size_t k = 0; k < n; k++) {
+		struct cache_fill *f = runs[k];
+
+		for (uint64_t i = f->first; i <= f->last; i++)
+			fill_set(b->filling, i, false);
+		if (!f->err && !range_present(b, f->first, f->last)) {
+			if (b->gen == gen) /* else a discard took them */
+				cache_log(b->c, LOG_WARNING,
+					  "fill of blob \"%s\" chunks %" PRIu64 "-%" PRIu64
+					  " returned without delivering them",
+					  b->id, f->first, f->last);
+			f->err = -EIO;
+		}
+		if (f->err && !err)
+			err = f->err;
+		f->done = true;
+		fill_unlink(b, f);
+		if (--f->refs == 0)
+			free(f);
+	}
+	pthread_cond_broadcast(&b->cond);
+	return err;
+}
+
+/* Makes chunks [first, last] present: fills the missing ones nobody fills
+ * (one fill per run of them), and with @wait waits for those that others
+ * fill, taking their error.  Returns 0 or -errno. */
+static int blob_ensure(struct cache_blob *b, uint64_t first, uint64_t last, cache_fill_fn fill,
+		       void *arg, bool wait)
+{
+	struct cache_fill *runs[BLOB_RUNS];
+	int retries = 0, err = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (;;) {
+		uint64_t waiting = UINT64_MAX;
+		struct cache_fill *f;
+		size_t n = 0;
+		bool missing = false, taken;
+
+		if (b->broken) {
+			err = b->err;
+			break;
+		}
+		if (b->detached) {
+			pthread_cond_wait(&b->cond, &b->lock);
+			continue;
+		}
+		for (uint64_t i = first; i <= last; i++) {
+			if (bit_test(b->present, i))
+				continue;
+			if (fill_test(b->filling, i)) {
+				if (waiting == UINT64_MAX)
+					waiting = i;
+				continue;
+			}
+			if (!fill) {
+				missing = true;
+				break;
+			}
+			if (!n || runs[n - 1]->last + 1 != i) {
+				if (n == BLOB_RUNS)
+					break;
+				runs[n] = calloc(1, sizeof(*runs[n]));
+				if (!runs[n]) {
+					err = -ENOMEM;
+					break;
+				}
+				runs[n]->first = i;
+				runs[n]->refs = 1;
+				n++;
+			}
+			runs[n - 1]->last = i;
+			fill_set(b->filling, i, true);
+		}
+		if (err || missing) {
+			for (size_t k = 0; k < n; k++) {
+				for (uint64_t i = runs[k]->first; i <= runs[k]->last; i++)
+					fill_set(b->filling, i, false);
+				free(runs[k]);
+			}
+			if (missing)
+				err = -ENODATA;
+			break;
+		}
+		if (n) {
+			err = blob_fill_runs(b, runs, n, fill, arg);
+			if (err)
+				break;
+			continue; /* then wait for the chunks of others */
+		}
+		if (waiting == UINT64_MAX || !wait)
+			break;
+		f = fill_find(b, waiting);
+		if (!f) { /* cannot happen: every filling chunk has its fill */
+			pthread_cond_wait(&b->cond, &b->lock);
+			continue;
+		}
+		f->refs++;
+		while (!bit_test(b->present, waiting) && !f->done)
+			pthread_cond_wait(&b->cond, &b->lock);
+		taken = !bit_test(b->present, waiting);
+		if (taken)
+			err = f->err;
+		if (--f->refs == 0)
+			free(f);
+		if (err)
+			break;
+		/* Filled, then discarded before we saw it: fill it again. */
+		if (taken && ++retries > BLOB_RETRIES) {
+			err = -EIO;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&b->lock);
+	return err;
+}
+
+/* What is due for @b in the background: advancing its running hash,
+ * persisting its presence. */
+static bool blob_work_due(struct cache_blob *b)
+{
+	bool due;
+
+	pthread_mutex_lock(&b->lock);
+	due = b->state == CACHE_BLOB_READY && !b->broken &&
+	      (b->dirty >= b->c->sync_bytes ||
+	       (!b->verified && !b->hashing && b->hashed < b->nchunks &&
+		bit_test(b->present, b->hashed)));
+	pthread_mutex_unlock(&b->lock);
+	return due;
+}
+
+void cache_blob_work(struct cache_blob *b)
+{
+	bool sync;
+
+	blob_hash(b); /* a verdict's error is the settling reader's to report */
+	pthread_mutex_lock(&b->lock);
+	sync = b->dirty >= b->c->sync_bytes;
+	pthread_mutex_unlock(&b->lock);
+	if (sync)
+		blob_flush(b, false);
+}
+
+/* After chunks were filled: a blob that became complete is judged now (the
+ * read fails if it is discarded); hashing and syncing that can wait go to
+ * the cache's worker, so that fills never wait for them. */
+static int blob_after_fill(struct cache_blob *b)
+{
+	if (blob_needs_verify(b))
+		return blob_settle(b);
+	if (blob_work_due(b))
+		cache_work_later(b);
+	return 0;
+}
+
+ssize_t cache_blob_read(struct cache_blob *b, void *buf, size_t size, uint64_t off,
+			cache_fill_fn fill, void *arg)
+{
+	uint64_t first, last;
+	int err;
+
+	if (off >= b->size || size == 0) {
+		/* An empty blob is complete once opened: verify it here. */
+		return blob_needs_verify(b) ? blob_settle(b) : 0;
+	}
+	if (size > b->size - off)
+		size = (size_t)(b->size - off);
+	if (size > SSIZE_MAX)
+		size = SSIZE_MAX;
+	first = off >> b->c->chunk_shift;
+	last = (off + size - 1) >> b->c->chunk_shift;
+	blob_touch(b);
+	for (int attempt = 0;; attempt++) {
+		pthread_rwlock_rdlock(&b->io);
+		/* The hot path.  Once a blob's last chunk lands, reads wait
+		 * for its verdict (the slow path) before serving it again. */
+		if (range_present(b, first, last) && (attempt > 0 || !blob_needs_verify(b))) {
+			ssize_t n = pread_full(b->fd, buf, size, off);
+
+			pthread_rwlock_unlock(&b->io);
+			if (attempt == 0)
+				__atomic_add_fetch(&b->c->hits, last - first + 1, __ATOMIC_RELAXED);
+			return n;
+		}
+		pthread_rwlock_unlock(&b->io);
+		if (attempt == 0) {
+			uint64_t hits = 0;
+
+			for (uint64_t i = first; i <= last; i++)
+				hits += bit_test(b->present, i);
+			__atomic_add_fetch(&b->c->hits, hits, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&b->c->misses, last - first + 1 - hits,
+					   __ATOMIC_RELAXED);
+		} else if (attempt > BLOB_RETRIES) {
+			return -EIO;
+		}
+		err = blob_ensure(b, first, last, fill, arg, true);
+		if (!err)
+			err = blob_after_fill(b);
+		if (err)
+			return err;
+	}
+}
+
+int cache_blob_prefetch(struct cache_blob *b, uint64_t off, uint64_t len, cache_fill_fn fill,
+			void *arg)
+{
+	uint64_t end;
+	int err;
+
+	if (len == 0 || off >= b->size)
+		return 0;
+	end = len > b->size - off ? b->size : off + len;
+	blob_touch(b);
+	err = blob_ensure(b, off >> b->c->chunk_shift, (end - 1) >> b->c->chunk_shift, fill, arg,
+			  false);
+	return err ? err : blob_after_fill(b);
+}
+
+/*
+ * Import.
+ */
+
+static int import_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
+{
+	int fd = *(const int *)arg;
+	unsigned char *buf = malloc(BLOB_IO_BUFFER);
+	int err = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (!err && len) {
+		size_t n = len < BLOB_IO_BUFFER ? (size_t)len : BLOB_IO_BUFFER;
+		ssize_t r = pread(fd, buf, n, (off_t)off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			err = r < 0 ? -errno : -EIO; /* the file shrank */
+			break;
+		}
+		err = cache_blob_write(b, off, buf, (size_t)r);
+		off += (uint64_t)r;
+		len -= (uint64_t)r;
+	}
+	free(buf);
+	return err;
+}
+
+int cache_blob_import(struct cache *c, const char *id, int fd)
+{
+	struct cache_blob *b;
+	struct stat st;
+	int err = 0;
+
+	if (fstat(fd, &st))
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	b = cache_blob_get(c, id, (uint64_t)st.st_size, &err);
+	if (!b)
+		return err;
+	if (b->nchunks)
+		err = blob_ensure(b, 0, b->nchunks - 1, import_fill, &fd, true);
+	if (!err)
+		err = blob_settle(b);
+	if (!err && !cache_blob_complete(b))
+		err = -EIO;
+	cache_blob_put(b);
+	return err;
+}

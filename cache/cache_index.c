@@ -1,0 +1,1388 @@
+/*
+ * The cache's SQLite index.  See cache_index.h for what it holds.
+ *
+ * Connections: one writer, serialised by write_lock, and readers from a pool
+ * of up to INDEX_READERS connections opened on demand.  Not one connection
+ * for everything: a tree put of 100,000 entries or a WAL checkpoint takes a
+ * noticeable time, and the lookups that FUSE requests make would queue behind
+ * it; in WAL mode a reader sees the last committed state without waiting.
+ * Not a connection per thread: libfuse's worker threads come and go, and
+ * their connections would have to be found and closed.  Every connection is
+ * opened with SQLITE_OPEN_NOMUTEX (our locks let one thread use it at a time)
+ * and keeps its prepared statements.
+ *
+ * Durability: synchronous=NORMAL.  In WAL mode a power loss may lose the last
+ * transactions but never corrupts the database.  Losing a presence update
+ * only means refetching; a discard that must not be lost is made safe by the
+ * blob file itself (see cache_blob.c), not by the index.
+ *
+ * Lock order: write_lock and pool_lock are leaves, held for SQLite calls and
+ * pool bookkeeping only; the callers hold no other cache lock.
+ */
+#include "config.h"
+
+#include "cache_index.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+/* Reader connections kept at most. */
+#define INDEX_READERS 4
+/* How long a statement waits for another process's lock, in ms. */
+#define INDEX_BUSY_MS 10000
+
+enum index_stmt {
+	STMT_BEGIN,
+	STMT_BEGIN_READ,
+	STMT_COMMIT,
+	STMT_ROLLBACK,
+	STMT_BLOB_GET,
+	STMT_BLOB_TOUCH,
+	STMT_BLOB_INSERT,
+	STMT_BLOB_DELETE,
+	STMT_BLOB_PERSIST,
+	STMT_BLOB_LRU,
+	STMT_TOTALS,
+	STMT_COUNTERS,
+	STMT_COUNTER_ADD,
+	STMT_KV_PUT,
+	STMT_KV_GET,
+	STMT_KV_DELETE,
+	STMT_KV_DELETE_RANGE,
+	STMT_KV_DELETE_FROM,
+	STMT_TREE_INSERT,
+	STMT_TREE_GET,
+	STMT_TREE_DELETE,
+	STMT_DIR_GET,
+	STMT_DIR_INSERT,
+	STMT_DIR_COMPLETE,
+	STMT_DIRS_COMPLETE_UNDER,
+	STMT_DIRS_DELETE_UNDER,
+	STMT_DIRS_DELETE_TREE,
+	STMT_ENTRIES_DELETE_DIR,
+	STMT_ENTRIES_DELETE_UNDER,
+	STMT_ENTRIES_DELETE_TREE,
+	STMT_ENTRY_PUT,
+	STMT_ENTRY_ADD,
+	STMT_LOOKUP,
+	STMT_LIST,
+	STMT_COUNT
+};
+
+/* "Under" a directory D: the directories D/... of the tree (?2 <= path < ?3,
+ * with ?2 = "D/" and ?3 = "D0", since '0' follows '/'; for the root, ?2 = ""
+ * and ?3 a BLOB, which sorts after every text). */
+/* clang-format off */
+static const char *const index_sql[STMT_COUNT] = {
+	[STMT_BEGIN] = "BEGIN IMMEDIATE",
+	[STMT_BEGIN_READ] = "BEGIN",
+	[STMT_COMMIT] = "COMMIT",
+	[STMT_ROLLBACK] = "ROLLBACK",
+	[STMT_BLOB_GET] = "SELECT row, size, chunk_size, present, chunks, bytes, complete, "
+			  "last_used FROM blobs WHERE id = ?1",
+	[STMT_BLOB_TOUCH] = "UPDATE blobs SET last_used = ?2, chunk_size = ?3 WHERE row = ?1",
+	[STMT_BLOB_INSERT] = "INSERT INTO blobs (id, size, chunk_size, present, chunks, bytes, "
+			     "complete, last_used) VALUES (?1, ?2, ?3, NULL, 0, 0, 0, ?4)",
+	[STMT_BLOB_DELETE] = "DELETE FROM blobs WHERE id = ?1",
+	[STMT_BLOB_PERSIST] = "UPDATE blobs SET present = ?2, chunks = ?3, bytes = ?4, "
+			      "complete = ?5, last_used = ?6 WHERE row = ?1",
+	[STMT_BLOB_LRU] = "SELECT row, last_used, bytes, id FROM blobs "
+			  "WHERE last_used > ?1 OR (last_used = ?1 AND row > ?2) "
+			  "ORDER BY last_used, row LIMIT ?3",
+	[STMT_TOTALS] = "SELECT count(*), coalesce(sum(complete), 0), coalesce(sum(chunks), 0), "
+			"coalesce(sum(bytes), 0) FROM blobs",
+	[STMT_COUNTERS] = "SELECT name, value FROM counters",
+	[STMT_COUNTER_ADD] = "UPDATE counters SET value = value + ?2 WHERE name = ?1",
+	[STMT_KV_PUT] = "INSERT OR REPLACE INTO kv (key, value, fetched_at) VALUES (?1, ?2, ?3)",
+	[STMT_KV_GET] = "SELECT value, fetched_at FROM kv WHERE key = ?1",
+	[STMT_KV_DELETE] = "DELETE FROM kv WHERE key = ?1",
+	[STMT_KV_DELETE_RANGE] = "DELETE FROM kv WHERE key >= ?1 AND key < ?2",
+	[STMT_KV_DELETE_FROM] = "DELETE FROM kv WHERE key >= ?1",
+	[STMT_TREE_INSERT] = "INSERT OR IGNORE INTO trees (key) VALUES (?1)",
+	[STMT_TREE_GET] = "SELECT tree FROM trees WHERE key = ?1",
+	[STMT_TREE_DELETE] = "DELETE FROM trees WHERE tree = ?1",
+	[STMT_DIR_GET] = "SELECT dir FROM tree_dirs WHERE tree = ?1 AND path = ?2",
+	[STMT_DIR_INSERT] = "INSERT INTO tree_dirs (tree, path, complete) VALUES (?1, ?2, 0)",
+	[STMT_DIR_COMPLETE] = "UPDATE tree_dirs SET complete = 1 WHERE dir = ?1",
+	[STMT_DIRS_COMPLETE_UNDER] = "UPDATE tree_dirs SET complete = 1 "
+				     "WHERE tree = ?1 AND path >= ?2 AND path < ?3",
+	[STMT_DIRS_DELETE_UNDER] = "DELETE FROM tree_dirs WHERE tree = ?1 AND path >= ?2 AND path < ?3",
+	[STMT_DIRS_DELETE_TREE] = "DELETE FROM tree_dirs WHERE tree = ?1",
+	[STMT_ENTRIES_DELETE_DIR] = "DELETE FROM tree_entries WHERE dir = ?1",
+	[STMT_ENTRIES_DELETE_UNDER] = "DELETE FROM tree_entries WHERE dir IN (SELECT dir FROM "
+				      "tree_dirs WHERE tree = ?1 AND path >= ?2 AND path < ?3)",
+	[STMT_ENTRIES_DELETE_TREE] = "DELETE FROM tree_entries WHERE dir IN "
+				     "(SELECT dir FROM tree_dirs WHERE tree = ?1)",
+	[STMT_ENTRY_PUT] = "INSERT OR REPLACE INTO tree_entries (dir, name, is_dir, size, oid, "
+			   "sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[STMT_ENTRY_ADD] = "INSERT OR IGNORE INTO tree_entries (dir, name, is_dir, size, oid, "
+			   "sha256) VALUES (?1, ?2, 1, 0, '', '')",
+	[STMT_LOOKUP] = "SELECT d.complete, e.name IS NOT NULL, e.is_dir, e.size, e.oid, e.sha256 "
+			"FROM trees t JOIN tree_dirs d ON d.tree = t.tree AND d.path = ?2 "
+			"LEFT JOIN tree_entries e ON e.dir = d.dir AND e.name = ?3 "
+			"WHERE t.key = ?1",
+	[STMT_LIST] = "SELECT d.complete, e.name, e.is_dir, e.size, e.oid, e.sha256 "
+		      "FROM trees t JOIN tree_dirs d ON d.tree = t.tree AND d.path = ?2 "
+		      "LEFT JOIN tree_entries e ON e.dir = d.dir "
+		      "WHERE t.key = ?1 ORDER BY e.name",
+};
+/* clang-format on */
+
+static const char index_schema[] =
+    "CREATE TABLE blobs ("
+    " row INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " id TEXT NOT NULL UNIQUE,"
+    " size INTEGER NOT NULL,"
+    " chunk_size INTEGER NOT NULL,"
+    " present BLOB,"
+    " chunks INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " complete INTEGER NOT NULL,"
+    " last_used INTEGER NOT NULL);"
+    "CREATE INDEX blobs_lru ON blobs (last_used);"
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO counters VALUES ('hits', 0), ('misses', 0);"
+    "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
+    " fetched_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE trees (tree INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);"
+    "CREATE TABLE tree_dirs (dir INTEGER PRIMARY KEY, tree INTEGER NOT NULL,"
+    " path TEXT NOT NULL, complete INTEGER NOT NULL, UNIQUE (tree, path));"
+    "CREATE TABLE tree_entries (dir INTEGER NOT NULL, name TEXT NOT NULL,"
+    " is_dir INTEGER NOT NULL, size INTEGER NOT NULL, oid TEXT NOT NULL,"
+    " sha256 TEXT NOT NULL, PRIMARY KEY (dir, name)) WITHOUT ROWID;";
+
+struct index_conn {
+	sqlite3 *db;
+	sqlite3_stmt *stmt[STMT_COUNT]; /* prepared on first use */
+	struct index_conn *next;	/* in the free readers; protected by pool_lock */
+};
+
+struct cache_index {
+	char *path;	  /* constant */
+	cache_log_fn log; /* constant */
+
+	pthread_mutex_t write_lock;
+	struct index_conn *writer; /* protected by write_lock */
+
+	pthread_mutex_t pool_lock;
+	pthread_cond_t pool_cond;
+	struct index_conn *readers; /* free readers; protected by pool_lock */
+	unsigned nreaders;	    /* readers open; protected by pool_lock */
+};
+
+__attribute__((format(printf, 3, 4))) static void index_log(struct cache_index *idx, int level,
+							    const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!idx->log)
+		return;
+	va_start(ap, fmt);
+	idx->log(level, fmt, ap);
+	va_end(ap);
+}
+
+/* The one place where SQLite's codes become errno. */
+static int index_errno(sqlite3 *db, int rc)
+{
+	int sys = db ? sqlite3_system_errno(db) : 0;
+
+	switch (rc & 0xff) {
+	case SQLITE_OK:
+	case SQLITE_ROW:
+	case SQLITE_DONE:
+		return 0;
+	case SQLITE_NOMEM:
+		return -ENOMEM;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return -EBUSY;
+	case SQLITE_FULL:
+		return -ENOSPC;
+	case SQLITE_READONLY:
+		return -EROFS;
+	case SQLITE_PERM:
+	case SQLITE_AUTH:
+		return -EACCES;
+	case SQLITE_TOOBIG:
+		return -E2BIG;
+	case SQLITE_CONSTRAINT:
+		return -EEXIST;
+	case SQLITE_MISMATCH:
+	case SQLITE_RANGE:
+	case SQLITE_MISUSE:
+		return -EINVAL;
+	case SQLITE_IOERR:
+	case SQLITE_CANTOPEN:
+		return sys > 0 ? -sys : -EIO;
+	default: /* CORRUPT, NOTADB, PROTOCOL, SCHEMA, ... */
+		return -EIO;
+	}
+}
+
+/* Logs a failed SQLite call and returns its errno. */
+static int index_fail(struct cache_index *idx, sqlite3 *db, int rc, const char *what)
+{
+	int err = index_errno(db, rc);
+
+	index_log(idx, LOG_ERR, "cache index \"%s\": %s: %s", idx->path, what,
+		  db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+	return err ? err : -EIO;
+}
+
+static void conn_close(struct index_conn *conn)
+{
+	if (!conn)
+		return;
+	for (int i = 0; i < STMT_COUNT; i++)
+		sqlite3_finalize(conn->stmt[i]);
+	sqlite3_close(conn->db);
+	free(conn);
+}
+
+static struct index_conn *conn_open(struct cache_index *idx, bool writer, int *err)
+{
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW;
+	struct index_conn *conn = calloc(1, sizeof(*conn));
+	int rc;
+
+	if (!conn) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	rc = sqlite3_open_v2(idx->path, &conn->db, flags, NULL);
+	if (rc != SQLITE_OK) {
+		*err = index_fail(idx, conn->db, rc, "open");
+		goto close_conn;
+	}
+	sqlite3_extended_result_codes(conn->db, 1);
+	sqlite3_busy_timeout(conn->db, INDEX_BUSY_MS);
+	rc =
+	    sqlite3_exec(conn->db, writer ? "PRAGMA synchronous = NORMAL" : "PRAGMA query_only = 1",
+			 NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		*err = index_fail(idx, conn->db, rc, "set up connection");
+		goto close_conn;
+	}
+	return conn;
+
+close_conn:
+	conn_close(conn);
+	return NULL;
+}
+
+/* The statement @which of @conn, reset and ready for binding. */
+static int conn_stmt(struct cache_index *idx, struct index_conn *conn, enum index_stmt which,
+		     sqlite3_stmt **out)
+{
+	*out = NULL;
+	if (!conn->stmt[which]) {
+		int rc = sqlite3_prepare_v3(conn->db, index_sql[which], -1,
+					    SQLITE_PREPARE_PERSISTENT, &conn->stmt[which], NULL);
+
+		if (rc != SQLITE_OK)
+			return index_fail(idx, conn->db, rc, "prepare");
+	}
+	*out = conn->stmt[which];
+	return 0;
+}
+
+/* Steps a statement that returns no row, then resets it. */
+static int stmt_done(struct cache_index *idx, struct index_conn *conn, sqlite3_stmt *st,
+		     const char *what)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : index_fail(idx, conn->db, rc, what);
+}
+
+/* Runs statement @which, without parameters and rows. */
+static int conn_run(struct cache_index *idx, struct index_conn *conn, enum index_stmt which)
+{
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, which, &st);
+
+	return err ? err : stmt_done(idx, conn, st, index_sql[which]);
+}
+
+/* Takes the writer and starts a write transaction.  On success the caller
+ * ends it with writer_end(). */
+static int writer_begin(struct cache_index *idx, struct index_conn **conn)
+{
+	int err;
+
+	pthread_mutex_lock(&idx->write_lock);
+	*conn = idx->writer;
+	err = conn_run(idx, *conn, STMT_BEGIN);
+	if (err)
+		pthread_mutex_unlock(&idx->write_lock);
+	return err;
+}
+
+/* Commits when @err is 0, rolls back otherwise; releases the writer.
+ * Returns @err or the commit's error. */
+static int writer_end(struct cache_index *idx, struct index_conn *conn, int err)
+{
+	if (!err)
+		err = conn_run(idx, conn, STMT_COMMIT);
+	if (err && !sqlite3_get_autocommit(conn->db))
+		conn_run(idx, conn, STMT_ROLLBACK);
+	pthread_mutex_unlock(&idx->write_lock);
+	return err;
+}
+
+static int reader_get(struct cache_index *idx, struct index_conn **out)
+{
+	struct index_conn *conn;
+	int err = 0;
+
+	pthread_mutex_lock(&idx->pool_lock);
+	while (!idx->readers && idx->nreaders >= INDEX_READERS)
+		pthread_cond_wait(&idx->pool_cond, &idx->pool_lock);
+	conn = idx->readers;
+	if (conn) {
+		idx->readers = conn->next;
+		pthread_mutex_unlock(&idx->pool_lock);
+		*out = conn;
+		return 0;
+	}
+	idx->nreaders++;
+	pthread_mutex_unlock(&idx->pool_lock);
+	conn = conn_open(idx, false, &err);
+	if (!conn) {
+		pthread_mutex_lock(&idx->pool_lock);
+		idx->nreaders--;
+		pthread_cond_signal(&idx->pool_cond);
+		pthread_mutex_unlock(&idx->pool_lock);
+		return err;
+	}
+	*out = conn;
+	return 0;
+}
+
+static void reader_put(struct cache_index *idx, struct index_conn *conn)
+{
+	pthread_mutex_lock(&idx->pool_lock);
+	conn->next = idx->readers;
+	idx->readers = conn;
+	pthread_cond_signal(&idx->pool_cond);
+	pthread_mutex_unlock(&idx->pool_lock);
+}
+
+/* Reads PRAGMA user_version. */
+static int index_version(struct cache_index *idx, sqlite3 *db, int *version)
+{
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+
+	if (rc != SQLITE_OK)
+		return index_fail(idx, db, rc, "read schema version");
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : index_fail(idx, db, rc, "read schema version");
+}
+
+static int index_check_version(struct cache_index *idx, int version)
+{
+	if (version <= CACHE_INDEX_VERSION)
+		return 0;
+	index_log(idx, LOG_ERR,
+		  "cache index \"%s\" has schema version %d, newer than %d: made by a newer hubfs",
+		  idx->path, version, CACHE_INDEX_VERSION);
+	return -EPROTO;
+}
+
+/* Switches to WAL and creates the schema if the database is new. */
+static int index_setup(struct cache_index *idx)
+{
+	sqlite3 *db = idx->writer->db;
+	int version = 0;
+	char *msg = NULL;
+	int rc, err;
+
+	/* Refuse a newer schema before changing anything. */
+	err = index_version(idx, db, &version);
+	if (!err)
+		err = index_check_version(idx, version);
+	if (err)
+		return err;
+	rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return index_fail(idx, db, rc, "switch to WAL");
+	err = conn_run(idx, idx->writer, STMT_BEGIN);
+	if (err)
+		return err;
+	err = index_version(idx, db, &version);
+	if (!err)
+		err = index_check_version(idx, version);
+	if (!err && version == 0) {
+		char pragma[64];
+
+		snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", CACHE_INDEX_VERSION);
+		rc = sqlite3_exec(db, index_schema, NULL, NULL, &msg);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(db, pragma, NULL, NULL, &msg);
+		if (rc != SQLITE_OK) {
+			index_log(idx, LOG_ERR, "cache index \"%s\": create schema: %s", idx->path,
+				  msg ? msg : sqlite3_errstr(rc));
+			err = index_errno(db, rc);
+		}
+		sqlite3_free(msg);
+	}
+	if (!err)
+		err = conn_run(idx, idx->writer, STMT_COMMIT);
+	if (err && !sqlite3_get_autocommit(db))
+		conn_run(idx, idx->writer, STMT_ROLLBACK);
+	return err;
+}
+
+struct cache_index *cache_index_open(const char *path, cache_log_fn log, int *err)
+{
+	struct cache_index *idx;
+
+	if (!sqlite3_threadsafe()) {
+		*err = -ENOTSUP;
+		return NULL;
+	}
+	idx = calloc(1, sizeof(*idx));
+	if (!idx) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	idx->log = log;
+	idx->path = strdup(path);
+	if (!idx->path) {
+		*err = -ENOMEM;
+		goto free_idx;
+	}
+	pthread_mutex_init(&idx->write_lock, NULL);
+	pthread_mutex_init(&idx->pool_lock, NULL);
+	pthread_cond_init(&idx->pool_cond, NULL);
+	idx->writer = conn_open(idx, true, err);
+	if (!idx->writer)
+		goto destroy_locks;
+	*err = index_setup(idx);
+	if (*err)
+		goto close_writer;
+	return idx;
+
+close_writer:
+	conn_close(idx->writer);
+destroy_locks:
+	pthread_cond_destroy(&idx->pool_cond);
+	pthread_mutex_destroy(&idx->pool_lock);
+	pthread_mutex_destroy(&idx->write_lock);
+	free(idx->path);
+free_idx:
+	free(idx);
+	return NULL;
+}
+
+void cache_index_close(struct cache_index *idx)
+{
+	if (!idx)
+		return;
+	while (idx->readers) {
+		struct index_conn *next = idx->readers->next;
+
+		conn_close(idx->readers);
+		idx->readers = next;
+	}
+	/* The writer last: closing the last connection checkpoints the WAL. */
+	conn_close(idx->writer);
+	pthread_cond_destroy(&idx->pool_cond);
+	pthread_mutex_destroy(&idx->pool_lock);
+	pthread_mutex_destroy(&idx->write_lock);
+	free(idx->path);
+	free(idx);
+}
+
+/*
+ * Blobs.
+ */
+
+/* Reads the current row of STMT_BLOB_GET into *@out (copying the bitmap). */
+static int blob_row(sqlite3_stmt *st, struct cache_index_blob *out)
+{
+	const void *present = sqlite3_column_blob(st, 3);
+	int len = sqlite3_column_bytes(st, 3);
+
+	memset(out, 0, sizeof(*out));
+	out->row = sqlite3_column_int64(st, 0);
+	out->size = (uint64_t)sqlite3_column_int64(st, 1);
+	out->chunk_size = (uint32_t)sqlite3_column_int64(st, 2);
+	out->chunks = (uint64_t)sqlite3_column_int64(st, 4);
+	out->bytes = (uint64_t)sqlite3_column_int64(st, 5);
+	out->complete = sqlite3_column_int(st, 6) != 0;
+	out->last_used = sqlite3_column_int64(st, 7);
+	if (present && len > 0) {
+		out->present = malloc((size_t)len);
+		if (!out->present)
+			return -ENOMEM;
+		memcpy(out->present, present, (size_t)len);
+		out->present_len = (size_t)len;
+	}
+	return 0;
+}
+
+/* Looks up blob @id on @conn: 0 with *@out, -ENOENT, or -errno. */
+static int blob_get(struct cache_index *idx, struct index_conn *conn, const char *id,
+		    struct cache_index_blob *out)
+{
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, STMT_BLOB_GET, &st);
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (err)
+		return err;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		err = blob_row(st, out);
+	else if (rc == SQLITE_DONE)
+		err = -ENOENT;
+	else
+		err = index_fail(idx, conn->db, rc, "read blob");
+	sqlite3_reset(st);
+	return err;
+}
+
+int cache_index_blob_load(struct cache_index *idx, const char *id, struct cache_index_blob *out)
+{
+	struct index_conn *conn;
+	int err = reader_get(idx, &conn);
+
+	if (err)
+		return err;
+	err = blob_get(idx, conn, id, out);
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_blob_attach(struct cache_index *idx, const char *id, uint64_t size,
+			    uint32_t chunk_size, int64_t now, struct cache_index_blob *out)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = writer_begin(idx, &conn);
+
+	if (err)
+		return err;
+	err = blob_get(idx, conn, id, out);
+	if (!err && out->size == size && (out->complete || out->chunk_size == chunk_size)) {
+		err = conn_stmt(idx, conn, STMT_BLOB_TOUCH, &st);
+		if (!err) {
+			sqlite3_bind_int64(st, 1, out->row);
+			sqlite3_bind_int64(st, 2, now);
+			sqlite3_bind_int64(st, 3, chunk_size);
+			err = stmt_done(idx, conn, st, "touch blob");
+		}
+		out->last_used = now;
+		out->chunk_size = chunk_size;
+		goto end_tx;
+	}
+	if (err && err != -ENOENT)
+		goto end_tx;
+	free(out->present);
+	/* A fresh row: the old one (if any) described another file. */
+	err = conn_stmt(idx, conn, STMT_BLOB_DELETE, &st);
+	if (err)
+		goto end_tx;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	err = stmt_done(idx, conn, st, "delete blob");
+	if (!err)
+		err = conn_stmt(idx, conn, STMT_BLOB_INSERT, &st);
+	if (err)
+		goto end_tx;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (int64_t)size);
+	sqlite3_bind_int64(st, 3, chunk_size);
+	sqlite3_bind_int64(st, 4, now);
+	err = stmt_done(idx, conn, st, "insert blob");
+	memset(out, 0, sizeof(*out));
+	out->row = sqlite3_last_insert_rowid(conn->db);
+	out->size = size;
+	out->chunk_size = chunk_size;
+	out->last_used = now;
+end_tx:
+	err = writer_end(idx, conn, err);
+	if (err) {
+		free(out->present);
+		memset(out, 0, sizeof(*out));
+	}
+	return err;
+}
+
+static int counter_add(struct cache_index *idx, struct index_conn *conn, const char *name,
+		       uint64_t value)
+{
+	sqlite3_stmt *st;
+	int err;
+
+	if (!value)
+		return 0;
+	err = conn_stmt(idx, conn, STMT_COUNTER_ADD, &st);
+	if (err)
+		return err;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (int64_t)value);
+	return stmt_done(idx, conn, st, "add to counter");
+}
+
+int cache_index_blob_persist(struct cache_index *idx, const struct cache_index_persist *p)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	bool gone = false;
+	int err = writer_begin(idx, &conn);
+
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_BLOB_PERSIST, &st);
+	if (err)
+		goto end_tx;
+	sqlite3_bind_int64(st, 1, p->row);
+	if (p->present)
+		sqlite3_bind_blob(st, 2, p->present, (int)p->present_len, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 2);
+	sqlite3_bind_int64(st, 3, (int64_t)p->chunks);
+	sqlite3_bind_int64(st, 4, (int64_t)p->bytes);
+	sqlite3_bind_int(st, 5, p->complete);
+	sqlite3_bind_int64(st, 6, p->last_used);
+	err = stmt_done(idx, conn, st, "persist blob");
+	if (err)
+		goto end_tx;
+	gone = sqlite3_changes(conn->db) == 0;
+	err = counter_add(idx, conn, "hits", p->hits);
+	if (!err)
+		err = counter_add(idx, conn, "misses", p->misses);
+end_tx:
+	err = writer_end(idx, conn, err);
+	return err ? err : gone ? -ESTALE : 0;
+}
+
+int cache_index_blob_delete(struct cache_index *idx, const char *id, uint64_t *bytes)
+{
+	struct cache_index_blob row;
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = writer_begin(idx, &conn);
+
+	*bytes = 0;
+	if (err)
+		return err;
+	err = blob_get(idx, conn, id, &row);
+	if (err == -ENOENT) {
+		err = 0;
+		goto end_tx;
+	}
+	if (err)
+		goto end_tx;
+	free(row.present);
+	err = conn_stmt(idx, conn, STMT_BLOB_DELETE, &st);
+	if (err)
+		goto end_tx;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	err = stmt_done(idx, conn, st, "delete blob");
+	if (!err)
+		*bytes = row.bytes;
+end_tx:
+	err = writer_end(idx, conn, err);
+	if (err)
+		*bytes = 0;
+	return err;
+}
+
+int cache_index_blob_exists(struct cache_index *idx, const char *id, bool *exists)
+{
+	struct cache_index_blob row;
+	int err = cache_index_blob_load(idx, id, &row);
+
+	*exists = err == 0;
+	if (!err)
+		free(row.present);
+	return err == -ENOENT ? 0 : err;
+}
+
+int cache_index_blob_lru(struct cache_index *idx, int64_t after_used, int64_t after_row,
+			 struct cache_index_lru *out, size_t max, size_t *n)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = reader_get(idx, &conn);
+	int rc;
+
+	*n = 0;
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_BLOB_LRU, &st);
+	if (err)
+		goto put_reader;
+	sqlite3_bind_int64(st, 1, after_used);
+	sqlite3_bind_int64(st, 2, after_row);
+	sqlite3_bind_int64(st, 3, (int64_t)max);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max) {
+		const unsigned char *id = sqlite3_column_text(st, 3);
+		struct cache_index_lru *e = &out[*n];
+
+		if (!id || strlen((const char *)id) >= CACHE_ID_MAX)
+			continue; /* not a valid id: never a file name */
+		e->row = sqlite3_column_int64(st, 0);
+		e->last_used = sqlite3_column_int64(st, 1);
+		e->bytes = (uint64_t)sqlite3_column_int64(st, 2);
+		strcpy(e->id, (const char *)id);
+		(*n)++;
+	}
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		err = index_fail(idx, conn->db, rc, "list blobs");
+	sqlite3_reset(st);
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_totals(struct cache_index *idx, struct cache_index_totals *t)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = reader_get(idx, &conn);
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	if (err)
+		return err;
+	/* One read transaction, so that both statements see the same state. */
+	err = conn_run(idx, conn, STMT_BEGIN_READ);
+	if (err)
+		goto put_reader;
+	err = conn_stmt(idx, conn, STMT_TOTALS, &st);
+	if (err)
+		goto end_read;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		t->blobs = (uint64_t)sqlite3_column_int64(st, 0);
+		t->complete = (uint64_t)sqlite3_column_int64(st, 1);
+		t->chunks = (uint64_t)sqlite3_column_int64(st, 2);
+		t->bytes = (uint64_t)sqlite3_column_int64(st, 3);
+	} else {
+		err = index_fail(idx, conn->db, rc, "sum blobs");
+	}
+	sqlite3_reset(st);
+	if (err)
+		goto end_read;
+	err = conn_stmt(idx, conn, STMT_COUNTERS, &st);
+	if (err)
+		goto end_read;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		uint64_t value = (uint64_t)sqlite3_column_int64(st, 1);
+
+		if (name && !strcmp(name, "hits"))
+			t->hits = value;
+		else if (name && !strcmp(name, "misses"))
+			t->misses = value;
+	}
+	if (rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "read counters");
+	sqlite3_reset(st);
+end_read:
+	conn_run(idx, conn, STMT_COMMIT);
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_counters_add(struct cache_index *idx, uint64_t hits, uint64_t misses)
+{
+	struct index_conn *conn;
+	int err;
+
+	if (!hits && !misses)
+		return 0;
+	err = writer_begin(idx, &conn);
+	if (err)
+		return err;
+	err = counter_add(idx, conn, "hits", hits);
+	if (!err)
+		err = counter_add(idx, conn, "misses", misses);
+	return writer_end(idx, conn, err);
+}
+
+int cache_index_clear(struct cache_index *idx)
+{
+	static const char sql[] = "DELETE FROM blobs; DELETE FROM kv; DELETE FROM tree_entries;"
+				  "DELETE FROM tree_dirs; DELETE FROM trees;"
+				  "UPDATE counters SET value = 0;";
+	struct index_conn *conn;
+	int err = writer_begin(idx, &conn);
+	int rc;
+
+	if (err)
+		return err;
+	rc = sqlite3_exec(conn->db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		err = index_fail(idx, conn->db, rc, "clear");
+	return writer_end(idx, conn, err);
+}
+
+/*
+ * Key/value pairs.
+ */
+
+int cache_index_kv_put(struct cache_index *idx, const char *key, const void *val, size_t len,
+		       int64_t fetched_at)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err;
+
+	pthread_mutex_lock(&idx->write_lock);
+	conn = idx->writer;
+	err = conn_stmt(idx, conn, STMT_KV_PUT, &st);
+	if (!err) {
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+		/* zeroblob: a NULL pointer would bind NULL, refused by NOT NULL */
+		if (len)
+			sqlite3_bind_blob(st, 2, val, (int)len, SQLITE_STATIC);
+		else
+			sqlite3_bind_zeroblob(st, 2, 0);
+		sqlite3_bind_int64(st, 3, fetched_at);
+		err = stmt_done(idx, conn, st, "put pair");
+	}
+	pthread_mutex_unlock(&idx->write_lock);
+	return err;
+}
+
+int cache_index_kv_get(struct cache_index *idx, const char *key, void **val, size_t *len,
+		       int64_t *fetched_at)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = reader_get(idx, &conn);
+	int rc;
+
+	*val = NULL;
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_KV_GET, &st);
+	if (err)
+		goto put_reader;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const void *data = sqlite3_column_blob(st, 0);
+		size_t n = (size_t)sqlite3_column_bytes(st, 0);
+		char *copy = malloc(n + 1);
+
+		if (copy) {
+			if (n)
+				memcpy(copy, data, n);
+			copy[n] = '\0';
+			*val = copy;
+			*len = n;
+			*fetched_at = sqlite3_column_int64(st, 1);
+		} else {
+			err = -ENOMEM;
+		}
+	} else if (rc == SQLITE_DONE) {
+		err = -ENOENT;
+	} else {
+		err = index_fail(idx, conn->db, rc, "get pair");
+	}
+	sqlite3_reset(st);
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_kv_delete(struct cache_index *idx, const char *key)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err;
+
+	pthread_mutex_lock(&idx->write_lock);
+	conn = idx->writer;
+	err = conn_stmt(idx, conn, STMT_KV_DELETE, &st);
+	if (!err) {
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+		err = stmt_done(idx, conn, st, "delete pair");
+	}
+	pthread_mutex_unlock(&idx->write_lock);
+	return err;
+}
+
+int cache_index_kv_delete_prefix(struct cache_index *idx, const char *prefix)
+{
+	size_t len = strlen(prefix);
+	char *upper = malloc(len + 1);
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err;
+
+	if (!upper)
+		return -ENOMEM;
+	/* The keys >= prefix and < upper, where upper is the prefix with its
+	 * last byte below 0xff incremented (keys compare as bytes). */
+	memcpy(upper, prefix, len + 1);
+	while (len > 0 && (unsigned char)upper[len - 1] == 0xff)
+		len--;
+	if (len > 0)
+		upper[len - 1] = (char)((unsigned char)upper[len - 1] + 1);
+	pthread_mutex_lock(&idx->write_lock);
+	conn = idx->writer;
+	err = conn_stmt(idx, conn, len ? STMT_KV_DELETE_RANGE : STMT_KV_DELETE_FROM, &st);
+	if (!err) {
+		sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
+		if (len)
+			sqlite3_bind_text(st, 2, upper, (int)len, SQLITE_STATIC);
+		err = stmt_done(idx, conn, st, "delete pairs");
+	}
+	pthread_mutex_unlock(&idx->write_lock);
+	free(upper);
+	return err;
+}
+
+/*
+ * Trees.
+ */
+
+/* The number of tree @key, made when @create; -ENOENT when unknown. */
+static int tree_id(struct cache_index *idx, struct index_conn *conn, const char *key, bool create,
+		   int64_t *tree)
+{
+	sqlite3_stmt *st;
+	int err, rc;
+
+	if (create) {
+		err = conn_stmt(idx, conn, STMT_TREE_INSERT, &st);
+		if (err)
+			return err;
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+		err = stmt_done(idx, conn, st, "insert tree");
+		if (err)
+			return err;
+	}
+	err = conn_stmt(idx, conn, STMT_TREE_GET, &st);
+	if (err)
+		return err;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*tree = sqlite3_column_int64(st, 0);
+	else if (rc == SQLITE_DONE)
+		err = -ENOENT;
+	else
+		err = index_fail(idx, conn->db, rc, "read tree");
+	sqlite3_reset(st);
+	return err;
+}
+
+/* What a tree put works on. */
+struct tree_put {
+	struct cache_index *idx;
+	struct index_conn *conn;
+	int64_t tree;
+	const char *scope; /* the directory put */
+	size_t scope_len;
+	bool synthesize; /* add the entries of directories implied by a path */
+};
+
+/* Length of the parent of @path[0..@len): up to its last '/', 0 at the top. */
+static size_t path_parent_len(const char *path, size_t len)
+{
+	while (len > 0 && path[len - 1] != '/')
+		len--;
+	return len ? len - 1 : 0;
+}
+
+/* Finds or makes the row of directory @path[0..@len) into *@dir.  With
+ * tp->synthesize, a directory made below the scope also gets its entry in
+ * its parent (made the same way). */
+static int dir_ensure(struct tree_put *tp, const char *path, size_t len, int depth, int64_t *dir)
+{
+	struct cache_index *idx = tp->idx;
+	struct index_conn *conn = tp->conn;
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, STMT_DIR_GET, &st);
+	size_t plen;
+	int64_t parent;
+	int rc;
+
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, tp->tree);
+	sqlite3_bind_text(st, 2, path, (int)len, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*dir = sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "read directory");
+	sqlite3_reset(st);
+	if (err || rc == SQLITE_ROW)
+		return err;
+	err = conn_stmt(idx, conn, STMT_DIR_INSERT, &st);
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, tp->tree);
+	sqlite3_bind_text(st, 2, path, (int)len, SQLITE_STATIC);
+	err = stmt_done(idx, conn, st, "insert directory");
+	if (err)
+		return err;
+	*dir = sqlite3_last_insert_rowid(conn->db);
+	if (!tp->synthesize || len <= tp->scope_len || depth > CACHE_PATH_MAX)
+		return 0;
+	plen = path_parent_len(path, len);
+	err = dir_ensure(tp, path, plen, depth + 1, &parent);
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_ENTRY_ADD, &st);
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, parent);
+	sqlite3_bind_text(st, 2, path + (plen ? plen + 1 : 0), (int)(len - (plen ? plen + 1 : 0)),
+			  SQLITE_STATIC);
+	return stmt_done(idx, conn, st, "add directory entry");
+}
+
+/* Binds the scope "under @dir" of the *_UNDER statements at ?2 and ?3. */
+static void bind_under(sqlite3_stmt *st, const char *dir, char *lo, char *hi)
+{
+	size_t len = strlen(dir);
+
+	if (!len) {
+		static const unsigned char after_text[1] = {0};
+
+		sqlite3_bind_text(st, 2, "", 0, SQLITE_STATIC);
+		sqlite3_bind_blob(st, 3, after_text, 1, SQLITE_STATIC);
+		return;
+	}
+	memcpy(lo, dir, len);
+	memcpy(hi, dir, len);
+	lo[len] = '/';
+	hi[len] = '0';
+	sqlite3_bind_text(st, 2, lo, (int)len + 1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, hi, (int)len + 1, SQLITE_STATIC);
+}
+
+/* Runs a *_UNDER statement for tree tp->tree and directory @dir. */
+static int run_under(struct tree_put *tp, enum index_stmt which, const char *dir)
+{
+	char lo[CACHE_PATH_MAX + 2], hi[CACHE_PATH_MAX + 2];
+	sqlite3_stmt *st;
+	int err = conn_stmt(tp->idx, tp->conn, which, &st);
+
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, tp->tree);
+	bind_under(st, dir, lo, hi);
+	return stmt_done(tp->idx, tp->conn, st, index_sql[which]);
+}
+
+static int entry_put(struct tree_put *tp, int64_t dir, const struct cache_entry *e,
+		     const char *name)
+{
+	sqlite3_stmt *st;
+	int err = conn_stmt(tp->idx, tp->conn, STMT_ENTRY_PUT, &st);
+
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, dir);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, e->is_dir);
+	sqlite3_bind_int64(st, 4, (int64_t)e->size);
+	sqlite3_bind_text(st, 5, e->oid, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, e->sha256, -1, SQLITE_STATIC);
+	return stmt_done(tp->idx, tp->conn, st, "put entry");
+}
+
+static int tree_put_entries(struct tree_put *tp, const struct cache_entry *entries, size_t n,
+			    unsigned flags)
+{
+	bool complete = flags & CACHE_TREE_COMPLETE;
+	bool recursive = complete && (flags & CACHE_TREE_RECURSIVE);
+	const char *last = NULL; /* the parent of the previous entry, memoised */
+	size_t last_len = 0;
+	int64_t top, dir = 0;
+	sqlite3_stmt *st;
+	int err;
+
+	if (recursive) {
+		err = run_under(tp, STMT_ENTRIES_DELETE_UNDER, tp->scope);
+		if (!err)
+			err = run_under(tp, STMT_DIRS_DELETE_UNDER, tp->scope);
+		if (err)
+			return err;
+	}
+	err = dir_ensure(tp, tp->scope, tp->scope_len, 0, &top);
+	if (err)
+		return err;
+	if (complete) {
+		err = conn_stmt(tp->idx, tp->conn, STMT_ENTRIES_DELETE_DIR, &st);
+		if (err)
+			return err;
+		sqlite3_bind_int64(st, 1, top);
+		err = stmt_done(tp->idx, tp->conn, st, "delete entries");
+		if (err)
+			return err;
+	}
+	tp->synthesize = recursive;
+	for (size_t i = 0; i < n; i++) {
+		const char *path = entries[i].path;
+		size_t len = strlen(path);
+		size_t plen = path_parent_len(path, len);
+
+		if (!last || plen != last_len || memcmp(path, last, plen)) {
+			err = dir_ensure(tp, path, plen, 0, &dir);
+			if (err)
+				return err;
+			last = path;
+			last_len = plen;
+		}
+		err = entry_put(tp, dir, &entries[i], path + (plen ? plen + 1 : 0));
+		if (!err && recursive && entries[i].is_dir) {
+			int64_t sub;
+
+			/* so that an empty directory has a (complete) listing */
+			err = dir_ensure(tp, path, len, 0, &sub);
+		}
+		if (err)
+			return err;
+	}
+	if (!complete)
+		return 0;
+	err = conn_stmt(tp->idx, tp->conn, STMT_DIR_COMPLETE, &st);
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, top);
+	err = stmt_done(tp->idx, tp->conn, st, "complete directory");
+	if (!err && recursive)
+		err = run_under(tp, STMT_DIRS_COMPLETE_UNDER, tp->scope);
+	return err;
+}
+
+int cache_index_tree_put(struct cache_index *idx, const char *tree_key, const char *dir,
+			 const struct cache_entry *entries, size_t n, unsigned flags)
+{
+	struct tree_put tp = {.idx = idx, .scope = dir, .scope_len = strlen(dir)};
+	int err = writer_begin(idx, &tp.conn);
+
+	if (err)
+		return err;
+	err = tree_id(idx, tp.conn, tree_key, true, &tp.tree);
+	if (!err)
+		err = tree_put_entries(&tp, entries, n, flags);
+	return writer_end(idx, tp.conn, err);
+}
+
+/* Copies the entry columns (is_dir, size, oid, sha256 at @col...) of @st. */
+static int entry_read(sqlite3_stmt *st, int col, const char *dir, const char *name,
+		      struct cache_entry *out)
+{
+	const char *oid = (const char *)sqlite3_column_text(st, col + 2);
+	const char *sha = (const char *)sqlite3_column_text(st, col + 3);
+	size_t dlen = strlen(dir), nlen = strlen(name);
+
+	memset(out, 0, sizeof(*out));
+	out->path = malloc(dlen + 1 + nlen + 1);
+	if (!out->path)
+		return -ENOMEM;
+	if (dlen) {
+		memcpy(out->path, dir, dlen);
+		out->path[dlen++] = '/';
+	}
+	memcpy(out->path + dlen, name, nlen + 1);
+	out->is_dir = sqlite3_column_int(st, col) != 0;
+	out->size = (uint64_t)sqlite3_column_int64(st, col + 1);
+	snprintf(out->oid, sizeof(out->oid), "%s", oid ? oid : "");
+	snprintf(out->sha256, sizeof(out->sha256), "%s", sha ? sha : "");
+	return 0;
+}
+
+/* What the index knows of one path. */
+enum lookup_answer {
+	LOOKUP_FOUND,	  /* an entry (out filled when asked) */
+	LOOKUP_ABSENT,	  /* the parent's listing is complete and lacks it */
+	LOOKUP_PARTIAL,	  /* the parent is known, its listing is not complete */
+	LOOKUP_NO_PARENT, /* nothing known of the parent */
+};
+
+/* Looks up @path[0..@len) (NUL-terminated there).  With @out, fills it when
+ * found; *@is_dir tells what was found. */
+static int lookup_one(struct cache_index *idx, struct index_conn *conn, const char *tree_key,
+		      const char *path, size_t len, struct cache_entry *out, bool *is_dir,
+		      enum lookup_answer *answer)
+{
+	size_t plen = path_parent_len(path, len);
+	const char *name = path + (plen ? plen + 1 : 0);
+	char parent[CACHE_PATH_MAX + 1];
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, STMT_LOOKUP, &st);
+	int rc;
+
+	if (err)
+		return err;
+	memcpy(parent, path, plen);
+	parent[plen] = '\0';
+	sqlite3_bind_text(st, 1, tree_key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, parent, (int)plen, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		if (sqlite3_column_int(st, 1)) {
+			*answer = LOOKUP_FOUND;
+			*is_dir = sqlite3_column_int(st, 2) != 0;
+			if (out)
+				err = entry_read(st, 2, parent, name, out);
+		} else {
+			*answer = sqlite3_column_int(st, 0) ? LOOKUP_ABSENT : LOOKUP_PARTIAL;
+		}
+	} else if (rc == SQLITE_DONE) {
+		*answer = LOOKUP_NO_PARENT;
+	} else {
+		err = index_fail(idx, conn->db, rc, "look up entry");
+	}
+	sqlite3_reset(st);
+	return err;
+}
+
+int cache_index_tree_lookup(struct cache_index *idx, const char *tree_key, const char *path,
+			    struct cache_entry *out)
+{
+	char buf[CACHE_PATH_MAX + 1];
+	size_t len = strlen(path);
+	enum lookup_answer answer;
+	struct index_conn *conn;
+	bool is_dir = false;
+	int err;
+
+	memcpy(buf, path, len + 1);
+	err = reader_get(idx, &conn);
+	if (err)
+		return err;
+	err = conn_run(idx, conn, STMT_BEGIN_READ); /* one snapshot for the walk */
+	if (err)
+		goto put_reader;
+	err = lookup_one(idx, conn, tree_key, buf, len, out, &is_dir, &answer);
+	/* Parent unknown: the nearest known ancestor may still answer, e.g. a
+	 * complete root without "a" says that "a/b/c" does not exist. */
+	while (!err && answer == LOOKUP_NO_PARENT) {
+		len = path_parent_len(buf, len);
+		if (!len)
+			break;
+		buf[len] = '\0';
+		err = lookup_one(idx, conn, tree_key, buf, len, NULL, &is_dir, &answer);
+		if (!err && answer == LOOKUP_FOUND)
+			err = is_dir ? -ENODATA : -ENOTDIR;
+	}
+	if (!err)
+		err = answer == LOOKUP_FOUND ? 0 : answer == LOOKUP_ABSENT ? -ENOENT : -ENODATA;
+	conn_run(idx, conn, STMT_COMMIT);
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+void cache_index_entries_free(struct cache_entry *entries, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(entries[i].path);
+	free(entries);
+}
+
+int cache_index_tree_list(struct cache_index *idx, const char *tree_key, const char *dir,
+			  struct cache_entry **entries, size_t *n)
+{
+	struct cache_entry *v = NULL;
+	size_t count = 0, cap = 0;
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	bool known = false;
+	int err, rc;
+
+	*entries = NULL;
+	*n = 0;
+	err = reader_get(idx, &conn);
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_LIST, &st);
+	if (err)
+		goto put_reader;
+	sqlite3_bind_text(st, 1, tree_key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, dir, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+
+		if (!sqlite3_column_int(st, 0))
+			break; /* not complete: known is false */
+		known = true;
+		if (!name)
+			continue; /* an empty directory */
+		if (count == cap) {
+			size_t ncap = cap ? 2 * cap : 64;
+			struct cache_entry *nv = realloc(v, ncap * sizeof(*v));
+
+			if (!nv) {
+				err = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		err = entry_read(st, 2, dir, name, &v[count]);
+		if (err)
+			break;
+		count++;
+	}
+	if (!err && rc != SQLITE_ROW && rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "list directory");
+	sqlite3_reset(st);
+	if (!err && !known)
+		err = -ENODATA;
+	if (err) {
+		cache_index_entries_free(v, count);
+	} else {
+		*entries = v;
+		*n = count;
+	}
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_tree_delete(struct cache_index *idx, const char *tree_key)
+{
+	static const enum index_stmt steps[] = {STMT_ENTRIES_DELETE_TREE, STMT_DIRS_DELETE_TREE,
+						STMT_TREE_DELETE};
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int64_t tree;
+	int err = writer_begin(idx, &conn);
+
+	if (err)
+		return err;
+	err = tree_id(idx, conn, tree_key, false, &tree);
+	if (err == -ENOENT) {
+		err = 0;
+		goto end_tx;
+	}
+	for (size_t i = 0; !err && i < sizeof(steps) / sizeof(steps[0]); i++) {
+		err = conn_stmt(idx, conn, steps[i], &st);
+		if (err)
+			break;
+		sqlite3_bind_int64(st, 1, tree);
+		err = stmt_done(idx, conn, st, "delete tree");
+	}
+end_tx:
+	return writer_end(idx, conn, err);
+}
