@@ -328,6 +328,11 @@ const char *http_client_endpoint(const struct http_client *c)
 	return c->endpoint;
 }
 
+int http_client_max_retries(const struct http_client *c)
+{
+	return c->max_retries;
+}
+
 bool http_client_has_token(const struct http_client *c)
 {
 	return c->auth_header != NULL;
@@ -369,7 +374,10 @@ struct http_xfer {
 	size_t cap;     /* allocated for resp->body */
 	int abort_rc;   /* why a callback stopped the transfer */
 	int use_sink;   /* -1 unknown, 0 buffer, 1 sink: decided at the first byte */
+	bool headers_done; /* resp's header fields are filled */
 };
+
+static void http_response_headers(CURL *h, struct http_response *r);
 
 static int http_buffer(struct http_xfer *x, const char *data, size_t len, size_t limit)
 {
@@ -415,6 +423,17 @@ static size_t http_write_cb(char *data, size_t size, size_t nmemb, void *arg)
 		curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
 		x->resp->status = status;
 		x->use_sink = x->req->sink && status >= 200 && status < 300;
+		if (x->use_sink && x->req->on_headers) {
+			int rc;
+
+			http_response_headers(x->h, x->resp);
+			x->headers_done = true;
+			rc = x->req->on_headers(x->req->sink_arg, x->resp);
+			if (rc) {
+				x->abort_rc = rc;
+				return CURL_WRITEFUNC_ERROR;
+			}
+		}
 	}
 	if (x->use_sink) {
 		int rc = x->req->sink(x->req->sink_arg, data, len);
@@ -671,7 +690,8 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 				curl_easy_strerror(cc));
 		goto out;
 	}
-	http_response_headers(h, resp);
+	if (!x.headers_done)
+		http_response_headers(h, resp);
 	free(resp->url);
 	resp->url = strdup(url);
 	free(resp->location);

@@ -66,6 +66,9 @@ void http_client_free(struct http_client *c);
 /* The endpoint without a trailing '/' (borrowed). */
 const char *http_client_endpoint(const struct http_client *c);
 
+/* Retries of retryable failures the client was configured with. */
+int http_client_max_retries(const struct http_client *c);
+
 /* True if a token was configured. */
 bool http_client_has_token(const struct http_client *c);
 
@@ -75,24 +78,6 @@ typedef int (*http_sink_fn)(void *arg, const void *data, size_t len);
 
 /* Polled during transfers and backoff sleeps; true aborts with -EINTR. */
 typedef bool (*http_cancel_fn)(void *arg);
-
-struct http_request {
-	const char *method;        /* NULL for "GET" */
-	const char *url;           /* absolute, or a path from the endpoint ("/api/...") */
-	const char *accept;        /* Accept header or NULL */
-	const char *content_type;  /* of @body, or NULL */
-	const void *body;          /* request body, borrowed */
-	size_t body_len;
-	bool has_range;            /* send Range: bytes=range_start-range_end (inclusive) */
-	uint64_t range_start, range_end;
-	bool follow;               /* follow redirects (at most 5 hops) */
-	bool api;                  /* apply the client's total API timeout */
-	size_t max_body;           /* limit of a buffered body; 0 for 16 MiB */
-	http_sink_fn sink;         /* with a sink, a 2xx body goes there, not to resp->body */
-	void *sink_arg;
-	http_cancel_fn cancel;
-	void *cancel_arg;
-};
 
 struct http_response {
 	long status;
@@ -114,6 +99,29 @@ struct http_response {
 	long retry_after;         /* seconds asked by RateLimit t= or Retry-After, -1 when none */
 	bool auth_sent;           /* Authorization went with the last hop */
 };
+
+struct http_request {
+	const char *method;        /* NULL for "GET" */
+	const char *url;           /* absolute, or a path from the endpoint ("/api/...") */
+	const char *accept;        /* Accept header or NULL */
+	const char *content_type;  /* of @body, or NULL */
+	const void *body;          /* request body, borrowed */
+	size_t body_len;
+	bool has_range;            /* send Range: bytes=range_start-range_end (inclusive) */
+	uint64_t range_start, range_end;
+	bool follow;               /* follow redirects (at most 5 hops) */
+	bool api;                  /* apply the client's total API timeout */
+	size_t max_body;           /* limit of a buffered body; 0 for 16 MiB */
+	http_sink_fn sink;         /* with a sink, a 2xx body goes there, not to resp->body */
+	void *sink_arg;
+	/* Called with the answer's status and headers before the first byte of
+	 * its body reaches the sink (only when there is a sink and a 2xx body);
+	 * a non-zero return aborts the transfer with that value. */
+	int (*on_headers)(void *arg, const struct http_response *resp);
+	http_cancel_fn cancel;
+	void *cancel_arg;
+};
+
 
 /* Makes one request (following redirects if asked), without retries.
  * Returns 0 when an answer arrived, whatever its status (see resp->status);

@@ -1,10 +1,9 @@
 /*
  * hubfs: the command line.
  *
- * Dispatches "hubfs COMMAND [ARGS]" to the command's entry point.  Today only
- * --help and --version do their work; mount, umount, status and cache are
- * named so that scripts and users see the planned interface, and say plainly
- * that this build does not have them yet.
+ * Dispatches "hubfs COMMAND [ARGS]" to the command's entry point (cmd.h).
+ * status is named so that scripts and users see the planned interface, and
+ * says plainly that this build does not have it yet.
  */
 #include "config.h"
 
@@ -15,6 +14,7 @@
 #include <string.h>
 
 #include "cache_hash.h"
+#include "cmd.h"
 #include "http.h"
 #include "log.h"
 
@@ -24,11 +24,13 @@ static const char hubfs_usage[] =
 	"The Hugging Face Hub as a filesystem.\n"
 	"\n"
 	"commands:\n"
-	"  mount MOUNTPOINT      mount the Hub on MOUNTPOINT              (planned)\n"
-	"  umount MOUNTPOINT     commit what is pending, then unmount     (planned)\n"
+	"  mount MOUNTPOINT      mount the Hub on MOUNTPOINT (read-only for now)\n"
+	"  umount MOUNTPOINT     unmount\n"
 	"  status [MOUNTPOINT]   pending changes, uploads and errors      (planned)\n"
 	"  cache stats|prune|clear\n"
-	"                        show, trim or empty the blob cache       (planned)\n"
+	"                        show, trim or empty the blob cache\n"
+	"\n"
+	"'hubfs COMMAND --help' shows a command's options.\n"
 	"\n"
 	"options:\n"
 	"  -h, --help            show this help and exit\n"
@@ -49,7 +51,7 @@ static void hubfs_print_version(void)
 	printf("%s\n", cache_hash_lib_version());
 }
 
-static const char *const hubfs_planned[] = { "mount", "umount", "status", "cache" };
+static const char *const hubfs_planned[] = { "status" };
 
 int main(int argc, char *argv[])
 {
@@ -68,6 +70,12 @@ int main(int argc, char *argv[])
 		hubfs_print_version();
 		return 0;
 	}
+	if (!strcmp(cmd, "mount"))
+		return cmd_mount(argc - 1, argv + 1);
+	if (!strcmp(cmd, "umount") || !strcmp(cmd, "unmount"))
+		return cmd_umount(argc - 1, argv + 1);
+	if (!strcmp(cmd, "cache"))
+		return cmd_cache(argc - 1, argv + 1);
 	for (size_t i = 0; i < sizeof(hubfs_planned) / sizeof(hubfs_planned[0]); i++) {
 		if (!strcmp(cmd, hubfs_planned[i])) {
 			log_msg(LOG_ERR, "command '%s' is not implemented in hubfs %s yet", cmd,

@@ -1,0 +1,521 @@
+/*
+ * hubfs mount and hubfs umount.
+ *
+ * mount checks everything it can before mounting (options, mountpoint,
+ * endpoint, token, cache) and prints the cause of any failure.  Without -f it
+ * forks first: the child does the work and tells the parent, through a pipe,
+ * once the filesystem is mounted; the parent then exits 0, or 1 if the child
+ * failed (the child has printed why).  The child opens the cache and starts
+ * its threads after the fork, since neither SQLite connections nor threads
+ * survive one.
+ */
+#include "config.h"
+
+#include "cmd.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs_ops.h"
+#include "http.h"
+#include "log.h"
+#include "options.h"
+
+extern char **environ;
+
+struct mount_opts {
+	int foreground;
+	int debug;
+	int offline;
+	int help;
+	int public_only;
+	char *endpoint;
+	char *token_file;
+	char *cache_dir;
+	char *cache_size;
+	char *ttl;
+	char *timeout;
+	char *mountpoint;
+};
+
+#define MOUNT_OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
+
+static const struct fuse_opt mount_spec[] = {
+	MOUNT_OPT("-f", foreground),
+	MOUNT_OPT("--foreground", foreground),
+	MOUNT_OPT("-d", debug),
+	MOUNT_OPT("--debug", debug),
+	MOUNT_OPT("--offline", offline),
+	MOUNT_OPT("-h", help),
+	MOUNT_OPT("--help", help),
+	MOUNT_OPT("--endpoint %s", endpoint),
+	MOUNT_OPT("--endpoint=%s", endpoint),
+	MOUNT_OPT("--token-file %s", token_file),
+	MOUNT_OPT("--token-file=%s", token_file),
+	MOUNT_OPT("--cache-dir %s", cache_dir),
+	MOUNT_OPT("--cache-dir=%s", cache_dir),
+	MOUNT_OPT("--cache-size %s", cache_size),
+	MOUNT_OPT("--cache-size=%s", cache_size),
+	MOUNT_OPT("--ttl %s", ttl),
+	MOUNT_OPT("--ttl=%s", ttl),
+	MOUNT_OPT("--timeout %s", timeout),
+	MOUNT_OPT("--timeout=%s", timeout),
+	FUSE_OPT_END,
+};
+
+static const char mount_usage[] =
+	"usage: hubfs mount [-f] [-d] [-o FUSE_OPTIONS] [--endpoint URL] [--token-file FILE]\n"
+	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
+	"                   [--timeout SECONDS] [--offline] MOUNTPOINT\n"
+	"\n"
+	"  -f, --foreground      stay in the foreground\n"
+	"  -d, --debug           log every request (implies -f)\n"
+	"  -o OPTIONS            FUSE mount options (e.g. allow_other)\n"
+	"  --endpoint URL        the Hub (default $HF_ENDPOINT or https://huggingface.co)\n"
+	"  --token-file FILE     read the token from FILE\n"
+	"  --cache-dir DIR       the cache (default $XDG_CACHE_HOME/hubfs or ~/.cache/hubfs)\n"
+	"  --cache-size SIZE     cache limit, K/M/G/T suffixes (default 10G)\n"
+	"  --ttl SECONDS         how long a branch head, a listing or a missing name is\n"
+	"                        trusted before it is asked again (default 10)\n"
+	"  --timeout SECONDS     a transfer that stalls this long fails with EIO (default 30)\n"
+	"  --offline             never contact the Hub; serve what is cached\n";
+
+static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct mount_opts *o = data;
+
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT) {
+		if (o->mountpoint) {
+			log_msg(LOG_ERR, "more than one mountpoint: '%s' and '%s'", o->mountpoint, arg);
+			return -1;
+		}
+		o->mountpoint = strdup(arg);
+		return o->mountpoint ? 0 : -1;
+	}
+	if (key == FUSE_OPT_KEY_OPT && arg[0] == '-' && arg[1] == '-') {
+		log_msg(LOG_ERR, "unknown option '%s' (see 'hubfs mount --help')", arg);
+		return -1;
+	}
+	return 1; /* -o options go to libfuse */
+}
+
+static void mount_opts_release(struct mount_opts *o)
+{
+	free(o->endpoint);
+	free(o->token_file);
+	free(o->cache_dir);
+	free(o->cache_size);
+	free(o->ttl);
+	free(o->timeout);
+	free(o->mountpoint);
+}
+
+/* Checks that @path is an empty directory we may mount on. */
+static int mount_check_point(const char *path)
+{
+	struct stat st;
+	struct dirent *de;
+	DIR *d;
+
+	if (stat(path, &st) < 0) {
+		log_msg(LOG_ERR, "mountpoint '%s': %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		log_msg(LOG_ERR, "mountpoint '%s' is not a directory", path);
+		return -1;
+	}
+	d = opendir(path);
+	if (!d) {
+		log_msg(LOG_ERR, "mountpoint '%s': %s", path, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			closedir(d);
+			log_msg(LOG_ERR, "mountpoint '%s' is not empty", path);
+			return -1;
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+static int mount_parse_seconds(const char *what, const char *s, int def, int *out)
+{
+	char *end;
+	long v;
+
+	if (!s) {
+		*out = def;
+		return 0;
+	}
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < 0 || v > 86400 * 365) {
+		log_msg(LOG_ERR, "%s '%s' is not a number of seconds", what, s);
+		return -1;
+	}
+	*out = (int)v;
+	return 0;
+}
+
+/* libfuse's messages go through our log. */
+static void mount_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	log_vmsg((int)level, fmt, ap);
+}
+
+static void mount_cache_log(int level, const char *fmt, va_list ap)
+{
+	log_vmsg(level, fmt, ap);
+}
+
+/*
+ * Raises the read-ahead of the mount's backing device to FS_MAX_READ, so the
+ * kernel sends 1 MiB reads (MEASUREMENTS.md: max_read alone is not enough).
+ * The device is found in /proc/self/mountinfo, not with stat(2), which would
+ * ask this very filesystem before it serves requests.  Needs root; without it
+ * the default (128 KiB) stays.
+ */
+static void mount_raise_readahead(const char *mountpoint)
+{
+	char line[8192], want[PATH_MAX], path[128];
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	unsigned int major = 0, minor = 0;
+	bool found = false;
+	int fd;
+
+	if (!f || !realpath(mountpoint, want)) {
+		if (f)
+			fclose(f);
+		return;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		char mnt[PATH_MAX];
+
+		/* id parent major:minor root mountpoint ... */
+		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &major, &minor, mnt) == 3 &&
+		    !strcmp(mnt, want))
+			found = true; /* the last match is the newest mount */
+	}
+	fclose(f);
+	if (!found)
+		return;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major, minor);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "1024", 4) != 4)
+		log_msg(LOG_INFO, "cannot raise the read-ahead of '%s' (%s): reads stay at 128 KiB",
+			mountpoint, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* The state of a mount, built by mount_prepare() and freed by mount_release(). */
+struct mount {
+	struct http_client *http;
+	struct cache *cache;
+	struct fs fs;
+	struct fuse_session *se;
+	bool mounted;
+};
+
+static void mount_release(struct mount *m)
+{
+	if (m->se) {
+		if (m->mounted)
+			fuse_session_unmount(m->se);
+		fuse_remove_signal_handlers(m->se);
+		fuse_session_destroy(m->se);
+	}
+	fetch_free(m->fs.fetch);
+	meta_free(m->fs.meta);
+	fs_inodes_free(m->fs.inodes);
+	free(m->fs.me);
+	hub_names_release(&m->fs.orgs);
+	cache_close(m->cache);
+	http_client_free(m->http);
+}
+
+static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd)
+{
+	struct http_client_config hc = { 0 };
+	struct cache_config cc = { 0 };
+	struct meta_config mc = { 0 };
+	struct fetch_config fc = { 0 };
+	struct mount m;
+	struct hub_whoami who;
+	const char *token_source = NULL;
+	char *endpoint = NULL, *token = NULL, *cache_dir = NULL;
+	uint64_t cache_size = 10ULL << 30;
+	int ttl, timeout, rc, status = 1;
+	bool offline;
+
+	memset(&m, 0, sizeof(m));
+	memset(&who, 0, sizeof(who));
+	if (mount_parse_seconds("--ttl", o->ttl, 10, &ttl) ||
+	    mount_parse_seconds("--timeout", o->timeout, 30, &timeout))
+		return 1;
+	if (o->cache_size && (options_parse_size(o->cache_size, &cache_size) || cache_size == 0)) {
+		log_msg(LOG_ERR, "--cache-size '%s' is not a size (examples: 500M, 10G)", o->cache_size);
+		return 1;
+	}
+	offline = o->offline || options_truthy(getenv("HF_HUB_OFFLINE"));
+	endpoint = options_endpoint(o->endpoint);
+	cache_dir = options_cache_dir(o->cache_dir);
+	if (!endpoint || !cache_dir) {
+		log_msg(LOG_ERR, "no cache directory: set --cache-dir or HOME");
+		goto out;
+	}
+	rc = options_token(o->token_file, &token, &token_source);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot read the token file '%s': %s", o->token_file, strerror(-rc));
+		goto out;
+	}
+
+	if (http_global_init())
+		goto out;
+	hc.endpoint = endpoint;
+	hc.token = token;
+	hc.stall_timeout = timeout;
+	hc.max_retries = -1;
+	m.http = http_client_new(&hc, &rc);
+	options_token_free(token);
+	token = NULL;
+	if (!m.http) {
+		log_msg(LOG_ERR, "endpoint '%s' is not an http or https URL", endpoint);
+		goto out_global;
+	}
+
+	cc.dir = cache_dir;
+	cc.limit = cache_size;
+	cc.lock = CACHE_LOCK_SHARED;
+	cc.log = mount_cache_log;
+	m.cache = cache_open(&cc, &rc);
+	if (!m.cache) {
+		log_msg(LOG_ERR, "cannot open the cache '%s': %s", cache_dir,
+			rc == -EPROTO ? "written by a newer hubfs" : strerror(-rc));
+		goto out_mount;
+	}
+	mc.http = m.http;
+	mc.cache = m.cache;
+	mc.ttl = ttl;
+	mc.offline = offline;
+	m.fs.meta = meta_new(&mc, &rc);
+	if (!m.fs.meta)
+		goto out_mount;
+
+	/* Is the Hub there, and does it take the token? */
+	if (http_client_has_token(m.http)) {
+		rc = meta_whoami(m.fs.meta, &who);
+		if (rc == -EACCES) {
+			log_msg(LOG_ERR, "the token from %s was refused by '%s'", token_source, endpoint);
+			goto out_mount;
+		}
+		if (rc) {
+			log_msg(LOG_ERR, "cannot reach '%s' and nothing is cached: %s", endpoint,
+				strerror(-rc));
+			goto out_mount;
+		}
+		m.fs.me = who.name;
+		m.fs.orgs.names = who.orgs;
+		m.fs.orgs.n = who.n_orgs;
+	} else if (!offline) {
+		struct cache_stats st;
+
+		rc = hub_whoami(m.http, &who);
+		hub_whoami_release(&who);
+		if (rc != -EACCES && rc != 0) {
+			if (cache_stats(m.cache, &st) || st.blobs == 0) {
+				log_msg(LOG_ERR, "cannot reach '%s' and nothing is cached: %s", endpoint,
+					strerror(-rc));
+				goto out_mount;
+			}
+			log_msg(LOG_WARNING, "offline: cannot reach '%s' (%s); serving what is cached",
+				endpoint, strerror(-rc));
+		}
+	}
+	if (meta_offline(m.fs.meta) && !offline)
+		log_msg(LOG_WARNING, "offline: cannot reach '%s'; serving what is cached", endpoint);
+
+	fc.http = m.http;
+	fc.cache = m.cache;
+	m.fs.fetch = fetch_new(&fc, &rc);
+	m.fs.inodes = fs_inodes_new();
+	if (!m.fs.fetch || !m.fs.inodes)
+		goto out_mount;
+	m.fs.cache = m.cache;
+	m.fs.http = m.http;
+	m.fs.ttl = ttl;
+	m.fs.uid = getuid();
+	m.fs.gid = getgid();
+	m.fs.mount_time = (int64_t)time(NULL);
+
+	m.se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), &m.fs);
+	if (!m.se)
+		goto out_mount;
+	if (fuse_set_signal_handlers(m.se))
+		goto out_mount;
+	if (fuse_session_mount(m.se, o->mountpoint)) {
+		log_msg(LOG_ERR, "cannot mount on '%s'", o->mountpoint);
+		goto out_mount;
+	}
+	m.mounted = true;
+	mount_raise_readahead(o->mountpoint);
+	log_msg(LOG_NOTICE, "'%s' mounted on '%s'%s", endpoint, o->mountpoint,
+		offline ? " (offline)" : "");
+
+	if (notify_fd >= 0) {
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+		if (write(notify_fd, "OK", 2) != 2)
+			log_msg(LOG_WARNING, "cannot tell the parent process that the mount is ready");
+		close(notify_fd);
+		log_use_syslog(true, "hubfs");
+		if (null >= 0) {
+			dup2(null, STDIN_FILENO);
+			dup2(null, STDOUT_FILENO);
+			dup2(null, STDERR_FILENO);
+			close(null);
+		}
+		if (chdir("/") < 0)
+			log_msg(LOG_DEBUG, "chdir /: %s", strerror(errno));
+	}
+	{
+		struct fuse_loop_config *lc = fuse_loop_cfg_create();
+
+		if (lc) {
+			fuse_loop_cfg_set_max_threads(lc, 64);
+			fuse_loop_cfg_set_idle_threads(lc, 10);
+		}
+		rc = fuse_session_loop_mt(m.se, lc);
+		fuse_loop_cfg_destroy(lc);
+	}
+	status = rc == 0 ? 0 : 1;
+
+out_mount:
+	mount_release(&m);
+out_global:
+	http_global_release();
+out:
+	options_token_free(token);
+	free(endpoint);
+	free(cache_dir);
+	return status;
+}
+
+int cmd_mount(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct mount_opts o;
+	char *point = NULL;
+	int pipefd[2], status;
+	pid_t pid;
+	char buf[4];
+
+	memset(&o, 0, sizeof(o));
+	if (fuse_opt_parse(&args, &o, mount_spec, mount_opt_proc) == -1) {
+		status = 2;
+		goto out;
+	}
+	if (o.help) {
+		fputs(mount_usage, stdout);
+		status = 0;
+		goto out;
+	}
+	if (!o.mountpoint) {
+		fputs(mount_usage, stderr);
+		status = 2;
+		goto out;
+	}
+	if (o.debug) {
+		o.foreground = 1;
+		log_set_level(LOG_DEBUG);
+		fuse_opt_add_arg(&args, "-d");
+	}
+	fuse_set_log_func(mount_fuse_log);
+	point = realpath(o.mountpoint, NULL);
+	if (!point || mount_check_point(point)) {
+		if (!point)
+			log_msg(LOG_ERR, "mountpoint '%s': %s", o.mountpoint, strerror(errno));
+		status = 1;
+		goto out;
+	}
+	free(o.mountpoint);
+	o.mountpoint = point;
+	{
+		char opts[128];
+
+		snprintf(opts, sizeof(opts), "-ofsname=hubfs,subtype=hubfs,max_read=%u",
+			 FS_MAX_READ);
+		fuse_opt_add_arg(&args, opts);
+	}
+	if (o.foreground) {
+		status = mount_run(&o, &args, -1);
+		goto out;
+	}
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		log_msg(LOG_ERR, "pipe: %s", strerror(errno));
+		status = 1;
+		goto out;
+	}
+	pid = fork();
+	if (pid < 0) {
+		log_msg(LOG_ERR, "fork: %s", strerror(errno));
+		status = 1;
+		goto out;
+	}
+	if (pid == 0) {
+		close(pipefd[0]);
+		setsid();
+		_exit(mount_run(&o, &args, pipefd[1]));
+	}
+	close(pipefd[1]);
+	status = 1;
+	if (read(pipefd[0], buf, 2) == 2 && !memcmp(buf, "OK", 2))
+		status = 0;
+	else
+		waitpid(pid, NULL, 0);
+	close(pipefd[0]);
+out:
+	mount_opts_release(&o);
+	fuse_opt_free_args(&args);
+	return status;
+}
+
+int cmd_umount(int argc, char *argv[])
+{
+	char *v[] = { (char *)"fusermount3", (char *)"-u", NULL, NULL };
+	pid_t pid;
+	int st, rc;
+
+	if (argc == 2 && !strcmp(argv[1], "--help")) {
+		fputs("usage: hubfs umount MOUNTPOINT\n", stdout);
+		return 0;
+	}
+	if (argc != 2 || argv[1][0] == '-') {
+		fputs("usage: hubfs umount MOUNTPOINT\n", stderr);
+		return 2;
+	}
+	v[2] = argv[1];
+	rc = posix_spawnp(&pid, v[0], NULL, NULL, v, environ);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot run 'fusermount3': %s", strerror(rc));
+		return 1;
+	}
+	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		return 1;
+	return 0;
+}

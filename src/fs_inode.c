@@ -1,0 +1,301 @@
+/*
+ * The inode table.  See fs_inode.h.
+ *
+ * Two hash tables of chained nodes: by inode number, and by (parent, name)
+ * for the nodes that lookups may still return ("hashed").  Both grow by
+ * doubling.  Inode numbers are never reused during a mount.
+ */
+#include "config.h"
+
+#include "fs_inode.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FS_ROOT_INO 1
+
+struct fs_inodes {
+	pthread_mutex_t lock;
+	struct fs_node **by_ino;  /* protected by lock */
+	struct fs_node **by_name; /* protected by lock */
+	size_t buckets;           /* protected by lock */
+	uint64_t count;           /* protected by lock */
+	uint64_t next_ino;        /* protected by lock */
+};
+
+static uint64_t fs_hash_name(uint64_t parent, const char *name)
+{
+	uint64_t h = 1469598103934665603ULL ^ parent;
+
+	for (; *name; name++) {
+		h ^= (unsigned char)*name;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static size_t fs_bucket_ino(const struct fs_inodes *t, uint64_t ino)
+{
+	return (size_t)((ino * 11400714819323198485ULL) >> 20) & (t->buckets - 1);
+}
+
+static void fs_node_free(struct fs_node *n)
+{
+	free(n->name);
+	free(n->fullpath);
+	free(n);
+}
+
+static void fs_insert_locked(struct fs_inodes *t, struct fs_node *n)
+{
+	size_t b = fs_bucket_ino(t, n->ino);
+
+	n->next_ino = t->by_ino[b];
+	t->by_ino[b] = n;
+	if (n->hashed) {
+		b = fs_hash_name(n->parent, n->name) & (t->buckets - 1);
+		n->next_name = t->by_name[b];
+		t->by_name[b] = n;
+	}
+	t->count++;
+}
+
+/* Doubles the tables when they hold more nodes than buckets. */
+static void fs_grow_locked(struct fs_inodes *t)
+{
+	struct fs_node **old = t->by_ino, **ino2, **name2;
+	size_t n = t->buckets;
+
+	if (t->count < n)
+		return;
+	ino2 = calloc(2 * n, sizeof(*ino2));
+	name2 = calloc(2 * n, sizeof(*name2));
+	if (!ino2 || !name2) {
+		free(ino2);
+		free(name2);
+		return; /* longer chains, still correct */
+	}
+	free(t->by_name);
+	t->by_ino = ino2;
+	t->by_name = name2;
+	t->buckets = 2 * n;
+	t->count = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct fs_node *node = old[i], *next;
+
+		for (; node; node = next) {
+			next = node->next_ino;
+			fs_insert_locked(t, node);
+		}
+	}
+	free(old);
+}
+
+struct fs_inodes *fs_inodes_new(void)
+{
+	struct fs_inodes *t = calloc(1, sizeof(*t));
+	struct fs_node *root;
+
+	if (!t)
+		return NULL;
+	t->buckets = 1024;
+	t->by_ino = calloc(t->buckets, sizeof(*t->by_ino));
+	t->by_name = calloc(t->buckets, sizeof(*t->by_name));
+	root = calloc(1, sizeof(*root));
+	if (!t->by_ino || !t->by_name || !root)
+		goto fail;
+	root->name = strdup("");
+	root->fullpath = strdup("");
+	if (!root->name || !root->fullpath)
+		goto fail;
+	fs_path_parse("", &root->p);
+	root->ino = FS_ROOT_INO;
+	root->is_dir = true;
+	root->nlookup = 1;
+	t->next_ino = FS_ROOT_INO + 1;
+	pthread_mutex_init(&t->lock, NULL);
+	fs_insert_locked(t, root);
+	return t;
+fail:
+	if (root)
+		fs_node_free(root);
+	free(t->by_ino);
+	free(t->by_name);
+	free(t);
+	return NULL;
+}
+
+void fs_inodes_free(struct fs_inodes *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->buckets; i++) {
+		struct fs_node *n = t->by_ino[i], *next;
+
+		for (; n; n = next) {
+			next = n->next_ino;
+			fs_node_free(n);
+		}
+	}
+	free(t->by_ino);
+	free(t->by_name);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+static struct fs_node *fs_find_ino_locked(struct fs_inodes *t, uint64_t ino)
+{
+	struct fs_node *n = t->by_ino[fs_bucket_ino(t, ino)];
+
+	while (n && n->ino != ino)
+		n = n->next_ino;
+	return n;
+}
+
+static void fs_unhash_locked(struct fs_inodes *t, struct fs_node *n)
+{
+	struct fs_node **pn;
+
+	if (!n->hashed)
+		return;
+	pn = &t->by_name[fs_hash_name(n->parent, n->name) & (t->buckets - 1)];
+	while (*pn && *pn != n)
+		pn = &(*pn)->next_name;
+	if (*pn)
+		*pn = n->next_name;
+	n->hashed = false;
+}
+
+/* Frees @n if nothing refers to it any more. */
+static void fs_maybe_free_locked(struct fs_inodes *t, struct fs_node *n)
+{
+	struct fs_node **pn;
+
+	if (n->nlookup || n->refs || n->ino == FS_ROOT_INO)
+		return;
+	fs_unhash_locked(t, n);
+	pn = &t->by_ino[fs_bucket_ino(t, n->ino)];
+	while (*pn && *pn != n)
+		pn = &(*pn)->next_ino;
+	if (*pn)
+		*pn = n->next_ino;
+	t->count--;
+	fs_node_free(n);
+}
+
+struct fs_node *fs_inode_get(struct fs_inodes *t, uint64_t ino)
+{
+	struct fs_node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = fs_find_ino_locked(t, ino);
+	if (n)
+		n->refs++;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+void fs_inode_put(struct fs_inodes *t, struct fs_node *n)
+{
+	if (!n)
+		return;
+	pthread_mutex_lock(&t->lock);
+	n->refs--;
+	fs_maybe_free_locked(t, n);
+	pthread_mutex_unlock(&t->lock);
+}
+
+static bool fs_same(const struct fs_node *a, const struct fs_node *b)
+{
+	if (a->p.kind != b->p.kind)
+		return false;
+	if (a->p.kind != FS_PATH_ENTRY)
+		return true;
+	/* Same content; the date may differ (a branch moved, the file did not). */
+	return a->is_dir == b->is_dir && a->size == b->size && !strcmp(a->oid, b->oid) &&
+	       !strcmp(a->sha256, b->sha256);
+}
+
+struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const char *name,
+			      struct fs_node *proto)
+{
+	struct fs_node *n, *found = NULL;
+	size_t b;
+
+	proto->name = strdup(name);
+	if (!proto->name) {
+		free(proto->fullpath);
+		proto->fullpath = NULL;
+		return NULL;
+	}
+	proto->parent = parent->ino;
+	pthread_mutex_lock(&t->lock);
+	b = fs_hash_name(parent->ino, name) & (t->buckets - 1);
+	for (n = t->by_name[b]; n; n = n->next_name) {
+		if (n->parent == parent->ino && !strcmp(n->name, name)) {
+			found = n;
+			break;
+		}
+	}
+	if (found && fs_same(found, proto)) {
+		__atomic_store_n(&found->mtime, proto->mtime, __ATOMIC_RELAXED);
+		found->nlookup++;
+		found->refs++;
+		pthread_mutex_unlock(&t->lock);
+		free(proto->name);
+		free(proto->fullpath);
+		proto->name = proto->fullpath = NULL;
+		return found;
+	}
+	n = malloc(sizeof(*n));
+	if (!n) {
+		pthread_mutex_unlock(&t->lock);
+		free(proto->name);
+		free(proto->fullpath);
+		proto->name = proto->fullpath = NULL;
+		return NULL;
+	}
+	if (found) {
+		/* The name now means something else: the old node stays for
+		 * whoever still holds it, but lookups find the new one. */
+		fs_unhash_locked(t, found);
+		fs_maybe_free_locked(t, found);
+	}
+	*n = *proto;
+	/* p.path points into fullpath, which moved with the struct copy only
+	 * as a pointer: it is still valid. */
+	n->ino = t->next_ino++;
+	n->nlookup = 1;
+	n->refs = 1;
+	n->hashed = true;
+	fs_grow_locked(t);
+	fs_insert_locked(t, n);
+	pthread_mutex_unlock(&t->lock);
+	proto->name = proto->fullpath = NULL;
+	return n;
+}
+
+void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup)
+{
+	struct fs_node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = fs_find_ino_locked(t, ino);
+	if (n && n->ino != FS_ROOT_INO) {
+		n->nlookup = nlookup > n->nlookup ? 0 : n->nlookup - nlookup;
+		fs_maybe_free_locked(t, n);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+uint64_t fs_inodes_count(struct fs_inodes *t)
+{
+	uint64_t c;
+
+	pthread_mutex_lock(&t->lock);
+	c = t->count;
+	pthread_mutex_unlock(&t->lock);
+	return c;
+}

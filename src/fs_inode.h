@@ -1,0 +1,76 @@
+/*
+ * The inode table of the mount.
+ *
+ * A node is one name the kernel looked up: its full path from the mount root
+ * (parsed with fs_path_parse()), and for files and directories inside a
+ * revision the tree entry it was found as.  A file node's content never
+ * changes: when a branch moves and a file's content changes, the next lookup
+ * of its name makes a new node (new inode number), so the kernel may keep
+ * each node's pages cached for as long as it likes.
+ *
+ * Nodes are counted the kernel's way (nlookup: lookups minus forgets) plus
+ * internal references (open files, requests in progress).  A node is freed
+ * when both reach zero.  The root (FUSE_ROOT_ID) is never freed.
+ *
+ * Thread safety: every function may be called from any thread; the table has
+ * one mutex, never held across anything but its own bookkeeping.
+ */
+#ifndef HUBFS_FS_INODE_H
+#define HUBFS_FS_INODE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache_meta.h"
+#include "fs_path.h"
+
+struct fs_node {
+	uint64_t ino;
+	uint64_t parent;
+	char *name;               /* in the parent ("" for the root) */
+	char *fullpath;           /* from the mount root, no leading '/' */
+	struct fs_path p;         /* parsed fullpath; p.path points into fullpath */
+	/* Files and directories in a tree (p.kind == FS_PATH_ENTRY): */
+	bool is_dir;
+	uint64_t size;
+	char oid[41];
+	char sha256[65];
+	char commit[41];          /* the commit the entry was found in */
+	int64_t mtime;            /* the revision's date; atomic */
+	/* The rest is the table's. */
+	uint64_t nlookup;         /* protected by the table's lock */
+	uint64_t refs;            /* protected by the table's lock */
+	bool hashed;              /* protected by the table's lock: findable by name */
+	struct fs_node *next_ino; /* protected by the table's lock */
+	struct fs_node *next_name;/* protected by the table's lock */
+};
+
+struct fs_inodes;
+
+/* Creates the table with its root node.  NULL when out of memory. */
+struct fs_inodes *fs_inodes_new(void);
+/* Frees the table and every node.  No other call may run. */
+void fs_inodes_free(struct fs_inodes *t);
+
+/* The node of @ino with a reference taken (release with fs_inode_put()), or
+ * NULL when the kernel uses an inode number that does not exist. */
+struct fs_node *fs_inode_get(struct fs_inodes *t, uint64_t ino);
+void fs_inode_put(struct fs_inodes *t, struct fs_node *n);
+
+/* Looks up the child @name of @parent, as @proto describes it (filled by the
+ * caller: fullpath, p, entry fields; the table takes ownership of its
+ * strings, also on failure).  If a hashed child of that name exists and is
+ * the same (same kind, and for entries the same content ids), it is returned
+ * with its mtime updated (read it with __atomic_load_n); otherwise @proto becomes a new node replacing the old one in the
+ * name index.  In both cases nlookup is incremented and a reference taken.
+ * Returns NULL when out of memory. */
+struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const char *name,
+			      struct fs_node *proto);
+
+/* The kernel forgot @nlookup lookups of @ino. */
+void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup);
+
+/* Number of nodes in the table (for tests and statistics). */
+uint64_t fs_inodes_count(struct fs_inodes *t);
+
+#endif

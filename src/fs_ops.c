@@ -1,0 +1,990 @@
+/*
+ * FUSE operations.  See fs_ops.h.
+ *
+ * Every request resolves its inode to a node (a reference held for the
+ * request), decides from the node's parsed path what it is, and answers from
+ * meta (names, revisions, trees) and the cache (bytes).  Attributes and
+ * names are given to the kernel with a timeout of the TTL, or a day for what
+ * cannot change (views pinned to a full commit id).  File content is
+ * immutable per inode (see fs_inode.h), so open files keep the kernel's page
+ * cache (keep_cache) and mmap works.
+ *
+ * Reads: a present range is one pread from the blob file into a per-thread
+ * buffer and one reply (a copy beat splice on this kind of machine, see
+ * MEASUREMENTS.md).  Missing chunks are filled through fetch_fill.  A
+ * sequential reader gets a read-ahead window that doubles per read up to
+ * FS_READAHEAD_MAX, fetched in parallel by fetch's threads.
+ */
+#include "config.h"
+
+#include "fs_ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hub_id.h"
+#include "log.h"
+
+#define FS_PINNED_TIMEOUT 86400.0
+#define FS_READAHEAD_MIN (4u << 20)
+#define FS_READAHEAD_MAX (64u << 20)
+
+/* An open file. */
+struct fs_file {
+	struct fs_node *node;       /* a reference */
+	struct cache_blob *blob;    /* NULL for an empty file */
+	struct fetch_source *src;
+	pthread_mutex_t lock;
+	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
+	uint64_t window;            /* protected by lock: read-ahead window */
+	uint64_t ahead;             /* protected by lock: read-ahead queued up to here */
+};
+
+/* An open directory: its whole listing, built at opendir. */
+struct fs_dir {
+	char *buf;      /* the entries, as fuse_add_direntry() lays them out */
+	size_t len, cap;
+	size_t *ends;   /* where each entry ends: its offset for readdir */
+	size_t n, n_cap;
+};
+
+static struct fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static bool fs_is_dir(const struct fs_node *n)
+{
+	return n->p.kind != FS_PATH_ME && (n->p.kind != FS_PATH_ENTRY || n->is_dir);
+}
+
+/* Names and attributes under a full commit id never change. */
+static double fs_timeout(struct fs *fs, const struct fs_node *n)
+{
+	if (n->p.kind >= FS_PATH_REVISION && n->p.pinned && hub_commit_id_valid(n->p.rev, false))
+		return FS_PINNED_TIMEOUT;
+	return fs->ttl;
+}
+
+static void fs_repo_of(const struct fs_node *n, struct hub_repo *repo)
+{
+	repo->type = n->p.type;
+	repo->ns = n->p.ns;
+	repo->name = n->p.repo;
+}
+
+/* Resolves the revision of a node at or below a revision root. */
+static int fs_revision(struct fs *fs, const struct fs_node *n, struct hub_revision *rev)
+{
+	struct hub_repo repo;
+
+	fs_repo_of(n, &repo);
+	return meta_revision(fs->meta, &repo, n->p.rev, rev);
+}
+
+/* Whether an unpinned revision directory name is one of the repo's refs. */
+static int fs_ref_exists(struct fs *fs, const struct fs_path *p)
+{
+	struct hub_repo repo = { p->type, p->ns, p->repo };
+	struct hub_refs refs;
+	size_t plen = strlen(p->rev);
+	int rc = meta_refs(fs->meta, &repo, &refs);
+
+	if (rc)
+		return rc;
+	rc = -ENOENT;
+	for (size_t i = 0; i < refs.n && rc; i++) {
+		const struct hub_ref *r = &refs.refs[i];
+
+		if (p->kind == FS_PATH_REVISION) {
+			if (!strcmp(r->name, p->rev))
+				rc = 0;
+		} else if (p->kind == FS_PATH_REFS) {
+			/* "refs", "refs/pr", "refs/convert": a group with members */
+			if (!strncmp(r->name, p->rev, plen) && r->name[plen] == '/' &&
+			    (r->kind == HUB_REF_PR || r->kind == HUB_REF_CONVERT))
+				rc = 0;
+		}
+	}
+	hub_refs_release(&refs);
+	return rc;
+}
+
+static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = FS_MAX_READ;
+	if (n->p.kind == FS_PATH_ME) {
+		st->st_mode = S_IFLNK | 0777;
+		st->st_size = fs->me ? (off_t)strlen(fs->me) : 0;
+		st->st_nlink = 1;
+	} else if (fs_is_dir(n)) {
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		st->st_size = 4096;
+	} else {
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)n->size;
+		st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
+	}
+	st->st_mtim.tv_sec = mtime;
+	st->st_atim = st->st_mtim;
+	st->st_ctim = st->st_mtim;
+}
+
+/* The attributes of @n now. */
+static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
+{
+	struct hub_revision rev;
+	int64_t mtime = fs->mount_time;
+	int rc;
+
+	if (n->p.kind == FS_PATH_REVISION) {
+		rc = fs_revision(fs, n, &rev);
+		if (rc)
+			return rc;
+		mtime = rev.mtime;
+	} else if (n->p.kind == FS_PATH_ENTRY) {
+		mtime = __atomic_load_n(&n->mtime, __ATOMIC_RELAXED);
+	}
+	fs_fill_stat(fs, n, mtime, st);
+	return 0;
+}
+
+/* Builds and checks the node that @name in @parent would be. */
+static int fs_child(struct fs *fs, const struct fs_node *parent, const char *name,
+		    struct fs_node *proto)
+{
+	struct hub_revision rev;
+	struct hub_repo repo;
+	struct cache_entry e;
+	int rc;
+
+	memset(proto, 0, sizeof(*proto));
+	if (!fs_is_dir(parent))
+		return -ENOTDIR;
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return -ENOENT;
+	if (asprintf(&proto->fullpath, "%s%s%s", parent->fullpath, *parent->fullpath ? "/" : "",
+		     name) < 0) {
+		proto->fullpath = NULL;
+		return -ENOMEM;
+	}
+	rc = fs_path_parse(proto->fullpath, &proto->p);
+	if (rc)
+		goto fail;
+	fs_repo_of(proto, &repo);
+	switch (proto->p.kind) {
+	case FS_PATH_ROOT:
+		rc = -ENOENT;
+		break;
+	case FS_PATH_ME:
+		rc = fs->me ? 0 : -ENOENT;
+		break;
+	case FS_PATH_TYPE:
+		rc = 0;
+		break;
+	case FS_PATH_NAMESPACE:
+		rc = meta_namespace(fs->meta, proto->p.ns);
+		break;
+	case FS_PATH_REPO: {
+		struct hub_refs refs;
+
+		rc = meta_refs(fs->meta, &repo, &refs);
+		if (!rc)
+			hub_refs_release(&refs);
+		break;
+	}
+	case FS_PATH_REFS:
+		rc = fs_ref_exists(fs, &proto->p);
+		break;
+	case FS_PATH_REVISION:
+		rc = proto->p.pinned ? 0 : fs_ref_exists(fs, &proto->p);
+		if (!rc)
+			rc = fs_revision(fs, proto, &rev);
+		if (!rc)
+			memcpy(proto->commit, rev.commit, sizeof(proto->commit));
+		proto->is_dir = true;
+		break;
+	case FS_PATH_ENTRY:
+		rc = fs_revision(fs, proto, &rev);
+		if (rc)
+			break;
+		rc = meta_lookup(fs->meta, &repo, rev.commit, proto->p.path, &e);
+		if (rc)
+			break;
+		proto->is_dir = e.is_dir;
+		proto->size = e.size;
+		memcpy(proto->oid, e.oid, sizeof(proto->oid));
+		memcpy(proto->sha256, e.sha256, sizeof(proto->sha256));
+		memcpy(proto->commit, rev.commit, sizeof(proto->commit));
+		proto->mtime = rev.mtime;
+		cache_entry_release(&e);
+		break;
+	}
+	if (!rc)
+		return 0;
+fail:
+	free(proto->fullpath);
+	proto->fullpath = NULL;
+	return rc;
+}
+
+static void fs_lookup(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino), *n;
+	struct fuse_entry_param ep;
+	struct fs_node proto;
+	int rc;
+
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	memset(&ep, 0, sizeof(ep));
+	rc = fs_child(fs, parent, name, &proto);
+	if (rc == -ENOENT) {
+		/* A negative entry, cached by the kernel for the TTL. */
+		ep.entry_timeout = fs_timeout(fs, parent);
+		fuse_reply_entry(req, &ep);
+		goto out;
+	}
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		goto out;
+	}
+	n = fs_inode_link(fs->inodes, parent, name, &proto);
+	if (!n) {
+		fuse_reply_err(req, ENOMEM);
+		goto out;
+	}
+	rc = fs_stat(fs, n, &ep.attr);
+	if (rc) {
+		fs_inode_forget(fs->inodes, n->ino, 1);
+		fs_inode_put(fs->inodes, n);
+		fuse_reply_err(req, -rc);
+		goto out;
+	}
+	ep.ino = n->ino;
+	ep.generation = 1;
+	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, n);
+	if (fuse_reply_entry(req, &ep))
+		fs_inode_forget(fs->inodes, n->ino, 1);
+	fs_inode_put(fs->inodes, n);
+out:
+	fs_inode_put(fs->inodes, parent);
+}
+
+static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	fs_inode_forget(fs_of(req)->inodes, ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct fs *fs = fs_of(req);
+
+	for (size_t i = 0; i < count; i++)
+		fs_inode_forget(fs->inodes, forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	struct stat st;
+	int rc;
+
+	(void)fi;
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	rc = fs_stat(fs, n, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, fs_timeout(fs, n));
+	fs_inode_put(fs->inodes, n);
+}
+
+static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (n->p.kind == FS_PATH_ME && fs->me)
+		fuse_reply_readlink(req, fs->me);
+	else
+		fuse_reply_err(req, EINVAL);
+	fs_inode_put(fs->inodes, n);
+}
+
+/* ---- directories ---- */
+
+static void fs_dir_free(struct fs_dir *d)
+{
+	free(d->buf);
+	free(d->ends);
+	free(d);
+}
+
+static int fs_dir_add(fuse_req_t req, struct fs_dir *d, const char *name, mode_t type)
+{
+	/* glibc hides entries whose inode number is 0 */
+	struct stat st = { .st_mode = type, .st_ino = 0xffffffffu };
+	size_t need = fuse_add_direntry(req, NULL, 0, name, NULL, 0);
+
+	if (d->len + need > d->cap) {
+		size_t cap = d->cap ? d->cap : 4096;
+		char *b;
+
+		while (cap < d->len + need)
+			cap *= 2;
+		b = realloc(d->buf, cap);
+		if (!b)
+			return -ENOMEM;
+		d->buf = b;
+		d->cap = cap;
+	}
+	if (d->n == d->n_cap) {
+		size_t ncap = d->n_cap ? 2 * d->n_cap : 64;
+		size_t *e = realloc(d->ends, ncap * sizeof(*e));
+
+		if (!e)
+			return -ENOMEM;
+		d->ends = e;
+		d->n_cap = ncap;
+	}
+	fuse_add_direntry(req, d->buf + d->len, need, name, &st, (off_t)(d->len + need));
+	d->len += need;
+	d->ends[d->n++] = d->len;
+	return 0;
+}
+
+/* Adds @name unless it was added already (listings are small here). */
+static int fs_dir_add_unique(fuse_req_t req, struct fs_dir *d, const char *name, char ***seen,
+			     size_t *n_seen)
+{
+	char **s;
+
+	for (size_t i = 0; i < *n_seen; i++)
+		if (!strcmp((*seen)[i], name))
+			return 0;
+	s = realloc(*seen, (*n_seen + 1) * sizeof(char *));
+	if (!s)
+		return -ENOMEM;
+	*seen = s;
+	s[*n_seen] = strdup(name);
+	if (!s[*n_seen])
+		return -ENOMEM;
+	(*n_seen)++;
+	return fs_dir_add(req, d, name, S_IFDIR);
+}
+
+static int fs_list_namespaces(fuse_req_t req, struct fs *fs, struct fs_dir *d, bool root)
+{
+	struct hub_names seen_ns;
+	char **seen = NULL;
+	size_t n_seen = 0;
+	int rc = 0;
+
+	if (root) {
+		if (fs->me)
+			rc = fs_dir_add(req, d, FS_PATH_ME_NAME, S_IFLNK);
+		if (!rc)
+			rc = fs_dir_add_unique(req, d, "datasets", &seen, &n_seen);
+		if (!rc)
+			rc = fs_dir_add_unique(req, d, "spaces", &seen, &n_seen);
+	}
+	if (!rc && fs->me)
+		rc = fs_dir_add_unique(req, d, fs->me, &seen, &n_seen);
+	for (size_t i = 0; !rc && i < fs->orgs.n; i++)
+		rc = fs_dir_add_unique(req, d, fs->orgs.names[i], &seen, &n_seen);
+	if (!rc && meta_seen_namespaces(fs->meta, &seen_ns) == 0) {
+		for (size_t i = 0; !rc && i < seen_ns.n; i++)
+			rc = fs_dir_add_unique(req, d, seen_ns.names[i], &seen, &n_seen);
+		hub_names_release(&seen_ns);
+	}
+	for (size_t i = 0; i < n_seen; i++)
+		free(seen[i]);
+	free(seen);
+	return rc;
+}
+
+static int fs_list_refs(fuse_req_t req, struct fs *fs, const struct fs_node *n, struct fs_dir *d)
+{
+	struct hub_repo repo;
+	struct hub_refs refs;
+	char **seen = NULL;
+	size_t n_seen = 0;
+	int rc;
+
+	fs_repo_of(n, &repo);
+	rc = meta_refs(fs->meta, &repo, &refs);
+	if (rc)
+		return rc;
+	for (size_t i = 0; !rc && i < refs.n; i++) {
+		const struct hub_ref *r = &refs.refs[i];
+		char *name = NULL;
+
+		if (n->p.kind == FS_PATH_REPO) {
+			if (r->kind == HUB_REF_BRANCH || r->kind == HUB_REF_TAG) {
+				/* "feature/x" is listed as "feature%2Fx" */
+				name = strchr(r->name, '/') || !strncmp(r->name, "refs", 4)
+					       ? hub_revision_encode(r->name)
+					       : strdup(r->name);
+			} else {
+				name = strdup("refs");
+			}
+		} else if (!strcmp(n->p.rev, "refs")) {
+			if (r->kind == HUB_REF_PR || r->kind == HUB_REF_CONVERT)
+				name = strdup(r->kind == HUB_REF_PR ? "pr" : "convert");
+		} else {
+			size_t plen = strlen(n->p.rev);
+
+			if ((r->kind == HUB_REF_PR || r->kind == HUB_REF_CONVERT) &&
+			    !strncmp(r->name, n->p.rev, plen) && r->name[plen] == '/')
+				name = strdup(r->name + plen + 1);
+		}
+		if (name)
+			rc = fs_dir_add_unique(req, d, name, &seen, &n_seen);
+		free(name);
+	}
+	hub_refs_release(&refs);
+	for (size_t i = 0; i < n_seen; i++)
+		free(seen[i]);
+	free(seen);
+	return rc;
+}
+
+struct fs_tree_list {
+	fuse_req_t req;
+	struct fs_dir *d;
+};
+
+static int fs_tree_entry(void *arg, const struct cache_entry *e)
+{
+	struct fs_tree_list *l = arg;
+	const char *name = strrchr(e->path, '/');
+
+	return fs_dir_add(l->req, l->d, name ? name + 1 : e->path, e->is_dir ? S_IFDIR : S_IFREG);
+}
+
+static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	struct fs_dir *d;
+	int rc = 0;
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (!fs_is_dir(n)) {
+		rc = -ENOTDIR;
+		goto out;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = fs_dir_add(req, d, ".", S_IFDIR);
+	if (!rc)
+		rc = fs_dir_add(req, d, "..", S_IFDIR);
+	if (rc)
+		goto listed;
+	switch (n->p.kind) {
+	case FS_PATH_ROOT:
+	case FS_PATH_TYPE:
+		rc = fs_list_namespaces(req, fs, d, n->p.kind == FS_PATH_ROOT);
+		break;
+	case FS_PATH_NAMESPACE: {
+		struct hub_names repos;
+
+		rc = meta_repos(fs->meta, n->p.type, n->p.ns, &repos);
+		for (size_t i = 0; !rc && i < repos.n; i++)
+			rc = fs_dir_add(req, d, repos.names[i], S_IFDIR);
+		if (repos.names)
+			hub_names_release(&repos);
+		break;
+	}
+	case FS_PATH_REPO:
+	case FS_PATH_REFS:
+		rc = fs_list_refs(req, fs, n, d);
+		break;
+	case FS_PATH_REVISION:
+	case FS_PATH_ENTRY: {
+		struct fs_tree_list l = { req, d };
+		struct hub_repo repo;
+		struct hub_revision rev;
+		const char *commit = n->commit;
+
+		fs_repo_of(n, &repo);
+		if (n->p.kind == FS_PATH_REVISION) {
+			/* a branch view lists the branch's current head */
+			rc = fs_revision(fs, n, &rev);
+			commit = rev.commit;
+		}
+		if (!rc)
+			rc = meta_list(fs->meta, &repo, commit, n->p.path, fs_tree_entry, &l);
+		break;
+	}
+	case FS_PATH_ME:
+		rc = -ENOTDIR;
+		break;
+	}
+listed:
+	if (rc) {
+		fs_dir_free(d);
+		goto out;
+	}
+	fi->fh = (uint64_t)(uintptr_t)d;
+	if (fuse_reply_open(req, fi))
+		fs_dir_free(d);
+out:
+	if (rc)
+		fuse_reply_err(req, -rc);
+	fs_inode_put(fs->inodes, n);
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct fs_dir *d = (struct fs_dir *)(uintptr_t)fi->fh;
+	size_t lo = 0, hi, start, end;
+
+	(void)ino;
+	if (off < 0 || (size_t)off >= d->len) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	/* @off is the end of the last entry given: find the entry after it */
+	start = (size_t)off;
+	hi = d->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (d->ends[mid] <= start)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	end = start;
+	while (lo < d->n && d->ends[lo] - start <= size)
+		end = d->ends[lo++];
+	fuse_reply_buf(req, d->buf + start, end - start);
+}
+
+static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_dir_free((struct fs_dir *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+/* ---- files ---- */
+
+static void fs_file_free(struct fs *fs, struct fs_file *f)
+{
+	cache_blob_put(f->blob);
+	fetch_source_unref(f->src);
+	fs_inode_put(fs->inodes, f->node);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}
+
+static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	struct fs_file *f = NULL;
+	struct hub_repo repo;
+	const char *id;
+	char *url = NULL;
+	int rc = 0;
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {
+		rc = -EISDIR;
+		goto fail;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		rc = -EROFS;
+		goto fail;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	pthread_mutex_init(&f->lock, NULL);
+	f->node = n;
+	n = NULL;
+	if (f->node->size > 0) {
+		id = f->node->sha256[0] ? f->node->sha256 : f->node->oid;
+		fs_repo_of(f->node, &repo);
+		url = hub_resolve_url(fs->http, &repo, f->node->commit, f->node->p.path);
+		f->blob = cache_blob_get(fs->cache, id, f->node->size, &rc);
+		if (!f->blob)
+			goto fail;
+		f->src = url ? fetch_source_new(fs->fetch, url, id, f->node->size) : NULL;
+		if (!f->src) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+	}
+	free(url);
+	fi->fh = (uint64_t)(uintptr_t)f;
+	fi->keep_cache = 1;
+	if (fuse_reply_open(req, fi))
+		fs_file_free(fs, f);
+	return;
+fail:
+	free(url);
+	if (f)
+		fs_file_free(fs, f);
+	fs_inode_put(fs->inodes, n);
+	fuse_reply_err(req, rc < 0 ? -rc : EIO);
+}
+
+static bool fs_interrupted(void *arg)
+{
+	return fuse_req_interrupted(arg);
+}
+
+/* Each FUSE thread's read buffer, freed when the thread ends. */
+static pthread_key_t fs_buf_key;
+static pthread_once_t fs_buf_once = PTHREAD_ONCE_INIT;
+
+static void fs_buf_key_init(void)
+{
+	pthread_key_create(&fs_buf_key, free);
+}
+
+static char *fs_read_buffer(void)
+{
+	char *buf;
+
+	pthread_once(&fs_buf_once, fs_buf_key_init);
+	buf = pthread_getspecific(fs_buf_key);
+	if (!buf) {
+		buf = malloc(FS_MAX_READ);
+		if (buf && pthread_setspecific(fs_buf_key, buf)) {
+			free(buf);
+			buf = NULL;
+		}
+	}
+	return buf;
+}
+
+static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_file *f = (struct fs_file *)(uintptr_t)fi->fh;
+	struct fetch_call call = { .src = f->src, .cancel = fs_interrupted, .cancel_arg = req };
+	uint64_t end, ra_from = 0, ra_len = 0;
+	char *buf;
+	ssize_t n;
+
+	(void)ino;
+	if (!f->blob || off < 0 || (uint64_t)off >= f->node->size) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > FS_MAX_READ)
+		size = FS_MAX_READ;
+	buf = fs_read_buffer();
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	end = (uint64_t)off + size;
+	pthread_mutex_lock(&f->lock);
+	if ((uint64_t)off == f->next_off && off > 0) {
+		/* sequential: grow the window and queue what lies beyond it */
+		f->window = f->window ? f->window * 2 : FS_READAHEAD_MIN;
+		if (f->window > FS_READAHEAD_MAX)
+			f->window = FS_READAHEAD_MAX;
+		ra_from = f->ahead > end ? f->ahead : end;
+		if (end + f->window > ra_from) {
+			ra_len = end + f->window - ra_from;
+			f->ahead = ra_from + ra_len;
+		}
+	} else if ((uint64_t)off != f->next_off) {
+		f->window = 0;
+		f->ahead = 0;
+	}
+	f->next_off = end;
+	pthread_mutex_unlock(&f->lock);
+	if (ra_len)
+		fetch_readahead(fs->fetch, f->blob, f->src, ra_from, ra_len);
+
+	n = cache_blob_read(f->blob, buf, size, (uint64_t)off, fetch_fill, &call);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fs_file_free(fs_of(req), (struct fs_file *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+/* ---- extended attributes ---- */
+
+/* The value of attribute @name of @n into @buf (size @size); returns the
+ * length, or -ENODATA. */
+static int fs_xattr(struct fs *fs, const struct fs_node *n, const char *name, char *buf, size_t size)
+{
+	struct hub_revision rev;
+	struct hub_repo repo;
+	char *url;
+	int len;
+
+	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.commit")) {
+		int rc = fs_revision(fs, n, &rev);
+
+		return rc ? rc : snprintf(buf, size, "%s", rev.commit);
+	}
+	if (n->p.kind != FS_PATH_ENTRY)
+		return -ENODATA;
+	if (!strcmp(name, "user.hub.commit"))
+		return snprintf(buf, size, "%s", n->commit);
+	if (!strcmp(name, "user.hub.oid"))
+		return snprintf(buf, size, "%s", n->oid);
+	if (n->is_dir)
+		return -ENODATA;
+	if (!strcmp(name, "user.hub.lfs"))
+		return snprintf(buf, size, "%d", n->sha256[0] != '\0');
+	if (!strcmp(name, "user.hub.sha256") && n->sha256[0])
+		return snprintf(buf, size, "%s", n->sha256);
+	if (!strcmp(name, "user.hub.url")) {
+		fs_repo_of(n, &repo);
+		url = hub_resolve_url(fs->http, &repo, n->commit, n->p.path);
+		if (!url)
+			return -ENOMEM;
+		len = snprintf(buf, size, "%s", url);
+		free(url);
+		return len;
+	}
+	return -ENODATA;
+}
+
+static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	char buf[8192];
+	int len;
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	len = fs_xattr(fs, n, name, buf, sizeof(buf));
+	if (len < 0)
+		fuse_reply_err(req, -len);
+	else if ((size_t)len >= sizeof(buf))
+		fuse_reply_err(req, E2BIG);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)len);
+	else if (size < (size_t)len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, buf, (size_t)len);
+	fs_inode_put(fs->inodes, n);
+}
+
+static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	static const char *const names[] = { "user.hub.commit", "user.hub.oid", "user.hub.lfs",
+					     "user.hub.sha256", "user.hub.url" };
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	char list[256], buf[8192];
+	size_t len = 0;
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (fs_xattr(fs, n, names[i], buf, sizeof(buf)) < 0)
+			continue;
+		memcpy(list + len, names[i], strlen(names[i]) + 1);
+		len += strlen(names[i]) + 1;
+	}
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, list, len);
+	fs_inode_put(fs->inodes, n);
+}
+
+/* ---- the rest ---- */
+
+static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	(void)ino;
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = FS_MAX_READ;
+	sv.f_frsize = 4096;
+	sv.f_namemax = HUB_PATH_COMPONENT_MAX;
+	sv.f_flag = ST_RDONLY | ST_NOSUID | ST_NODEV;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void fs_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	(void)ino;
+	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+}
+
+static void fs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	conn->max_read = FS_MAX_READ;
+	conn->max_readahead = FS_MAX_READ;
+	/* A file's attributes may change date without its content changing:
+	 * keep its pages (content is immutable per inode). */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+}
+
+/* Every change to the Hub answers EROFS until writes exist. */
+static void fs_erofs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	(void)rdev;
+	fs_erofs_entry(req, parent, name, mode);
+}
+
+static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fs_erofs_entry(req, parent, name, 0);
+}
+
+static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link;
+	fs_erofs_entry(req, parent, name, 0);
+}
+
+static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	(void)newparent;
+	(void)newname;
+	(void)flags;
+	fs_erofs_entry(req, parent, name, 0);
+}
+
+static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	(void)ino;
+	fs_erofs_entry(req, newparent, newname, 0);
+}
+
+static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	(void)fi;
+	fs_erofs_entry(req, parent, name, mode);
+}
+
+static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)attr;
+	(void)to_set;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	(void)ino;
+	(void)name;
+	(void)value;
+	(void)size;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+const struct fuse_lowlevel_ops fs_ops = {
+	.init = fs_init,
+	.lookup = fs_lookup,
+	.forget = fs_forget,
+	.forget_multi = fs_forget_multi,
+	.getattr = fs_getattr,
+	.readlink = fs_readlink,
+	.opendir = fs_opendir,
+	.readdir = fs_readdir,
+	.releasedir = fs_releasedir,
+	.open = fs_open,
+	.read = fs_read,
+	.release = fs_release,
+	.getxattr = fs_getxattr,
+	.listxattr = fs_listxattr,
+	.statfs = fs_statfs,
+	.access = fs_access,
+	.mknod = fs_mknod,
+	.mkdir = fs_erofs_entry,
+	.unlink = fs_unlink,
+	.rmdir = fs_unlink,
+	.symlink = fs_symlink,
+	.rename = fs_rename,
+	.link = fs_link,
+	.create = fs_create,
+	.setattr = fs_setattr,
+	.setxattr = fs_setxattr,
+	.removexattr = fs_removexattr,
+};

@@ -1,0 +1,41 @@
+/*
+ * The FUSE operations of a mount (libfuse's low-level API).
+ *
+ * Reads only, for now: every operation that would change the Hub answers
+ * EROFS.  No HTTP and no SQL here: names go through the path grammar
+ * (fs_path.h), facts through meta.h, bytes through the cache and fetch.h.
+ */
+#ifndef HUBFS_FS_OPS_H
+#define HUBFS_FS_OPS_H
+
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <stdint.h>
+
+#include "cache.h"
+#include "fetch.h"
+#include "fs_inode.h"
+#include "meta.h"
+
+/* The size of FUSE read requests asked for (max_read, read-ahead). */
+#define FS_MAX_READ (1u << 20)
+
+struct fs {
+	struct fs_inodes *inodes;
+	struct meta *meta;
+	struct cache *cache;
+	struct fetch *fetch;
+	struct http_client *http;
+	int ttl;               /* seconds a branch view, a name or an answer is trusted */
+	uid_t uid;
+	gid_t gid;
+	int64_t mount_time;
+	char *me;              /* the token's user, or NULL */
+	struct hub_names orgs; /* its organisations */
+};
+
+/* The operations; the session's userdata is a struct fs. */
+extern const struct fuse_lowlevel_ops fs_ops;
+
+#endif
