@@ -259,6 +259,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	struct hub_whoami who;
 	const char *token_source = NULL;
 	char *endpoint = NULL, *token = NULL, *cache_dir = NULL;
+	char identity[CACHE_ID_MAX];
 	uint64_t cache_size = 10ULL << 30;
 	int ttl, timeout, rc, status = 1;
 	bool offline;
@@ -284,6 +285,10 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		log_msg(LOG_ERR, "cannot read the token file '%s': %s", o->token_file, strerror(-rc));
 		goto out;
 	}
+	/* Cached facts are kept per token: a short fingerprint names it. */
+	strcpy(identity, "anonymous");
+	if (token && cache_id_of_buffer(CACHE_ID_SHA256, token, strlen(token), identity) == 0)
+		identity[16] = '\0';
 
 	if (http_global_init())
 		goto out;
@@ -309,6 +314,8 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 			rc == -EPROTO ? "written by a newer hubfs" : strerror(-rc));
 		goto out_mount;
 	}
+	mc.endpoint = endpoint;
+	mc.identity = identity;
 	mc.http = m.http;
 	mc.cache = m.cache;
 	mc.ttl = ttl;

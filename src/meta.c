@@ -30,6 +30,8 @@ struct meta_flight {
 };
 
 struct meta {
+	char *scope;                 /* "ENDPOINT|IDENTITY": what facts depend on */
+	char *tree_scope;            /* "ENDPOINT": what trees depend on */
 	struct http_client *http;
 	struct cache *cache;
 	int ttl;
@@ -50,6 +52,16 @@ struct meta *meta_new(const struct meta_config *cfg, int *err)
 		*err = -ENOMEM;
 		return NULL;
 	}
+	if (asprintf(&m->scope, "%s|%s", cfg->endpoint, cfg->identity) < 0)
+		m->scope = NULL;
+	m->tree_scope = strdup(cfg->endpoint);
+	if (!m->scope || !m->tree_scope) {
+		free(m->scope);
+		free(m->tree_scope);
+		free(m);
+		*err = -ENOMEM;
+		return NULL;
+	}
 	m->http = cfg->http;
 	m->cache = cfg->cache;
 	m->ttl = cfg->ttl;
@@ -66,6 +78,8 @@ void meta_free(struct meta *m)
 		return;
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
+	free(m->scope);
+	free(m->tree_scope);
 	free(m);
 }
 
@@ -159,12 +173,15 @@ static void meta_flight_end(struct meta *m, const char *key)
  * fresh.  Returns 0, -ENOENT when absent. */
 static int meta_get(struct meta *m, const char *key, char **val, bool *fresh, bool forever)
 {
+	char full[2 * META_KEY_MAX];
 	void *v = NULL;
 	size_t len = 0;
 	int64_t at = 0;
-	int rc = cache_kv_get(m->cache, key, &v, &len, &at);
 	char *s;
+	int rc;
 
+	snprintf(full, sizeof(full), "%s %s", m->scope, key);
+	rc = cache_kv_get(m->cache, full, &v, &len, &at);
 	if (rc)
 		return rc;
 	s = realloc(v, len + 1);
@@ -180,8 +197,11 @@ static int meta_get(struct meta *m, const char *key, char **val, bool *fresh, bo
 
 static int meta_put(struct meta *m, const char *key, const char *val)
 {
-	int rc = cache_kv_put(m->cache, key, val, strlen(val), meta_now());
+	char full[2 * META_KEY_MAX];
+	int rc;
 
+	snprintf(full, sizeof(full), "%s %s", m->scope, key);
+	rc = cache_kv_put(m->cache, full, val, strlen(val), meta_now());
 	if (rc)
 		log_msg(LOG_WARNING, "cannot record '%s' in the cache index: %s", key, strerror(-rc));
 	return rc;
@@ -651,9 +671,11 @@ static int meta_tree_page(void *arg, const struct hub_entry *entries, size_t n)
 	return 0;
 }
 
-static void meta_tree_key(const struct hub_repo *repo, const char *commit, char *key, size_t size)
+static void meta_tree_key(struct meta *m, const struct hub_repo *repo, const char *commit, char *key,
+			  size_t size)
 {
-	snprintf(key, size, "%s/%s/%s@%s", meta_type_name(repo->type), repo->ns, repo->name, commit);
+	snprintf(key, size, "%s %s/%s/%s@%s", m->tree_scope, meta_type_name(repo->type), repo->ns,
+		 repo->name, commit);
 }
 
 /* Lists @dir of the tree from the Hub into the cache index, unless another
@@ -662,7 +684,7 @@ static int meta_fetch_dir(struct meta *m, const struct hub_repo *repo, const cha
 			  const char *tree_key, const char *dir)
 {
 	struct meta_tree_acc acc = { .dir = dir };
-	char flight[META_KEY_MAX + HUB_PATH_MAX];
+	char flight[3 * META_KEY_MAX + HUB_PATH_MAX];
 	int rc;
 
 	if (m->offline_mode) {
@@ -688,7 +710,7 @@ static int meta_fetch_dir(struct meta *m, const struct hub_repo *repo, const cha
 int meta_lookup(struct meta *m, const struct hub_repo *repo, const char *commit, const char *path,
 		struct cache_entry *out)
 {
-	char key[META_KEY_MAX], *parent;
+	char key[2 * META_KEY_MAX], *parent;
 	const char *slash;
 	int rc;
 
@@ -699,7 +721,7 @@ int meta_lookup(struct meta *m, const struct hub_repo *repo, const char *commit,
 	}
 	if (!hub_repo_path_valid(path))
 		return -ENOENT;
-	meta_tree_key(repo, commit, key, sizeof(key));
+	meta_tree_key(m, repo, commit, key, sizeof(key));
 	for (int round = 0; round < 2; round++) {
 		rc = cache_tree_lookup(m->cache, key, path, out);
 		if (rc != -ENODATA)
@@ -727,10 +749,10 @@ int meta_lookup(struct meta *m, const struct hub_repo *repo, const char *commit,
 int meta_list(struct meta *m, const struct hub_repo *repo, const char *commit, const char *dir,
 	      cache_tree_fn fn, void *arg)
 {
-	char key[META_KEY_MAX];
+	char key[2 * META_KEY_MAX];
 	int rc;
 
-	meta_tree_key(repo, commit, key, sizeof(key));
+	meta_tree_key(m, repo, commit, key, sizeof(key));
 	for (int round = 0; round < 2; round++) {
 		rc = cache_tree_list(m->cache, key, dir, fn, arg);
 		if (rc != -ENODATA)

@@ -27,6 +27,10 @@
 #include "hub_api.h"
 
 struct meta_config {
+	/* Facts are kept per endpoint and identity (a fingerprint of the token,
+	 * never the token): another token may see other repos. */
+	const char *endpoint;
+	const char *identity;
 	struct http_client *http; /* borrowed */
 	struct cache *cache;      /* borrowed */
 	int ttl;                  /* seconds */
