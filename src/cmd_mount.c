@@ -366,6 +366,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	m.fs.cache = m.cache;
 	m.fs.http = m.http;
 	m.fs.ttl = ttl;
+	m.fs.offline = offline;
 	m.fs.uid = getuid();
 	m.fs.gid = getgid();
 	m.fs.mount_time = (int64_t)time(NULL);

@@ -34,6 +34,9 @@
 #define FS_PINNED_TIMEOUT 86400.0
 #define FS_READAHEAD_MIN (4u << 20)
 #define FS_READAHEAD_MAX (64u << 20)
+/* Files up to this size are fetched whole at their first read, so that they
+ * are verified before any of their bytes is served. */
+#define FS_WHOLE_MAX (8u << 20)
 
 /* An open file. */
 struct fs_file {
@@ -42,6 +45,7 @@ struct fs_file {
 	struct fetch_source *src;
 	pthread_mutex_t lock;
 	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
+	uint64_t run;               /* protected by lock: bytes read sequentially so far */
 	uint64_t window;            /* protected by lock: read-ahead window */
 	uint64_t ahead;             /* protected by lock: read-ahead queued up to here */
 };
@@ -706,6 +710,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fs *fs = fs_of(req);
 	struct fs_file *f = (struct fs_file *)(uintptr_t)fi->fh;
 	struct fetch_call call = { .src = f->src, .cancel = fs_interrupted, .cancel_arg = req };
+	/* Offline, only what is cached can be read. */
+	cache_fill_fn fill = fs->offline ? NULL : fetch_fill;
 	uint64_t end, ra_from = 0, ra_len = 0;
 	char *buf;
 	ssize_t n;
@@ -724,7 +730,10 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	end = (uint64_t)off + size;
 	pthread_mutex_lock(&f->lock);
-	if ((uint64_t)off == f->next_off && off > 0) {
+	f->run = (uint64_t)off == f->next_off ? f->run + size : size;
+	/* Read-ahead starts with the third sequential request: the kernel's own
+	 * read-ahead of a small read (a safetensors header) stays unanswered. */
+	if (f->run > 2 * FS_MAX_READ) {
 		/* sequential: grow the window and queue what lies beyond it */
 		f->window = f->window ? f->window * 2 : FS_READAHEAD_MIN;
 		if (f->window > FS_READAHEAD_MAX)
@@ -734,16 +743,26 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			ra_len = end + f->window - ra_from;
 			f->ahead = ra_from + ra_len;
 		}
-	} else if ((uint64_t)off != f->next_off) {
+	} else if (f->run == size) {
 		f->window = 0;
 		f->ahead = 0;
 	}
 	f->next_off = end;
 	pthread_mutex_unlock(&f->lock);
-	if (ra_len)
+	if (ra_len && fill)
 		fetch_readahead(fs->fetch, f->blob, f->src, ra_from, ra_len);
 
-	n = cache_blob_read(f->blob, buf, size, (uint64_t)off, fetch_fill, &call);
+	if (f->node->size <= FS_WHOLE_MAX && !cache_blob_complete(f->blob)) {
+		n = cache_blob_prefetch(f->blob, 0, f->node->size, fill, &call);
+		if (n < 0)
+			goto fail;
+	}
+	n = cache_blob_read(f->blob, buf, size, (uint64_t)off, fill, &call);
+fail:
+	if (n == -ENODATA) {
+		log_msg(LOG_NOTICE, "offline: '%s' is not cached", f->node->fullpath);
+		n = -EIO;
+	}
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else

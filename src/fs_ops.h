@@ -28,6 +28,7 @@ struct fs {
 	struct fetch *fetch;
 	struct http_client *http;
 	int ttl;               /* seconds a branch view, a name or an answer is trusted */
+	bool offline;          /* --offline: never fetch */
 	uid_t uid;
 	gid_t gid;
 	int64_t mount_time;

@@ -775,7 +775,9 @@ int http_perform(struct http_client *c, const struct http_request *req, struct h
 
 bool http_retryable(int rc, const struct http_response *resp)
 {
-	if (rc == -EINTR || rc == -ENOMEM || rc == -EMSGSIZE)
+	/* A stalled transfer is not tried again: the caller would wait for
+	 * another full timeout, and the user asked for at most one. */
+	if (rc == -EINTR || rc == -ENOMEM || rc == -EMSGSIZE || rc == -ETIMEDOUT)
 		return false;
 	if (rc)
 		return true;

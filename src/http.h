@@ -139,7 +139,8 @@ int http_perform_retry(struct http_client *c, const struct http_request *req,
 		       struct http_response *resp);
 
 /* True if the outcome (@rc from http_perform(), and @resp when rc == 0) is
- * worth a retry: a transport failure, or status 408, 429, 500, 502, 503, 504. */
+ * worth a retry: a transport failure other than a timeout, or status 408,
+ * 429, 500, 502, 503, 504. */
 bool http_retryable(int rc, const struct http_response *resp);
 
 /* Sleeps before retry number @attempt (0-based): the answer's retry_after plus
