@@ -675,6 +675,9 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 	} else if (strcmp(method, "GET")) {
 		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 	}
+	/* Bulk content arrives in large pieces: fewer, larger cache writes. */
+	if (req->sink)
+		curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L * 1024);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, http_write_cb);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &x);
 	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
