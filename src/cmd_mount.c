@@ -342,9 +342,8 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	} else if (!offline) {
 		struct cache_stats st;
 
-		rc = hub_whoami(m.http, &who);
-		hub_whoami_release(&who);
-		if (rc != -EACCES && rc != 0) {
+		rc = hub_ping(m.http);
+		if (rc) {
 			if (cache_stats(m.cache, &st) || st.blobs == 0) {
 				log_msg(LOG_ERR, "cannot reach '%s' and nothing is cached: %s", endpoint,
 					strerror(-rc));

@@ -898,8 +898,11 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	/* A file's attributes may change date without its content changing:
 	 * keep its pages (content is immutable per inode). */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-	if (conn->capable & FUSE_CAP_ASYNC_READ)
-		conn->want |= FUSE_CAP_ASYNC_READ;
+	/* Synchronous reads: the kernel's read-ahead requests are then ones a
+	 * signal can interrupt (background requests are not), so an
+	 * interrupted reader gets EINTR instead of waiting for the network.
+	 * hubfs reads ahead on its own threads. */
+	conn->want &= ~FUSE_CAP_ASYNC_READ;
 }
 
 /* Every change to the Hub answers EROFS until writes exist. */

@@ -844,6 +844,9 @@ int http_perform_retry(struct http_client *c, const struct http_request *req,
 		rc = http_perform(c, req, resp);
 		if (!http_retryable(rc, resp) || attempt >= c->max_retries)
 			return rc;
+		/* Nobody listens: one more try, not a minute of backoff. */
+		if ((rc == -ECONNREFUSED || rc == -EHOSTUNREACH) && attempt >= 1)
+			return rc;
 		if (rc)
 			log_msg(LOG_INFO, "retrying %s %.*s after: %s", req->method ? req->method : "GET",
 				(int)strcspn(req->url, "?"), req->url, strerror(-rc));

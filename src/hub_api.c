@@ -147,6 +147,16 @@ void hub_whoami_release(struct hub_whoami *w)
 	memset(w, 0, sizeof(*w));
 }
 
+int hub_ping(struct http_client *http)
+{
+	struct http_request req = { .url = "/api/whoami-v2", .api = true, .max_body = 1 << 20 };
+	struct http_response resp;
+	int rc = http_perform_retry(http, &req, &resp);
+
+	http_response_release(&resp);
+	return rc;
+}
+
 int hub_namespace_exists(struct http_client *http, const char *ns)
 {
 	static const char *const kinds[] = { "users", "organizations" };

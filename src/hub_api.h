@@ -37,6 +37,10 @@ struct hub_whoami {
 int hub_whoami(struct http_client *http, struct hub_whoami *out);
 void hub_whoami_release(struct hub_whoami *w);
 
+/* Whether the Hub answers at all (any HTTP status): 0, or the transport
+ * error.  Logs nothing. */
+int hub_ping(struct http_client *http);
+
 /* Whether @ns is a user or an organisation: 0, -ENOENT, or another error. */
 int hub_namespace_exists(struct http_client *http, const char *ns);
 

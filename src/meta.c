@@ -40,6 +40,7 @@ struct meta {
 	pthread_cond_t cond;
 	struct meta_flight *flights; /* protected by lock */
 	bool offline;                /* protected by lock: the Hub was unreachable */
+	int64_t offline_since;       /* protected by lock: when that was found */
 };
 
 #define META_KEY_MAX 1024
@@ -114,12 +115,26 @@ static void meta_note_reachability(struct meta *m, int rc)
 	pthread_mutex_lock(&m->lock);
 	changed = m->offline != unreachable;
 	m->offline = unreachable;
+	if (unreachable)
+		m->offline_since = meta_now();
 	pthread_mutex_unlock(&m->lock);
 	if (changed)
 		log_msg(unreachable ? LOG_WARNING : LOG_NOTICE,
 			unreachable ? "offline: the Hub cannot be reached (%s); serving what is cached"
 				    : "online: the Hub answers again%s",
 			unreachable ? strerror(-rc) : "");
+}
+
+/* While the Hub is found unreachable, stale facts are served without asking
+ * it again, for a TTL; then one request probes it. */
+static bool meta_skip_network(struct meta *m)
+{
+	bool skip;
+
+	pthread_mutex_lock(&m->lock);
+	skip = m->offline && meta_now() - m->offline_since < m->ttl;
+	pthread_mutex_unlock(&m->lock);
+	return skip;
 }
 
 /* Single flight.  Returns true if the caller must fetch @key (and then call
@@ -225,7 +240,7 @@ static int meta_fact(struct meta *m, const char *key, bool forever, meta_fetch_f
 	*val = NULL;
 	for (int round = 0; round < 2; round++) {
 		rc = meta_get(m, key, &cached, &fresh, forever);
-		if (rc == 0 && (fresh || m->offline_mode))
+		if (rc == 0 && (fresh || m->offline_mode || meta_skip_network(m)))
 			goto cached;
 		if (rc && rc != -ENOENT)
 			return rc;
