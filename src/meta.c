@@ -186,7 +186,16 @@ static void meta_flight_end(struct meta *m, const char *key)
 
 /* A cached fact: its value (NUL-terminated, caller frees) and whether it is
  * fresh.  Returns 0, -ENOENT when absent. */
-static int meta_get(struct meta *m, const char *key, char **val, bool *fresh, bool forever)
+/* How long a positive fact stays fresh (negative ones: always the TTL). */
+enum meta_life {
+	META_TTL,     /* --ttl */
+	META_LONG,    /* an hour: facts that almost never change (a namespace exists) */
+	META_FOREVER, /* immutable facts (a commit id's commit) */
+};
+
+#define META_LONG_SECONDS 3600
+
+static int meta_get(struct meta *m, const char *key, char **val, bool *fresh, enum meta_life life)
 {
 	char full[2 * META_KEY_MAX];
 	void *v = NULL;
@@ -206,7 +215,10 @@ static int meta_get(struct meta *m, const char *key, char **val, bool *fresh, bo
 	}
 	s[len] = '\0';
 	*val = s;
-	*fresh = forever || meta_now() - at < m->ttl;
+	if (!strcmp(s, "-") || life == META_TTL)
+		*fresh = meta_now() - at < m->ttl;
+	else
+		*fresh = life == META_FOREVER || meta_now() - at < META_LONG_SECONDS;
 	return 0;
 }
 
@@ -230,7 +242,7 @@ static int meta_put(struct meta *m, const char *key, const char *val)
  */
 typedef int (*meta_fetch_fn)(struct meta *m, const void *arg, char **out);
 
-static int meta_fact(struct meta *m, const char *key, bool forever, meta_fetch_fn fetch,
+static int meta_fact(struct meta *m, const char *key, enum meta_life life, meta_fetch_fn fetch,
 		     const void *arg, char **val)
 {
 	char *cached = NULL;
@@ -239,7 +251,7 @@ static int meta_fact(struct meta *m, const char *key, bool forever, meta_fetch_f
 
 	*val = NULL;
 	for (int round = 0; round < 2; round++) {
-		rc = meta_get(m, key, &cached, &fresh, forever);
+		rc = meta_get(m, key, &cached, &fresh, life);
 		if (rc == 0 && (fresh || m->offline_mode || meta_skip_network(m)))
 			goto cached;
 		if (rc && rc != -ENOENT)
@@ -371,8 +383,8 @@ int meta_whoami(struct meta *m, struct hub_whoami *out)
 	memset(out, 0, sizeof(*out));
 	if (!http_client_has_token(m->http))
 		return -ENOENT;
-	/* The token's identity does not change while mounted. */
-	rc = meta_fact(m, "whoami", true, meta_fetch_whoami, NULL, &val);
+	/* Asked again after a TTL: a mount checks that its token still works. */
+	rc = meta_fact(m, "whoami", META_TTL, meta_fetch_whoami, NULL, &val);
 	if (rc)
 		return rc == -ENOENT ? -EACCES : rc;
 	rc = meta_split(val, " ", &names);
@@ -408,7 +420,7 @@ static void meta_remember_namespace(struct meta *m, const char *ns)
 	bool fresh;
 
 	pthread_mutex_lock(&m->lock);
-	if (meta_get(m, "seen-namespaces", &val, &fresh, true) == 0) {
+	if (meta_get(m, "seen-namespaces", &val, &fresh, META_FOREVER) == 0) {
 		for (line = val; line && *line;) {
 			size_t n = strcspn(line, "\n");
 
@@ -435,7 +447,7 @@ int meta_namespace(struct meta *m, const char *ns)
 	if (!hub_name_valid(ns))
 		return -ENOENT;
 	snprintf(key, sizeof(key), "ns:%s", ns);
-	rc = meta_fact(m, key, false, meta_fetch_namespace, ns, &val);
+	rc = meta_fact(m, key, META_LONG, meta_fetch_namespace, ns, &val);
 	if (rc)
 		return rc;
 	free(val);
@@ -450,7 +462,7 @@ int meta_seen_namespaces(struct meta *m, struct hub_names *out)
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	rc = meta_get(m, "seen-namespaces", &val, &fresh, true);
+	rc = meta_get(m, "seen-namespaces", &val, &fresh, META_FOREVER);
 	if (rc == -ENOENT)
 		return 0;
 	if (rc)
@@ -518,7 +530,7 @@ int meta_repos(struct meta *m, enum hub_repo_type type, const char *ns, struct h
 	if (rc)
 		return rc;
 	snprintf(key, sizeof(key), "repos:%s/%s", meta_type_name(type), ns);
-	rc = meta_fact(m, key, false, meta_fetch_repos, &a, &val);
+	rc = meta_fact(m, key, META_TTL, meta_fetch_repos, &a, &val);
 	if (rc)
 		return rc;
 	rc = meta_split(val, "\n", out);
@@ -561,7 +573,7 @@ int meta_refs(struct meta *m, const struct hub_repo *repo, struct hub_refs *out)
 
 	memset(out, 0, sizeof(*out));
 	snprintf(key, sizeof(key), "refs:%s/%s/%s", meta_type_name(repo->type), repo->ns, repo->name);
-	rc = meta_fact(m, key, false, meta_fetch_refs, repo, &val);
+	rc = meta_fact(m, key, META_TTL, meta_fetch_refs, repo, &val);
 	if (rc)
 		return rc;
 	for (line = strtok_r(val, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -623,14 +635,14 @@ int meta_revision(struct meta *m, const struct hub_repo *repo, const char *rev,
 	long long mtime;
 	int priv, rc;
 	/* A commit id names the same commit forever. */
-	bool forever = hub_commit_id_valid(rev, true);
+	enum meta_life life = hub_commit_id_valid(rev, true) ? META_FOREVER : META_TTL;
 
 	memset(out, 0, sizeof(*out));
 	if (!hub_revision_valid(rev))
 		return -ENOENT;
 	snprintf(key, sizeof(key), "rev:%s/%s/%s@%s", meta_type_name(repo->type), repo->ns,
 		 repo->name, rev);
-	rc = meta_fact(m, key, forever, meta_fetch_revision, &a, &val);
+	rc = meta_fact(m, key, life, meta_fetch_revision, &a, &val);
 	if (rc)
 		return rc;
 	if (sscanf(val, "%40s %lld %d", out->commit, &mtime, &priv) != 3 ||

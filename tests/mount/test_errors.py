@@ -238,6 +238,47 @@ def test_hostile():
         srv.server_close()
 
 
+def test_consistency(hub):
+    """Branch views follow the branch within the TTL; commit views never ask again."""
+    from test_read import commit_files
+    from mountlib import api_requests
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--ttl", "2"]) as m:
+        main = os.getxattr(m.p("bob/hello-world/main"), "user.hub.commit").decode()
+        old = m.read("bob/hello-world/main/hello.txt")
+        T.eq(errno_of_stat(m.p("bob/hello-world/main/new.txt")), errno.ENOENT, "a file not yet committed is ENOENT")
+        f = open(m.p("bob/hello-world/main/hello.txt"), "rb")
+        try:
+            from harness import BOB_WRITE_TOKEN
+            commit_files(hub, "bob/hello-world", {"hello.txt": b"changed\n", "new.txt": b"new\n"}, token=BOB_WRITE_TOKEN,
+                         summary="change hello")
+            T.eq(errno_of_stat(m.p("bob/hello-world/main/new.txt")), errno.ENOENT,
+                 "within the TTL, a missing name stays missing (negative entry cached)")
+            time.sleep(2.5)
+            T.eq(m.read("bob/hello-world/main/hello.txt"), b"changed\n", "after the TTL, the branch view shows the new commit")
+            T.eq(m.read("bob/hello-world/main/new.txt"), b"new\n", "after the TTL, a new file appears")
+            f.seek(0)
+            T.eq(f.read(), old, "a file opened before the branch moved keeps its content")
+        finally:
+            f.close()
+        T.eq(m.read("bob/hello-world@%s/hello.txt" % main), old, "the old commit stays readable by its id")
+        os.listdir(m.p("bob/hello-world@%s" % main))
+        time.sleep(2.5)
+        hub.clear_log()
+        os.stat(m.p("bob/hello-world@%s/hello.txt" % main))
+        os.listdir(m.p("bob/hello-world@%s" % main))
+        T.eq(len(api_requests(hub.log())), 0, "a commit-id view never asks the API again")
+        m.unmount()
+        T.ok(not m.sanitizer_report(), "consistency: no sanitizer report")
+
+
+def errno_of_stat(path):
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
 def main():
     if not have_fuse():
         print("1..0 # SKIP /dev/fuse or fusermount3 missing")
@@ -245,7 +286,8 @@ def main():
     root = tempfile.mkdtemp(prefix="hubfs-errhub-")
     try:
         with LocalHub(root=os.path.join(root, "hub"), seed=True) as hub:
-            for test in (test_mount_errors, test_retry_after, test_interrupt, test_token_not_logged, test_mmap):
+            for test in (test_mount_errors, test_retry_after, test_interrupt, test_token_not_logged, test_mmap,
+                         test_consistency):
                 try:
                     test(hub)
                 except Exception as e:  # noqa: B902 - a crash of a test is a failure, the rest go on
