@@ -97,6 +97,39 @@ static int hub_malformed(const char *what)
 	return -EIO;
 }
 
+/* Receives the JSON array of one page; returns 0 or -errno to stop. */
+typedef int (*hub_page_fn)(void *arg, const cJSON *array);
+
+/* Fetches @url (taken over) and the pages after it (Link rel="next"),
+ * handing each page's array to @fn.  @what names the listing in errors. */
+static int hub_each_page(struct http_client *http, char *url, const char *what, hub_page_fn fn,
+			 void *arg)
+{
+	int rc = url ? 0 : -ENOMEM, pages = 0;
+
+	while (url && !rc) {
+		struct http_response resp;
+		cJSON *json;
+
+		rc = hub_get_json(http, url, &json, &resp, true);
+		free(url);
+		url = NULL;
+		if (rc)
+			break;
+		rc = cJSON_IsArray(json) ? fn(arg, json) : hub_malformed(what);
+		if (!rc && resp.link_next) {
+			if (++pages >= HUB_PAGES_MAX)
+				rc = hub_malformed("too many pages");
+			else if (!(url = strdup(resp.link_next)))
+				rc = -ENOMEM;
+		}
+		cJSON_Delete(json);
+		http_response_release(&resp);
+	}
+	free(url);
+	return rc;
+}
+
 int hub_whoami(struct http_client *http, struct hub_whoami *out)
 {
 	struct http_response resp;
@@ -207,54 +240,49 @@ void hub_names_release(struct hub_names *names)
 	memset(names, 0, sizeof(*names));
 }
 
+struct hub_repos_page {
+	struct hub_names *out;
+	const char *ns;
+	size_t cap;
+};
+
+static int hub_repos_page(void *arg, const cJSON *array)
+{
+	struct hub_repos_page *p = arg;
+	size_t nslen = strlen(p->ns);
+	const cJSON *item;
+	int rc = 0;
+
+	cJSON_ArrayForEach(item, array)
+	{
+		const char *id = hub_json_string(item, "id");
+
+		/* "NS/NAME", from this namespace only */
+		if (!id || strncasecmp(id, p->ns, nslen) || id[nslen] != '/' ||
+		    !hub_name_valid(id + nslen + 1))
+			continue;
+		if (p->out->n >= HUB_LIST_MAX)
+			return hub_malformed("too many repos");
+		rc = hub_names_add(p->out, id + nslen + 1, &p->cap);
+		if (rc)
+			break;
+	}
+	return rc;
+}
+
 int hub_list_repos(struct http_client *http, enum hub_repo_type type, const char *ns,
 		   struct hub_names *out)
 {
-	struct http_response resp;
-	size_t cap = 0, nslen = strlen(ns);
+	struct hub_repos_page page = { .out = out, .ns = ns };
 	char *url = NULL;
-	int rc = 0, pages = 0;
+	int rc;
 
 	memset(out, 0, sizeof(*out));
 	if (!hub_name_valid(ns))
 		return -ENOENT;
 	if (asprintf(&url, "/api/%s?author=%s&limit=1000", hub_repo_type_api(type), ns) < 0)
-		return -ENOMEM;
-	while (url && !rc) {
-		const cJSON *item;
-		cJSON *json;
-
-		rc = hub_get_json(http, url, &json, &resp, true);
-		free(url);
 		url = NULL;
-		if (rc)
-			break;
-		if (!cJSON_IsArray(json)) {
-			rc = hub_malformed("repo listing is not an array");
-		} else {
-			cJSON_ArrayForEach(item, json)
-			{
-				const char *id = hub_json_string(item, "id");
-
-				/* "NS/NAME", from this namespace only */
-				if (!id || strncasecmp(id, ns, nslen) || id[nslen] != '/' ||
-				    !hub_name_valid(id + nslen + 1))
-					continue;
-				if (out->n >= HUB_LIST_MAX) {
-					rc = hub_malformed("too many repos");
-					break;
-				}
-				rc = hub_names_add(out, id + nslen + 1, &cap);
-				if (rc)
-					break;
-			}
-		}
-		cJSON_Delete(json);
-		if (!rc && resp.link_next && ++pages < HUB_PAGES_MAX)
-			url = strdup(resp.link_next);
-		http_response_release(&resp);
-	}
-	free(url);
+	rc = hub_each_page(http, url, "repo listing is not an array", hub_repos_page, &page);
 	if (rc)
 		hub_names_release(out);
 	return rc;
@@ -450,15 +478,57 @@ static int hub_tree_entry(const cJSON *item, const char *dir, struct hub_entry *
 	return 0;
 }
 
+struct hub_tree_page {
+	const char *dir;
+	size_t total;
+	hub_entries_fn fn;
+	void *arg;
+};
+
+static int hub_tree_page(void *arg, const cJSON *array)
+{
+	struct hub_tree_page *p = arg;
+	struct hub_entry *entries = calloc((size_t)cJSON_GetArraySize(array) + 1, sizeof(*entries));
+	const cJSON *item;
+	size_t n = 0;
+	int rc = 0;
+
+	if (!entries)
+		return -ENOMEM;
+	cJSON_ArrayForEach(item, array)
+	{
+		const char *path = hub_json_string(item, "path");
+		const char *type = hub_json_string(item, "type");
+
+		/* Listing a file answers with the file itself. */
+		if (path && type && *p->dir && !strcmp(path, p->dir) && !strcmp(type, "file")) {
+			rc = -ENOTDIR;
+			break;
+		}
+		rc = hub_tree_entry(item, p->dir, &entries[n]);
+		if (rc < 0)
+			break;
+		if (rc == 0)
+			n++;
+		rc = 0;
+	}
+	p->total += n;
+	if (!rc && p->total > HUB_LIST_MAX)
+		rc = hub_malformed("too many entries in one directory");
+	/* the entries borrow their names from the page */
+	if (!rc && n)
+		rc = p->fn(p->arg, entries, n);
+	free(entries);
+	return rc;
+}
+
 int hub_list_tree(struct http_client *http, const struct hub_repo *repo, const char *commit,
 		  const char *dir, hub_entries_fn fn, void *arg)
 {
-	struct http_response resp;
-	struct hub_entry *entries = NULL;
+	struct hub_tree_page page = { .dir = dir, .fn = fn, .arg = arg };
 	char base[256];
 	char *url = NULL, *enc;
-	size_t total = 0;
-	int rc, pages = 0;
+	int rc;
 
 	rc = hub_repo_api(repo, base, sizeof(base));
 	if (rc)
@@ -471,60 +541,5 @@ int hub_list_tree(struct http_client *http, const struct hub_repo *repo, const c
 	if (asprintf(&url, "%s/tree/%s%s%s", base, commit, *dir ? "/" : "", enc) < 0)
 		url = NULL;
 	free(enc);
-	while (url && !rc) {
-		const cJSON *item;
-		cJSON *json;
-		size_t n = 0;
-
-		rc = hub_get_json(http, url, &json, &resp, true);
-		free(url);
-		url = NULL;
-		if (rc)
-			break;
-		if (!cJSON_IsArray(json)) {
-			rc = hub_malformed("tree listing is not an array");
-			goto page_done;
-		}
-		free(entries);
-		entries = calloc((size_t)cJSON_GetArraySize(json) + 1, sizeof(*entries));
-		if (!entries) {
-			rc = -ENOMEM;
-			goto page_done;
-		}
-		cJSON_ArrayForEach(item, json)
-		{
-			const char *path = hub_json_string(item, "path");
-			const char *type = hub_json_string(item, "type");
-
-			/* Listing a file answers with the file itself. */
-			if (path && type && *dir && !strcmp(path, dir) && !strcmp(type, "file")) {
-				rc = -ENOTDIR;
-				break;
-			}
-			rc = hub_tree_entry(item, dir, &entries[n]);
-			if (rc < 0)
-				break;
-			if (rc == 0)
-				n++;
-			rc = 0;
-		}
-		total += n;
-		if (!rc && total > HUB_LIST_MAX)
-			rc = hub_malformed("too many entries in one directory");
-		if (!rc && n)
-			rc = fn(arg, entries, n);
-		if (!rc && resp.link_next) {
-			if (++pages >= HUB_PAGES_MAX)
-				rc = hub_malformed("too many pages");
-			else if (!(url = strdup(resp.link_next)))
-				rc = -ENOMEM;
-		}
-page_done:
-		/* entries borrow names from json: both go now */
-		cJSON_Delete(json);
-		http_response_release(&resp);
-	}
-	free(entries);
-	free(url);
-	return rc;
+	return hub_each_page(http, url, "tree listing is not an array", hub_tree_page, &page);
 }
