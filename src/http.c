@@ -374,6 +374,7 @@ struct http_xfer {
 	size_t cap;     /* allocated for resp->body */
 	int abort_rc;   /* why a callback stopped the transfer */
 	int use_sink;   /* -1 unknown, 0 buffer, 1 sink: decided at the first byte */
+	uint64_t sent;  /* bytes of a file body read so far */
 	bool headers_done; /* resp's header fields are filled */
 };
 
@@ -447,6 +448,27 @@ static size_t http_write_cb(char *data, size_t size, size_t nmemb, void *arg)
 	if (http_buffer(x, data, len, x->resp->status >= 300 ? HTTP_ERROR_BODY_MAX : x->limit))
 		return CURL_WRITEFUNC_ERROR;
 	return len;
+}
+
+/* Reads the next piece of a file body. */
+static size_t http_read_cb(char *buf, size_t size, size_t nmemb, void *arg)
+{
+	struct http_xfer *x = arg;
+	uint64_t left = x->req->body_fd_len - x->sent;
+	size_t want = size * nmemb;
+	ssize_t n;
+
+	if (want > left)
+		want = (size_t)left;
+	if (want == 0)
+		return 0;
+	n = pread(x->req->body_fd, buf, want, (off_t)(x->req->body_fd_off + x->sent));
+	if (n <= 0) {
+		x->abort_rc = n < 0 ? -errno : -EIO; /* a file shorter than announced */
+		return CURL_READFUNC_ABORT;
+	}
+	x->sent += (uint64_t)n;
+	return (size_t)n;
 }
 
 static int http_progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
@@ -551,6 +573,7 @@ static void http_response_headers(CURL *h, struct http_response *r)
 	char *link;
 
 	r->etag = http_header_dup(h, "ETag");
+	r->etag_raw = r->etag ? strdup(r->etag) : NULL;
 	http_etag_normalise(r->etag);
 	r->linked_etag = http_header_dup(h, "X-Linked-Etag");
 	http_etag_normalise(r->linked_etag);
@@ -667,6 +690,18 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 	}
 	if (!strcmp(method, "HEAD")) {
 		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+	} else if (with_body && req->has_body_fd) {
+		curl_easy_setopt(h, CURLOPT_READFUNCTION, http_read_cb);
+		curl_easy_setopt(h, CURLOPT_READDATA, &x);
+		if (!strcmp(method, "PUT")) {
+			curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+			curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_fd_len);
+		} else {
+			curl_easy_setopt(h, CURLOPT_POST, 1L);
+			curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_fd_len);
+			if (strcmp(method, "POST"))
+				curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+		}
 	} else if (with_body) {
 		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
 		curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
@@ -723,6 +758,7 @@ void http_response_release(struct http_response *r)
 	free(r->url);
 	free(r->location);
 	free(r->etag);
+	free(r->etag_raw);
 	free(r->linked_etag);
 	free(r->repo_commit);
 	free(r->error_code);
@@ -734,7 +770,8 @@ void http_response_release(struct http_response *r)
 int http_perform(struct http_client *c, const struct http_request *req, struct http_response *resp)
 {
 	const char *method = req->method ? req->method : "GET";
-	bool with_body = req->body != NULL || !strcmp(method, "POST") || !strcmp(method, "PUT");
+	bool with_body = req->body != NULL || req->has_body_fd || !strcmp(method, "POST") ||
+			 !strcmp(method, "PUT");
 	char *url = NULL;
 	CURL *h;
 	int rc;

@@ -86,6 +86,7 @@ struct http_response {
 	char *url;                /* the URL of the last hop */
 	char *location;           /* absolute target of an unfollowed redirect */
 	char *etag;               /* normalised: no W/, no quotes */
+	char *etag_raw;           /* as sent (S3 part ETags must be echoed verbatim) */
 	char *linked_etag;        /* X-Linked-Etag, normalised */
 	char *repo_commit;        /* X-Repo-Commit */
 	char *error_code;         /* X-Error-Code */
@@ -107,6 +108,11 @@ struct http_request {
 	const char *content_type;  /* of @body, or NULL */
 	const void *body;          /* request body, borrowed */
 	size_t body_len;
+	/* Or a body read from a file: @body_fd_len bytes at @body_fd_off of
+	 * @body_fd (read with pread; the descriptor is borrowed). */
+	int body_fd;               /* -1 or 0 when unused: see has_body_fd */
+	bool has_body_fd;
+	uint64_t body_fd_off, body_fd_len;
 	bool has_range;            /* send Range: bytes=range_start-range_end (inclusive) */
 	uint64_t range_start, range_end;
 	bool follow;               /* follow redirects (at most 5 hops) */

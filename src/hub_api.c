@@ -12,12 +12,14 @@
 #include "hub_api.h"
 
 #include <cjson/cJSON.h>
+#include <openssl/evp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -542,4 +544,481 @@ int hub_list_tree(struct http_client *http, const struct hub_repo *repo, const c
 		url = NULL;
 	free(enc);
 	return hub_each_page(http, url, "tree listing is not an array", hub_tree_page, &page);
+}
+
+/* ---- commits ---- */
+
+/* Base64 of @len bytes (caller frees). */
+static char *hub_base64(const unsigned char *data, size_t len)
+{
+	char *out = malloc(4 * ((len + 2) / 3) + 1);
+
+	if (out)
+		EVP_EncodeBlock((unsigned char *)out, data, (int)len);
+	return out;
+}
+
+/* Reads @len bytes at @off of @fd into a new buffer (caller frees). */
+static unsigned char *hub_read_fd(int fd, uint64_t off, size_t len, int *err)
+{
+	unsigned char *buf = malloc(len ? len : 1);
+	size_t got = 0;
+
+	if (!buf) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	while (got < len) {
+		ssize_t n = pread(fd, buf + got, len - got, (off_t)(off + got));
+
+		if (n <= 0) {
+			*err = n < 0 ? -errno : -EIO;
+			free(buf);
+			return NULL;
+		}
+		got += (size_t)n;
+	}
+	return buf;
+}
+
+/* POSTs the JSON @body to @url; the answer's JSON goes to *@out (caller
+ * deletes; may be NULL to ignore it).  @retry for idempotent requests. */
+static int hub_post_json(struct http_client *http, const char *url, const char *ctype,
+			 const cJSON *body, bool retry, cJSON **out, struct http_response *resp)
+{
+	char *text = cJSON_PrintUnformatted(body);
+	struct http_request req = {
+		.method = "POST",
+		.url = url,
+		.accept = ctype,
+		.content_type = ctype,
+		.api = true,
+		.max_body = HUB_JSON_MAX,
+	};
+	int rc;
+
+	if (out)
+		*out = NULL;
+	if (!text)
+		return -ENOMEM;
+	req.body = text;
+	req.body_len = strlen(text);
+	rc = retry ? http_perform_retry(http, &req, resp) : http_perform(http, &req, resp);
+	free(text);
+	if (rc)
+		return rc;
+	if (out && resp->status >= 200 && resp->status < 300) {
+		*out = cJSON_ParseWithLength(resp->body ? resp->body : "", resp->body_len);
+		if (!*out)
+			return hub_malformed("an upload answer is not JSON");
+	}
+	return 0;
+}
+
+#define HUB_PREUPLOAD_BATCH 100
+#define HUB_SAMPLE 512
+
+int hub_preupload(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		  struct hub_op *ops, size_t n)
+{
+	char base[256], *enc, *url = NULL;
+	size_t i = 0;
+	int rc;
+
+	rc = hub_repo_api(repo, base, sizeof(base));
+	if (rc)
+		return rc;
+	enc = hub_revision_encode(rev);
+	if (!enc || asprintf(&url, "%s/preupload/%s", base, enc) < 0)
+		url = NULL;
+	free(enc);
+	if (!url)
+		return -ENOMEM;
+	while (!rc && i < n) {
+		cJSON *body = cJSON_CreateObject(), *files = cJSON_AddArrayToObject(body, "files");
+		struct http_response resp;
+		const cJSON *answer_files, *f;
+		cJSON *answer = NULL;
+		size_t first = i;
+
+		if (!body || !files) {
+			cJSON_Delete(body);
+			rc = -ENOMEM;
+			break;
+		}
+		for (; i < n && cJSON_GetArraySize(files) < HUB_PREUPLOAD_BATCH; i++) {
+			struct hub_op *op = &ops[i];
+			size_t slen = op->size < HUB_SAMPLE ? (size_t)op->size : HUB_SAMPLE;
+			unsigned char *sample;
+			cJSON *file;
+			char *b64;
+
+			if (op->kind != HUB_OP_ADD || op->old_path)
+				continue;
+			op->lfs = op->size > HUB_REGULAR_MAX;
+			sample = hub_read_fd(op->fd, 0, slen, &rc);
+			if (!sample)
+				break;
+			b64 = hub_base64(sample, slen);
+			free(sample);
+			file = cJSON_CreateObject();
+			if (!b64 || !file || !cJSON_AddStringToObject(file, "path", op->path) ||
+			    !cJSON_AddNumberToObject(file, "size", (double)op->size) ||
+			    !cJSON_AddStringToObject(file, "sample", b64)) {
+				free(b64);
+				cJSON_Delete(file);
+				rc = -ENOMEM;
+				break;
+			}
+			free(b64);
+			cJSON_AddItemToArray(files, file);
+		}
+		if (!rc && cJSON_GetArraySize(files) > 0) {
+			rc = hub_post_json(http, url, "application/json", body, true, &answer, &resp);
+			if (!rc)
+				rc = http_status_errno(&resp);
+			http_response_release(&resp);
+		}
+		cJSON_Delete(body);
+		answer_files = cJSON_GetObjectItemCaseSensitive(answer, "files");
+		cJSON_ArrayForEach(f, answer_files)
+		{
+			const char *path = hub_json_string(f, "path");
+			const char *mode = hub_json_string(f, "uploadMode");
+
+			for (size_t k = first; path && mode && k < i; k++)
+				if (ops[k].kind == HUB_OP_ADD && !ops[k].old_path &&
+				    !strcmp(ops[k].path, path))
+					ops[k].lfs = (!strcmp(mode, "lfs") && ops[k].size > 0) ||
+						     ops[k].size > HUB_REGULAR_MAX;
+		}
+		cJSON_Delete(answer);
+	}
+	free(url);
+	return rc;
+}
+
+/* PUTs [@off, @off+@len) of @fd to @url; the answer's raw ETag goes to
+ * *@etag when asked (caller frees). */
+static int hub_put_part(struct http_client *http, const char *url, int fd, uint64_t off,
+			uint64_t len, char **etag)
+{
+	struct http_request req = {
+		.method = "PUT",
+		.url = url,
+		.has_body_fd = true,
+		.body_fd = fd,
+		.body_fd_off = off,
+		.body_fd_len = len,
+		.max_body = 1 << 20,
+	};
+	struct http_response resp;
+	int rc = http_perform_retry(http, &req, &resp);
+
+	if (!rc)
+		rc = http_status_errno(&resp);
+	if (!rc && etag) {
+		*etag = resp.etag_raw ? strdup(resp.etag_raw) : NULL;
+		if (!*etag)
+			rc = hub_malformed("an uploaded part has no ETag");
+	}
+	http_response_release(&resp);
+	return rc;
+}
+
+static int hub_multipart(struct http_client *http, const struct hub_op *op, const cJSON *upload)
+{
+	const cJSON *header = cJSON_GetObjectItemCaseSensitive(upload, "header"), *h;
+	const char *done_url = hub_json_string(upload, "href");
+	const char *chunk_s = hub_json_string(header, "chunk_size");
+	uint64_t chunk = chunk_s ? strtoull(chunk_s, NULL, 10) : 0, nparts;
+	cJSON *body = NULL, *parts;
+	struct http_response resp;
+	int rc = 0;
+
+	if (!chunk || !done_url)
+		return hub_malformed("a multipart upload without chunk_size or href");
+	nparts = (op->size + chunk - 1) / chunk;
+	{
+		uint64_t found = 0;
+
+		cJSON_ArrayForEach(h, header)
+			if (h->string && strspn(h->string, "0123456789") == strlen(h->string))
+				found++;
+		if (found != nparts)
+			return hub_malformed("a multipart upload with the wrong number of parts");
+	}
+	body = cJSON_CreateObject();
+	parts = body ? cJSON_AddArrayToObject(body, "parts") : NULL;
+	if (!parts || !cJSON_AddStringToObject(body, "oid", op->sha256)) {
+		cJSON_Delete(body);
+		return -ENOMEM;
+	}
+	for (uint64_t i = 1; !rc && i <= nparts; i++) {
+		const char *url = NULL;
+		char *etag = NULL;
+		cJSON *part;
+
+		cJSON_ArrayForEach(h, header)
+			if (h->string && strspn(h->string, "0123456789") == strlen(h->string) &&
+			    strtoull(h->string, NULL, 10) == i && cJSON_IsString(h))
+				url = h->valuestring;
+		if (!url) {
+			rc = hub_malformed("a multipart upload misses a part URL");
+			break;
+		}
+		rc = hub_put_part(http, url, op->fd, (i - 1) * chunk,
+				  i * chunk > op->size ? op->size - (i - 1) * chunk : chunk, &etag);
+		if (rc)
+			break;
+		part = cJSON_CreateObject();
+		if (!part || !cJSON_AddNumberToObject(part, "partNumber", (double)i) ||
+		    !cJSON_AddStringToObject(part, "etag", etag)) {
+			cJSON_Delete(part);
+			rc = -ENOMEM;
+		} else {
+			cJSON_AddItemToArray(parts, part);
+		}
+		free(etag);
+	}
+	if (!rc) {
+		rc = hub_post_json(http, done_url, "application/vnd.git-lfs+json", body, true, NULL, &resp);
+		if (!rc)
+			rc = http_status_errno(&resp);
+		http_response_release(&resp);
+	}
+	cJSON_Delete(body);
+	return rc;
+}
+
+int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		   const struct hub_op *op)
+{
+	cJSON *body, *objects, *obj, *transfers, *ref, *answer = NULL;
+	const cJSON *o, *actions, *upload, *verify, *err;
+	struct http_response resp;
+	char *url = NULL;
+	int rc;
+
+	if (!hub_name_valid(repo->ns) || !hub_name_valid(repo->name))
+		return -ENOENT;
+	if (asprintf(&url, "%s/%s%s/%s.git/info/lfs/objects/batch", http_client_endpoint(http),
+		     hub_repo_type_prefix(repo->type), repo->ns, repo->name) < 0)
+		return -ENOMEM;
+	body = cJSON_CreateObject();
+	transfers = cJSON_AddArrayToObject(body, "transfers");
+	objects = cJSON_AddArrayToObject(body, "objects");
+	ref = cJSON_AddObjectToObject(body, "ref");
+	obj = cJSON_CreateObject();
+	if (!body || !transfers || !objects || !ref || !obj ||
+	    !cJSON_AddStringToObject(body, "operation", "upload") ||
+	    !cJSON_AddStringToObject(body, "hash_algo", "sha256") ||
+	    !cJSON_AddStringToObject(ref, "name", rev) ||
+	    !cJSON_AddStringToObject(obj, "oid", op->sha256) ||
+	    !cJSON_AddNumberToObject(obj, "size", (double)op->size)) {
+		cJSON_Delete(obj);
+		rc = -ENOMEM;
+		goto out;
+	}
+	cJSON_AddItemToArray(transfers, cJSON_CreateString("basic"));
+	cJSON_AddItemToArray(transfers, cJSON_CreateString("multipart"));
+	cJSON_AddItemToArray(objects, obj);
+	rc = hub_post_json(http, url, "application/vnd.git-lfs+json", body, true, &answer, &resp);
+	if (!rc)
+		rc = http_status_errno(&resp);
+	http_response_release(&resp);
+	if (rc)
+		goto out;
+	o = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(answer, "objects"), 0);
+	err = cJSON_GetObjectItemCaseSensitive(o, "error");
+	if (!o || err) {
+		log_msg(LOG_WARNING, "LFS upload of '%s' refused: %s", op->path,
+			err ? hub_json_string(err, "message") ? hub_json_string(err, "message") : "error"
+			    : "no answer for the object");
+		rc = -EIO;
+		goto out;
+	}
+	actions = cJSON_GetObjectItemCaseSensitive(o, "actions");
+	upload = cJSON_GetObjectItemCaseSensitive(actions, "upload");
+	if (!upload)
+		goto out; /* the Hub has it already */
+	if (cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(upload, "header"),
+					     "chunk_size")) {
+		rc = hub_multipart(http, op, upload);
+	} else if (hub_json_string(upload, "href")) {
+		rc = hub_put_part(http, hub_json_string(upload, "href"), op->fd, 0, op->size, NULL);
+	} else {
+		rc = hub_malformed("an LFS upload action without href");
+	}
+	verify = cJSON_GetObjectItemCaseSensitive(actions, "verify");
+	if (!rc && hub_json_string(verify, "href")) {
+		cJSON *v = cJSON_CreateObject();
+
+		if (!v || !cJSON_AddStringToObject(v, "oid", op->sha256) ||
+		    !cJSON_AddNumberToObject(v, "size", (double)op->size)) {
+			rc = -ENOMEM;
+		} else {
+			rc = hub_post_json(http, hub_json_string(verify, "href"),
+					   "application/vnd.git-lfs+json", v, true, NULL, &resp);
+			if (!rc)
+				rc = http_status_errno(&resp);
+			http_response_release(&resp);
+		}
+		cJSON_Delete(v);
+	}
+out:
+	cJSON_Delete(answer);
+	cJSON_Delete(body);
+	free(url);
+	return rc;
+}
+
+/* Appends one NDJSON line {"key": KEY, "value": VALUE} (VALUE taken over). */
+static int hub_ndjson_line(char **buf, size_t *len, const char *key, cJSON *value)
+{
+	cJSON *line = cJSON_CreateObject();
+	char *text, *nbuf;
+	size_t tlen;
+
+	if (!line || !value) {
+		cJSON_Delete(line);
+		cJSON_Delete(value);
+		return -ENOMEM;
+	}
+	cJSON_AddStringToObject(line, "key", key);
+	cJSON_AddItemToObject(line, "value", value);
+	text = cJSON_PrintUnformatted(line);
+	cJSON_Delete(line);
+	if (!text)
+		return -ENOMEM;
+	tlen = strlen(text);
+	nbuf = realloc(*buf, *len + tlen + 2);
+	if (!nbuf) {
+		free(text);
+		return -ENOMEM;
+	}
+	memcpy(nbuf + *len, text, tlen);
+	*len += tlen;
+	nbuf[(*len)++] = '\n';
+	nbuf[*len] = '\0';
+	*buf = nbuf;
+	free(text);
+	return 0;
+}
+
+static int hub_commit_op_line(char **buf, size_t *len, const struct hub_op *op)
+{
+	cJSON *v = cJSON_CreateObject();
+	unsigned char *data;
+	char *b64;
+	int rc = 0;
+
+	if (!v || !cJSON_AddStringToObject(v, "path", op->path)) {
+		cJSON_Delete(v);
+		return -ENOMEM;
+	}
+	switch (op->kind) {
+	case HUB_OP_DELETE_FILE:
+		return hub_ndjson_line(buf, len, "deletedFile", v);
+	case HUB_OP_DELETE_FOLDER:
+		return hub_ndjson_line(buf, len, "deletedFolder", v);
+	case HUB_OP_ADD:
+		break;
+	}
+	if (op->lfs || op->old_path) {
+		if (!cJSON_AddStringToObject(v, "algo", "sha256") ||
+		    !cJSON_AddStringToObject(v, "oid", op->sha256) ||
+		    !cJSON_AddNumberToObject(v, "size", (double)op->size) ||
+		    (op->old_path && !cJSON_AddStringToObject(v, "oldPath", op->old_path))) {
+			cJSON_Delete(v);
+			return -ENOMEM;
+		}
+		return hub_ndjson_line(buf, len, "lfsFile", v);
+	}
+	data = hub_read_fd(op->fd, 0, (size_t)op->size, &rc);
+	b64 = data ? hub_base64(data, (size_t)op->size) : NULL;
+	free(data);
+	if (!b64 || !cJSON_AddStringToObject(v, "content", b64) ||
+	    !cJSON_AddStringToObject(v, "encoding", "base64")) {
+		free(b64);
+		cJSON_Delete(v);
+		return rc ? rc : -ENOMEM;
+	}
+	free(b64);
+	return hub_ndjson_line(buf, len, "file", v);
+}
+
+int hub_commit(struct http_client *http, const struct hub_repo *repo, const char *rev,
+	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
+	       char commit[HUB_COMMIT_LEN + 1])
+{
+	struct http_request req = {
+		.method = "POST",
+		.content_type = "application/x-ndjson",
+		.accept = "application/json",
+		.api = true,
+		.max_body = HUB_JSON_MAX,
+	};
+	struct http_response resp;
+	char base[256], *enc, *url = NULL, *body = NULL;
+	cJSON *header, *answer;
+	const char *oid;
+	size_t len = 0;
+	int rc;
+
+	rc = hub_repo_api(repo, base, sizeof(base));
+	if (rc)
+		return rc;
+	enc = hub_revision_encode(rev);
+	if (!enc || asprintf(&url, "%s/commit/%s", base, enc) < 0)
+		url = NULL;
+	free(enc);
+	if (!url)
+		return -ENOMEM;
+	header = cJSON_CreateObject();
+	if (!header || !cJSON_AddStringToObject(header, "summary", summary) ||
+	    !cJSON_AddStringToObject(header, "description", "") ||
+	    (parent && !cJSON_AddStringToObject(header, "parentCommit", parent))) {
+		cJSON_Delete(header);
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = hub_ndjson_line(&body, &len, "header", header);
+	for (size_t i = 0; !rc && i < n; i++)
+		rc = hub_commit_op_line(&body, &len, &ops[i]);
+	if (rc)
+		goto out;
+	req.url = url;
+	req.body = body;
+	req.body_len = len;
+	/* Not retried: a lost answer and a second POST would commit twice. */
+	rc = http_perform(http, &req, &resp);
+	if (rc)
+		goto out;
+	if (resp.status == 412) {
+		rc = -ESTALE;
+	} else if (resp.status == 400 || resp.status == 422) {
+		answer = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+		log_msg(LOG_WARNING, "the Hub refused a commit to '%s/%s': %s", repo->ns, repo->name,
+			hub_json_string(answer, "error") ? hub_json_string(answer, "error")
+							 : (resp.error_message ? resp.error_message : "400"));
+		cJSON_Delete(answer);
+		rc = -EINVAL;
+	} else {
+		rc = http_status_errno(&resp);
+	}
+	if (!rc) {
+		answer = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+		oid = hub_json_string(answer, "commitOid");
+		if (hub_is_commit(oid))
+			memcpy(commit, oid, HUB_COMMIT_LEN + 1);
+		else
+			rc = hub_malformed("a commit answer without commitOid");
+		cJSON_Delete(answer);
+	}
+	http_response_release(&resp);
+out:
+	free(body);
+	free(url);
+	return rc;
 }

@@ -110,6 +110,54 @@ int hub_list_tree(struct http_client *http, const struct hub_repo *repo, const c
 char *hub_resolve_url(struct http_client *http, const struct hub_repo *repo, const char *commit,
 		      const char *path);
 
+/*
+ * Commits (the upload flow of the official clients): hub_preupload() says
+ * which files go through LFS, hub_lfs_upload() sends an LFS object (basic or
+ * multipart PUT; nothing when the Hub has it already), hub_commit() makes one
+ * commit of every change.
+ */
+
+enum hub_op_kind {
+	HUB_OP_ADD,           /* a file's new content, or a rename (old_path) */
+	HUB_OP_DELETE_FILE,
+	HUB_OP_DELETE_FOLDER,
+};
+
+struct hub_op {
+	enum hub_op_kind kind;
+	const char *path;     /* borrowed */
+	/* HUB_OP_ADD: */
+	const char *old_path; /* an LFS file moved by reference (no content needed), or NULL */
+	int fd;               /* the content, read with pread (borrowed) */
+	uint64_t size;
+	char sha256[65];      /* of the content, computed by the caller */
+	bool lfs;             /* set by hub_preupload() */
+};
+
+/* Largest regular (non-LFS) file the Hub accepts in a commit. */
+#define HUB_REGULAR_MAX (10u << 20)
+
+/* Asks the Hub which of the HUB_OP_ADD @ops (without old_path) are LFS,
+ * setting op->lfs.  Empty files are always regular, files over
+ * HUB_REGULAR_MAX always LFS.  Returns 0 or -errno. */
+int hub_preupload(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		  struct hub_op *ops, size_t n);
+
+/* Uploads the content of @op (an LFS file) unless the Hub has it.
+ * Returns 0, -EACCES, -EIO, or another -errno. */
+int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		   const struct hub_op *op);
+
+/* Commits @ops to branch @rev with @summary, based on @parent (a commit id,
+ * or NULL).  Regular files are sent inline, LFS files by their sha256 (they
+ * must have been uploaded).  Writes the new commit's id to @commit.
+ * Returns 0; -ESTALE when the branch moved since @parent (412); -EACCES
+ * when the token may not write; -ENOENT; -EINVAL when the Hub refused the
+ * content (400, logged with its reason); -EIO. */
+int hub_commit(struct http_client *http, const struct hub_repo *repo, const char *rev,
+	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
+	       char commit[HUB_COMMIT_LEN + 1]);
+
 /* Parses an ISO 8601 UTC time ("2026-06-01T12:34:56.000Z").  Returns the
  * seconds since the epoch, or -1. */
 int64_t hub_parse_time(const char *s);
