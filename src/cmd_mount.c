@@ -240,6 +240,7 @@ static void mount_release(struct mount *m)
 		fuse_remove_signal_handlers(m->se);
 		fuse_session_destroy(m->se);
 	}
+	fs_handles_release(&m->fs);
 	fetch_free(m->fs.fetch);
 	meta_free(m->fs.meta);
 	fs_inodes_free(m->fs.inodes);
@@ -360,7 +361,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	fc.cache = m.cache;
 	m.fs.fetch = fetch_new(&fc, &rc);
 	m.fs.inodes = fs_inodes_new();
-	if (!m.fs.fetch || !m.fs.inodes)
+	if (!m.fs.fetch || !m.fs.inodes || fs_handles_init(&m.fs))
 		goto out_mount;
 	m.fs.cache = m.cache;
 	m.fs.http = m.http;

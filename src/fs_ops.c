@@ -562,9 +562,14 @@ listed:
 		fs_dir_free(d);
 		goto out;
 	}
-	fi->fh = (uint64_t)(uintptr_t)d;
-	if (fuse_reply_open(req, fi))
+	fi->fh = fs_handle_add(fs->dirs, d);
+	if (!fi->fh) {
 		fs_dir_free(d);
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (fuse_reply_open(req, fi))
+		fs_handle_release(fs->dirs, fi->fh);
 out:
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -574,12 +579,18 @@ out:
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
-	struct fs_dir *d = (struct fs_dir *)(uintptr_t)fi->fh;
+	struct fs *fs = fs_of(req);
+	struct fs_dir *d = fs_handle_get(fs->dirs, fi->fh);
 	size_t lo = 0, hi, start, end;
 
 	(void)ino;
+	if (!d) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	if (off < 0 || (size_t)off >= d->len) {
 		fuse_reply_buf(req, NULL, 0);
+		fs_handle_put(fs->dirs, fi->fh, d);
 		return;
 	}
 	/* @off is the end of the last entry given: find the entry after it */
@@ -597,12 +608,13 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	while (lo < d->n && d->ends[lo] - start <= size)
 		end = d->ends[lo++];
 	fuse_reply_buf(req, d->buf + start, end - start);
+	fs_handle_put(fs->dirs, fi->fh, d);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	fs_dir_free((struct fs_dir *)(uintptr_t)fi->fh);
+	fs_handle_release(fs_of(req)->dirs, fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -661,10 +673,15 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 	}
 	free(url);
-	fi->fh = (uint64_t)(uintptr_t)f;
+	url = NULL;
+	fi->fh = fs_handle_add(fs->files, f);
+	if (!fi->fh) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	fi->keep_cache = 1;
 	if (fuse_reply_open(req, fi))
-		fs_file_free(fs, f);
+		fs_handle_release(fs->files, fi->fh);
 	return;
 fail:
 	free(url);
@@ -695,7 +712,9 @@ static char *fs_read_buffer(void)
 	pthread_once(&fs_buf_once, fs_buf_key_init);
 	buf = pthread_getspecific(fs_buf_key);
 	if (!buf) {
-		buf = malloc(FS_MAX_READ);
+		/* Page-aligned: the kernel copies file pages into it several
+		 * times faster than into malloc's buffer, 16 bytes into a page. */
+		buf = aligned_alloc(4096, FS_MAX_READ);
 		if (buf && pthread_setspecific(fs_buf_key, buf)) {
 			free(buf);
 			buf = NULL;
@@ -708,8 +727,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	struct fs_file *f = (struct fs_file *)(uintptr_t)fi->fh;
-	struct fetch_call call = { .src = f->src, .cancel = fs_interrupted, .cancel_arg = req };
+	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
+	struct fetch_call call = { .cancel = fs_interrupted, .cancel_arg = req };
 	/* Offline, only what is cached can be read. */
 	cache_fill_fn fill = fs->offline ? NULL : fetch_fill;
 	uint64_t end, ra_from = 0, ra_len = 0;
@@ -717,16 +736,21 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	ssize_t n;
 
 	(void)ino;
+	if (!f) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	call.src = f->src;
 	if (!f->blob || off < 0 || (uint64_t)off >= f->node->size) {
 		fuse_reply_buf(req, NULL, 0);
-		return;
+		goto out;
 	}
 	if (size > FS_MAX_READ)
 		size = FS_MAX_READ;
 	buf = fs_read_buffer();
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
-		return;
+		goto out;
 	}
 	end = (uint64_t)off + size;
 	pthread_mutex_lock(&f->lock);
@@ -767,12 +791,14 @@ fail:
 		fuse_reply_err(req, (int)-n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
+out:
+	fs_handle_put(fs->files, fi->fh, f);
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	fs_file_free(fs_of(req), (struct fs_file *)(uintptr_t)fi->fh);
+	fs_handle_release(fs_of(req)->files, fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -979,6 +1005,31 @@ static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	(void)ino;
 	(void)name;
 	fuse_reply_err(req, EROFS);
+}
+
+static void fs_dir_free_cb(void *ctx, void *obj)
+{
+	(void)ctx;
+	fs_dir_free(obj);
+}
+
+static void fs_file_free_cb(void *ctx, void *obj)
+{
+	fs_file_free(ctx, obj);
+}
+
+int fs_handles_init(struct fs *fs)
+{
+	fs->dirs = fs_handles_new(fs_dir_free_cb, fs);
+	fs->files = fs_handles_new(fs_file_free_cb, fs);
+	return fs->dirs && fs->files ? 0 : -ENOMEM;
+}
+
+void fs_handles_release(struct fs *fs)
+{
+	fs_handles_free(fs->dirs);
+	fs_handles_free(fs->files);
+	fs->dirs = fs->files = NULL;
 }
 
 const struct fuse_lowlevel_ops fs_ops = {

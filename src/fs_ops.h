@@ -15,6 +15,7 @@
 
 #include "cache.h"
 #include "fetch.h"
+#include "fs_handle.h"
 #include "fs_inode.h"
 #include "meta.h"
 
@@ -34,7 +35,15 @@ struct fs {
 	int64_t mount_time;
 	char *me;              /* the token's user, or NULL */
 	struct hub_names orgs; /* its organisations */
+	struct fs_handles *dirs;  /* open directories */
+	struct fs_handles *files; /* open files */
 };
+
+/* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */
+int fs_handles_init(struct fs *fs);
+
+/* Frees them and what is still open in them.  NULL tables are skipped. */
+void fs_handles_release(struct fs *fs);
 
 /* The operations; the session's userdata is a struct fs. */
 extern const struct fuse_lowlevel_ops fs_ops;
