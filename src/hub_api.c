@@ -299,6 +299,26 @@ static int hub_repo_api(const struct hub_repo *repo, char *buf, size_t size)
 	return 0;
 }
 
+/* "/api/models/NS/NAME/VERB/REV" with REV %-encoded, into *@url (caller
+ * frees).  Returns 0, -ENOENT for an invalid repo or revision, -ENOMEM. */
+static int hub_repo_rev_url(const struct hub_repo *repo, const char *verb, const char *rev,
+			    char **url)
+{
+	char base[256], *enc;
+	int rc = hub_repo_api(repo, base, sizeof(base));
+
+	*url = NULL;
+	if (rc)
+		return rc;
+	if (!hub_revision_valid(rev))
+		return -ENOENT;
+	enc = hub_revision_encode(rev);
+	if (!enc || asprintf(url, "%s/%s/%s", base, verb, enc) < 0)
+		*url = NULL;
+	free(enc);
+	return *url ? 0 : -ENOMEM;
+}
+
 void hub_refs_release(struct hub_refs *refs)
 {
 	for (size_t i = 0; i < refs->n; i++)
@@ -382,29 +402,23 @@ int hub_resolve(struct http_client *http, const struct hub_repo *repo, const cha
 		struct hub_revision *out)
 {
 	struct http_response resp;
-	char base[256];
-	char *enc, *url = NULL;
+	char *url = NULL, *full = NULL;
 	const char *sha;
 	const cJSON *priv;
 	cJSON *json;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	rc = hub_repo_api(repo, base, sizeof(base));
+	rc = hub_repo_rev_url(repo, "revision", rev, &url);
 	if (rc)
 		return rc;
-	if (!hub_revision_valid(rev))
-		return -ENOENT;
-	enc = hub_revision_encode(rev);
-	if (!enc)
-		return -ENOMEM;
-	if (asprintf(&url, "%s/revision/%s?expand=sha&expand=lastModified&expand=private", base, enc) < 0)
-		url = NULL;
-	free(enc);
-	if (!url)
-		return -ENOMEM;
-	rc = hub_get_json(http, url, &json, &resp, false);
+	if (asprintf(&full, "%s?expand=sha&expand=lastModified&expand=private", url) < 0)
+		full = NULL;
 	free(url);
+	if (!full)
+		return -ENOMEM;
+	rc = hub_get_json(http, full, &json, &resp, false);
+	free(full);
 	if (rc)
 		return rc;
 	sha = hub_json_string(json, "sha");
@@ -621,19 +635,13 @@ static int hub_post_json(struct http_client *http, const char *url, const char *
 int hub_preupload(struct http_client *http, const struct hub_repo *repo, const char *rev,
 		  struct hub_op *ops, size_t n)
 {
-	char base[256], *enc, *url = NULL;
+	char *url = NULL;
 	size_t i = 0;
 	int rc;
 
-	rc = hub_repo_api(repo, base, sizeof(base));
+	rc = hub_repo_rev_url(repo, "preupload", rev, &url);
 	if (rc)
 		return rc;
-	enc = hub_revision_encode(rev);
-	if (!enc || asprintf(&url, "%s/preupload/%s", base, enc) < 0)
-		url = NULL;
-	free(enc);
-	if (!url)
-		return -ENOMEM;
 	while (!rc && i < n) {
 		cJSON *body = cJSON_CreateObject(), *files = cJSON_AddArrayToObject(body, "files");
 		struct http_response resp;
@@ -960,21 +968,15 @@ int hub_commit(struct http_client *http, const struct hub_repo *repo, const char
 		.max_body = HUB_JSON_MAX,
 	};
 	struct http_response resp;
-	char base[256], *enc, *url = NULL, *body = NULL;
+	char *url = NULL, *body = NULL;
 	cJSON *header, *answer;
 	const char *oid;
 	size_t len = 0;
 	int rc;
 
-	rc = hub_repo_api(repo, base, sizeof(base));
+	rc = hub_repo_rev_url(repo, "commit", rev, &url);
 	if (rc)
 		return rc;
-	enc = hub_revision_encode(rev);
-	if (!enc || asprintf(&url, "%s/commit/%s", base, enc) < 0)
-		url = NULL;
-	free(enc);
-	if (!url)
-		return -ENOMEM;
 	header = cJSON_CreateObject();
 	if (!header || !cJSON_AddStringToObject(header, "summary", summary) ||
 	    !cJSON_AddStringToObject(header, "description", "") ||
