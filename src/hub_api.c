@@ -1024,3 +1024,122 @@ out:
 	free(url);
 	return rc;
 }
+
+/* ---- repos ---- */
+
+static const char *hub_type_word(enum hub_repo_type type)
+{
+	return type == HUB_REPO_DATASET ? "dataset" : type == HUB_REPO_SPACE ? "space" : "model";
+}
+
+/* Sends @body (taken over) as JSON with @method to @url; maps the answer.
+ * A 409 gives -EEXIST, a 400 or 422 -EINVAL (its reason logged). */
+static int hub_send_json(struct http_client *http, const char *method, const char *url, cJSON *body)
+{
+	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+	struct http_request req = {
+		.method = method,
+		.url = url,
+		.accept = "application/json",
+		.content_type = "application/json",
+		.api = true,
+		.max_body = 1 << 20,
+	};
+	struct http_response resp;
+	int rc;
+
+	cJSON_Delete(body);
+	if (!text)
+		return -ENOMEM;
+	req.body = text;
+	req.body_len = strlen(text);
+	rc = http_perform(http, &req, &resp);
+	free(text);
+	if (rc)
+		return rc;
+	if (resp.status == 409) {
+		rc = -EEXIST;
+	} else if (resp.status == 400 || resp.status == 422) {
+		cJSON *answer = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+
+		log_msg(LOG_WARNING, "the Hub refused %s %s: %s", method, url,
+			hub_json_string(answer, "error") ? hub_json_string(answer, "error") : "400");
+		cJSON_Delete(answer);
+		rc = -EINVAL;
+	} else {
+		rc = http_status_errno(&resp);
+	}
+	http_response_release(&resp);
+	return rc;
+}
+
+int hub_create_repo(struct http_client *http, const struct hub_repo *repo, bool private)
+{
+	cJSON *body;
+
+	if (!hub_name_valid(repo->ns) || !hub_name_valid(repo->name))
+		return -EINVAL;
+	body = cJSON_CreateObject();
+	if (!body || !cJSON_AddStringToObject(body, "name", repo->name) ||
+	    !cJSON_AddStringToObject(body, "organization", repo->ns) ||
+	    !cJSON_AddStringToObject(body, "type", hub_type_word(repo->type)) ||
+	    !cJSON_AddStringToObject(body, "visibility", private ? "private" : "public")) {
+		cJSON_Delete(body);
+		return -ENOMEM;
+	}
+	return hub_send_json(http, "POST", "/api/repos/create", body);
+}
+
+int hub_set_private(struct http_client *http, const struct hub_repo *repo, bool private)
+{
+	char base[256], url[300];
+	cJSON *body;
+	int rc = hub_repo_api(repo, base, sizeof(base));
+
+	if (rc)
+		return rc;
+	snprintf(url, sizeof(url), "%s/settings", base);
+	body = cJSON_CreateObject();
+	if (!body || !cJSON_AddStringToObject(body, "visibility", private ? "private" : "public")) {
+		cJSON_Delete(body);
+		return -ENOMEM;
+	}
+	return hub_send_json(http, "PUT", url, body);
+}
+
+int hub_validate_yaml(struct http_client *http, enum hub_repo_type type, const char *content,
+		      char **reason)
+{
+	cJSON *body = cJSON_CreateObject(), *answer = NULL;
+	struct http_response resp;
+	const cJSON *errors;
+	int rc;
+
+	if (reason)
+		*reason = NULL;
+	if (!body || !cJSON_AddStringToObject(body, "content", content) ||
+	    !cJSON_AddStringToObject(body, "repoType", hub_type_word(type))) {
+		cJSON_Delete(body);
+		return -ENOMEM;
+	}
+	rc = hub_post_json(http, "/api/validate-yaml", "application/json", body, true, NULL, &resp);
+	cJSON_Delete(body);
+	if (rc)
+		goto out;
+	if (resp.status == 400 || resp.status == 422) {
+		answer = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+		errors = cJSON_GetObjectItemCaseSensitive(answer, "errors");
+		if (reason) {
+			const char *msg = hub_json_string(cJSON_GetArrayItem(errors, 0), "message");
+
+			*reason = strdup(msg ? msg : "invalid card metadata");
+		}
+		rc = -EINVAL;
+	} else {
+		rc = http_status_errno(&resp);
+	}
+out:
+	cJSON_Delete(answer);
+	http_response_release(&resp);
+	return rc;
+}

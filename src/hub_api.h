@@ -158,6 +158,19 @@ int hub_commit(struct http_client *http, const struct hub_repo *repo, const char
 	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
 	       char commit[HUB_COMMIT_LEN + 1]);
 
+/* Creates @repo, private or public.  Returns 0, -EEXIST (409), -EACCES,
+ * -EINVAL (a name the Hub refuses), -EIO. */
+int hub_create_repo(struct http_client *http, const struct hub_repo *repo, bool private);
+
+/* Makes @repo private or public (settings API).  0, -EACCES, -ENOENT, -EIO. */
+int hub_set_private(struct http_client *http, const struct hub_repo *repo, bool private);
+
+/* Checks a model card (README.md content) with the Hub's YAML validator, as
+ * the official clients do before committing one.  Returns 0, or -EINVAL with
+ * the Hub's reason in *@reason (caller frees; may be NULL), or -errno. */
+int hub_validate_yaml(struct http_client *http, enum hub_repo_type type, const char *content,
+		      char **reason);
+
 /* Parses an ISO 8601 UTC time ("2026-06-01T12:34:56.000Z").  Returns the
  * seconds since the epoch, or -1. */
 int64_t hub_parse_time(const char *s);

@@ -16,7 +16,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mountlib import BUILDDIR, Tap, git_blob_id, sha256  # noqa: E402
-from harness import ALICE_READ_TOKEN, ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
+from harness import ALICE_READ_TOKEN, ALICE_WRITE_TOKEN, BOB_WRITE_TOKEN, LocalHub  # noqa: E402
 from test_read import create_repo, hub_tree  # noqa: E402
 
 T = Tap()
@@ -128,6 +128,32 @@ def main():
                  stderr)
             T.ok(len(commits(hub, repo)) == n + 1 and downloaded(hub, repo, "flaky.bin") == big,
                  "exactly once, with the right bytes")
+
+            # Repos, visibility, model cards.
+            def call(*args, token=ALICE_WRITE_TOKEN):
+                r = subprocess.run([TOOL, args[0], hub.url, token] + list(args[1:]), capture_output=True, text=True,
+                                   timeout=60)
+                return r.stdout.strip()
+            T.eq(call("repo-create", "model/alice/made-by-hubfs", "private"), "ok", "a private model repo is created")
+            st, info, _ = hub.json("GET", "/api/models/alice/made-by-hubfs", ALICE_WRITE_TOKEN)
+            T.ok(st == 200 and info["private"] is True, "the Hub has it, private")
+            T.eq(hub.json("GET", "/api/models/alice/made-by-hubfs")[0], 401, "anonymous cannot see it")
+            T.eq(call("repo-create", "dataset/acme-research/made-ds", "public"), "ok", "a public dataset in an org is created")
+            T.eq(hub.json("GET", "/api/datasets/acme-research/made-ds")[0], 200, "anonymous sees the public dataset")
+            T.eq(call("repo-create", "model/alice/made-by-hubfs", "private").split()[:2], ["error", "EEXIST"],
+                 "creating it again is EEXIST")
+            T.eq(call("repo-create", "model/acme-research/x", "public", token=BOB_WRITE_TOKEN).split()[:2],
+                 ["error", "EACCES"], "creating in an org one is not in is EACCES")
+            T.eq(call("repo-private", "model/alice/made-by-hubfs", "public"), "ok", "visibility is changed")
+            T.eq(hub.json("GET", "/api/models/alice/made-by-hubfs")[0], 200, "and anonymous now sees it")
+            good, bad = p("good.md"), p("bad.md")
+            with open(good, "w") as f:
+                f.write("---\nlicense: apache-2.0\ntags:\n- test\n---\n# Card\n")
+            with open(bad, "w") as f:
+                f.write("---\nlicense: apache-2.0\nthis line is not yaml\n---\n# Card\n")
+            T.eq(call("validate-yaml", "model", good), "ok", "a valid model card passes validate-yaml")
+            out = call("validate-yaml", "model", bad)
+            T.ok(out.startswith("error EINVAL") and len(out.split()) > 2, "an invalid card is EINVAL with the Hub's reason (%s)" % out)
 
         with LocalHub(seed=True, lfs_chunk_size=4 * MiB) as hub:
             create_repo(hub, "multi")

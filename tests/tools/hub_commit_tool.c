@@ -4,9 +4,11 @@
  *
  *   hub_commit_tool ENDPOINT TOKEN TYPE/NS/NAME BRANCH PARENT|- SUMMARY OP...
  *   OP: add:PATH=FILE   del:PATH   delfolder:PATH   mv:OLD=NEW=SHA256=SIZE (an LFS file)
+ *   hub_commit_tool repo-create|repo-private ENDPOINT TOKEN TYPE/NS/NAME private|public
+ *   hub_commit_tool validate-yaml ENDPOINT TOKEN TYPE FILE
  *
- * Prints "commit ID" and exits 0, or "error ERRNO-NAME" and exits 1.  Prints
- * "lfs PATH" for every file preupload sent to LFS.
+ * Prints "commit ID" (or "ok") and exits 0, or "error ERRNO-NAME [reason]"
+ * and exits 1.  Prints "lfs PATH" for every file preupload sent to LFS.
  */
 #include "config.h"
 
@@ -40,6 +42,63 @@ static int file_sha256(int fd, uint64_t size, char out[65])
 	return err;
 }
 
+static enum hub_repo_type tool_type(const char *word)
+{
+	return !strcmp(word, "dataset") ? HUB_REPO_DATASET
+	       : !strcmp(word, "space") ? HUB_REPO_SPACE : HUB_REPO_MODEL;
+}
+
+/* The repo and settings calls: one call, one answer. */
+static int tool_repo(int argc, char *argv[])
+{
+	struct http_client_config hc = { .endpoint = argv[2], .token = argv[3], .max_retries = -1 };
+	struct http_client *http;
+	char *reason = NULL, *content = NULL;
+	int rc;
+
+	if (argc != 6 || http_global_init())
+		return 2;
+	http = http_client_new(&hc, &rc);
+	if (!http)
+		return 2;
+	if (!strcmp(argv[1], "validate-yaml")) {
+		FILE *f = fopen(argv[5], "r");
+		size_t n;
+
+		content = calloc(1, 1 << 20);
+		if (!f || !content)
+			return 2;
+		n = fread(content, 1, (1 << 20) - 1, f);
+		content[n] = '\0';
+		fclose(f);
+		rc = hub_validate_yaml(http, tool_type(argv[4]), content, &reason);
+	} else {
+		struct hub_repo repo;
+		char *spec = strdup(argv[4]);
+		char *type = strtok(spec, "/");
+
+		repo.type = tool_type(type ? type : "");
+		repo.ns = strtok(NULL, "/");
+		repo.name = strtok(NULL, "/");
+		if (!repo.ns || !repo.name)
+			return 2;
+		rc = !strcmp(argv[1], "repo-create")
+			     ? hub_create_repo(http, &repo, !strcmp(argv[5], "private"))
+			     : hub_set_private(http, &repo, !strcmp(argv[5], "private"));
+		free(spec);
+	}
+	if (rc)
+		printf("error %s %s\n", strerrorname_np(-rc) ? strerrorname_np(-rc) : "?",
+		       reason ? reason : "");
+	else
+		printf("ok\n");
+	free(reason);
+	free(content);
+	http_client_free(http);
+	http_global_release();
+	return rc ? 1 : 0;
+}
+
 int main(int argc, char *argv[])
 {
 	struct http_client_config hc = { 0 };
@@ -50,6 +109,9 @@ int main(int argc, char *argv[])
 	char commit[HUB_COMMIT_LEN + 1];
 	int n = 0, rc;
 
+	if (argc > 1 && (!strcmp(argv[1], "repo-create") || !strcmp(argv[1], "repo-private") ||
+			 !strcmp(argv[1], "validate-yaml")))
+		return tool_repo(argc, argv);
 	if (argc < 8 || argc - 7 > 64) {
 		fprintf(stderr, "usage: hub_commit_tool ENDPOINT TOKEN TYPE/NS/NAME BRANCH PARENT|- SUMMARY OP...\n");
 		return 2;
