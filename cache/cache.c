@@ -137,6 +137,24 @@ static int cache_lock_take(struct cache *c, enum cache_lock lock)
 	return 0;
 }
 
+/* Creates or checks DIR/stage, private to the user, and opens it into
+ * c->stage_fd.  Staged data is never in a directory others can enter. */
+static int cache_stage_dir_open(struct cache *c)
+{
+	struct stat st;
+
+	if (mkdirat(c->dirfd, "stage", 0700) && errno != EEXIST)
+		return -errno;
+	c->stage_fd = openat(c->dirfd, "stage", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (c->stage_fd < 0 || fstat(c->stage_fd, &st))
+		return -errno;
+	if (st.st_uid != geteuid())
+		return -EACCES;
+	if ((st.st_mode & 077) && fchmod(c->stage_fd, 0700))
+		return -errno;
+	return 0;
+}
+
 /* Opens the index DIR/hubfs.db, created 0600 first so that SQLite (and its
  * -wal and -shm files, which take the same mode) never makes it wider. */
 static int cache_index_attach(struct cache *c, const char *dir)
@@ -189,7 +207,7 @@ struct cache *cache_open(const struct cache_config *cfg, int *errp)
 		err = -ENOMEM;
 		goto fail;
 	}
-	c->dirfd = c->blobs_fd = c->lock_fd = -1;
+	c->dirfd = c->blobs_fd = c->stage_fd = c->lock_fd = -1;
 	c->chunk_size = chunk;
 	c->chunk_shift = (unsigned)__builtin_ctz(chunk);
 	c->limit = cfg->limit;
@@ -216,6 +234,9 @@ struct cache *cache_open(const struct cache_config *cfg, int *errp)
 		err = -errno;
 		goto close_c;
 	}
+	err = cache_stage_dir_open(c);
+	if (err)
+		goto close_c;
 	err = cache_index_attach(c, cfg->dir);
 	if (err)
 		goto close_c;
@@ -257,6 +278,8 @@ void cache_close(struct cache *c)
 	cache_index_close(c->idx);
 	if (c->blobs_fd >= 0)
 		close(c->blobs_fd);
+	if (c->stage_fd >= 0)
+		close(c->stage_fd);
 	if (c->lock_fd >= 0)
 		close(c->lock_fd); /* releases the flock */
 	if (c->dirfd >= 0)
@@ -721,7 +744,9 @@ int cache_clear(const char *dir, cache_log_fn log)
 	if (!c)
 		return err;
 	/* The rows first: a file without a row is harmless, a row without
-	 * its file is reset when the file is made again. */
+	 * its file is reset when the file is made again.  The journal and
+	 * DIR/stage are not the cache's to clear: they hold changes that are
+	 * not on the Hub yet. */
 	err = cache_index_clear(c->idx);
 	if (!err)
 		err = blobs_walk(c, clear_one);

@@ -8,6 +8,8 @@
  *   DIR/hubfs.db        the SQLite index (WAL mode), see cache_index.h
  *   DIR/blobs/xx/<id>   one sparse file per blob, xx = the id's first two
  *                       hex digits; <id> is validated by cache_id_valid()
+ *   DIR/stage/<name>    staged content of files being written, journaled
+ *                       in the index (cache_stage.h); never cleared
  *
  * A blob is named by its id (cache_hash.h) and shared by every revision and
  * repo that contains it.  It is read in chunks of a fixed size (a power of
@@ -51,7 +53,8 @@
 #include <sys/types.h>
 
 #include "cache_hash.h"
-#include "cache_meta.h" /* the metadata stores share the cache handle */
+#include "cache_meta.h"	 /* the metadata stores share the cache handle */
+#include "cache_stage.h" /* and so does the write journal */
 
 /* Chunk sizes accepted by cache_open(); powers of two. */
 #define CACHE_CHUNK_DEFAULT (1u << 20)
@@ -226,9 +229,10 @@ double cache_stats_hit_ratio(const struct cache_stats *st);
 int cache_prune(struct cache *c);
 
 /* Empties the cache in @dir: every blob and the metadata (cache_meta.h).
- * Takes DIR/lock exclusively without waiting: returns -EBUSY while a mount
- * (or any cache handle with a lock) uses the cache.  Returns 0 or the errors
- * of cache_open(). */
+ * The write journal and the staged files (cache_stage.h) are kept: they are
+ * changes the Hub does not have yet.  Takes DIR/lock exclusively without
+ * waiting: returns -EBUSY while a mount (or any cache handle with a lock)
+ * uses the cache.  Returns 0 or the errors of cache_open(). */
 int cache_clear(const char *dir, cache_log_fn log);
 
 #endif

@@ -14,7 +14,12 @@
  * Durability: synchronous=NORMAL.  In WAL mode a power loss may lose the last
  * transactions but never corrupts the database.  Losing a presence update
  * only means refetching; a discard that must not be lost is made safe by the
- * blob file itself (see cache_blob.c), not by the index.
+ * blob file itself (see cache_blob.c), not by the index.  A transaction that
+ * returned is in the WAL, so it survives a crash of the process either way.
+ * The writes of the journal (cache_stage.h) alone run with synchronous=FULL
+ * (journal_begin()): the WAL is fsync'ed at their commit, which makes them,
+ * and every transaction before them, survive a power loss as well.  They are
+ * a few per file written, not per chunk read, so the fsync costs little.
  *
  * Lock order: write_lock and pool_lock are leaves, held for SQLite calls and
  * pool bookkeeping only; the callers hold no other cache lock.
@@ -71,8 +76,26 @@ enum index_stmt {
 	STMT_ENTRY_ADD,
 	STMT_LOOKUP,
 	STMT_LIST,
+	STMT_SYNC_FULL,
+	STMT_SYNC_NORMAL,
+	STMT_STAGE_INSERT,
+	STMT_STAGE_GET,
+	STMT_STAGE_GET_PATH,
+	STMT_STAGE_LIST,
+	STMT_STAGE_DELETE,
+	STMT_STAGE_BRANCHES,
+	STMT_STAGE_COUNT,
+	STMT_STAGE_UPDATE,
+	STMT_STAGE_CONTENT,
+	STMT_STAGE_REBASE,
+	STMT_STAGE_REFERENCED,
 	STMT_COUNT
 };
+
+/* The columns read into a struct cache_stage_change, by stage_row(). */
+#define STAGE_COLUMNS                                                                              \
+	"id, repo, branch, kind, path, old_path, staged, size, sha256, base_commit, state, "       \
+	"error, attempts, created_at, updated_at, commit_id"
 
 /* "Under" a directory D: the directories D/... of the tree (?2 <= path < ?3,
  * with ?2 = "D/" and ?3 = "D0", since '0' follows '/'; for the root, ?2 = ""
@@ -130,6 +153,42 @@ static const char *const index_sql[STMT_COUNT] = {
 		      "FROM trees t JOIN tree_dirs d ON d.tree = t.tree AND d.path = ?2 "
 		      "LEFT JOIN tree_entries e ON e.dir = d.dir "
 		      "WHERE t.key = ?1 ORDER BY e.name",
+	[STMT_SYNC_FULL] = "PRAGMA synchronous = FULL",
+	[STMT_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
+	[STMT_STAGE_INSERT] = "INSERT INTO stage (repo, branch, kind, path, old_path, staged, size, "
+			      "sha256, base_commit, state, error, attempts, created_at, updated_at, "
+			      "commit_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', '', "
+			      "0, ?10, ?10, '')",
+	[STMT_STAGE_GET] = "SELECT " STAGE_COLUMNS " FROM stage WHERE id = ?1",
+	[STMT_STAGE_GET_PATH] = "SELECT " STAGE_COLUMNS " FROM stage "
+				"WHERE repo = ?1 AND branch = ?2 AND path = ?3",
+	[STMT_STAGE_LIST] = "SELECT " STAGE_COLUMNS " FROM stage "
+			    "WHERE repo = ?1 AND branch = ?2 ORDER BY id",
+	[STMT_STAGE_DELETE] = "DELETE FROM stage WHERE id = ?1",
+	[STMT_STAGE_BRANCHES] = "SELECT repo, branch, count(*), "
+				"coalesce(sum(CASE kind WHEN 'add' THEN size ELSE 0 END), 0), "
+				"sum(state = 'pending'), sum(state = 'uploading'), "
+				"sum(state = 'committing'), sum(state = 'conflict'), "
+				"sum(state = 'failed'), "
+				"(SELECT error FROM stage e WHERE e.repo = s.repo AND "
+				"e.branch = s.branch AND e.error != '' "
+				"ORDER BY e.updated_at DESC, e.id DESC LIMIT 1) "
+				"FROM stage s GROUP BY repo, branch ORDER BY repo, branch",
+	[STMT_STAGE_COUNT] = "SELECT count(*), "
+			     "coalesce(sum(CASE kind WHEN 'add' THEN size ELSE 0 END), 0) "
+			     "FROM stage WHERE repo = ?1 AND branch = ?2",
+	[STMT_STAGE_UPDATE] = "UPDATE stage SET "
+			      "state = CASE WHEN ?2 & 1 THEN ?3 ELSE state END, "
+			      "error = CASE WHEN ?2 & 2 THEN ?4 ELSE error END, "
+			      "attempts = CASE WHEN ?2 & 4 THEN ?5 "
+			      "WHEN ?2 & 8 THEN attempts + 1 ELSE attempts END, "
+			      "commit_id = CASE WHEN ?2 & 16 THEN ?6 ELSE commit_id END, "
+			      "updated_at = ?7 WHERE id = ?1",
+	[STMT_STAGE_CONTENT] = "UPDATE stage SET size = ?2, sha256 = ?3, updated_at = ?4 "
+			       "WHERE id = ?1",
+	[STMT_STAGE_REBASE] = "UPDATE stage SET base_commit = ?4, updated_at = ?5 "
+			      "WHERE repo = ?1 AND branch = ?2 AND base_commit = ?3",
+	[STMT_STAGE_REFERENCED] = "SELECT 1 FROM stage WHERE staged = ?1",
 };
 /* clang-format on */
 
@@ -155,6 +214,32 @@ static const char index_schema[] =
     "CREATE TABLE tree_entries (dir INTEGER NOT NULL, name TEXT NOT NULL,"
     " is_dir INTEGER NOT NULL, size INTEGER NOT NULL, oid TEXT NOT NULL,"
     " sha256 TEXT NOT NULL, PRIMARY KEY (dir, name)) WITHOUT ROWID;";
+
+/* Version 2: the write journal (cache_stage.h).  Applied on top of version 1
+ * by the migration, and after it to a new database.  AUTOINCREMENT: an id is
+ * never reused, so a commit in flight never names a newer change.  Kinds and
+ * states are text, readable with the sqlite3 shell when something went
+ * wrong. */
+static const char index_schema_v2[] =
+    "CREATE TABLE IF NOT EXISTS stage ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " repo TEXT NOT NULL,"
+    " branch TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('add', 'delete-file', 'delete-folder', 'rename')),"
+    " path TEXT NOT NULL,"
+    " old_path TEXT,"
+    " staged TEXT UNIQUE,"
+    " size INTEGER NOT NULL,"
+    " sha256 TEXT NOT NULL,"
+    " base_commit TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN"
+    "  ('pending', 'uploading', 'committing', 'conflict', 'failed')),"
+    " error TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " commit_id TEXT NOT NULL,"
+    " UNIQUE (repo, branch, path));";
 
 struct index_conn {
 	sqlite3 *db;
@@ -400,12 +485,43 @@ static int index_check_version(struct cache_index *idx, int version)
 	return -EPROTO;
 }
 
-/* Switches to WAL and creates the schema if the database is new. */
+/* Brings the schema from @version (0: a new database) to
+ * CACHE_INDEX_VERSION, inside the caller's transaction.  Each step is the
+ * schema of one version on top of the previous one; an old cache keeps its
+ * blobs and metadata. */
+static int index_migrate(struct cache_index *idx, int version)
+{
+	static const char *const steps[CACHE_INDEX_VERSION] = {index_schema, index_schema_v2};
+	sqlite3 *db = idx->writer->db;
+	char pragma[64];
+	char *msg = NULL;
+	int rc = SQLITE_OK, err = 0;
+
+	for (int v = version; v < CACHE_INDEX_VERSION && rc == SQLITE_OK; v++)
+		rc = sqlite3_exec(db, steps[v], NULL, NULL, &msg);
+	if (rc == SQLITE_OK) {
+		snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", CACHE_INDEX_VERSION);
+		rc = sqlite3_exec(db, pragma, NULL, NULL, &msg);
+	}
+	if (rc != SQLITE_OK) {
+		index_log(idx, LOG_ERR, "cache index \"%s\": upgrade schema from version %d: %s",
+			  idx->path, version, msg ? msg : sqlite3_errstr(rc));
+		err = index_errno(db, rc);
+		err = err ? err : -EIO;
+	} else if (version > 0) {
+		index_log(idx, LOG_INFO,
+			  "cache index \"%s\": schema upgraded from version %d to %d", idx->path,
+			  version, CACHE_INDEX_VERSION);
+	}
+	sqlite3_free(msg);
+	return err;
+}
+
+/* Switches to WAL and creates or upgrades the schema. */
 static int index_setup(struct cache_index *idx)
 {
 	sqlite3 *db = idx->writer->db;
 	int version = 0;
-	char *msg = NULL;
 	int rc, err;
 
 	/* Refuse a newer schema before changing anything. */
@@ -423,20 +539,8 @@ static int index_setup(struct cache_index *idx)
 	err = index_version(idx, db, &version);
 	if (!err)
 		err = index_check_version(idx, version);
-	if (!err && version == 0) {
-		char pragma[64];
-
-		snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", CACHE_INDEX_VERSION);
-		rc = sqlite3_exec(db, index_schema, NULL, NULL, &msg);
-		if (rc == SQLITE_OK)
-			rc = sqlite3_exec(db, pragma, NULL, NULL, &msg);
-		if (rc != SQLITE_OK) {
-			index_log(idx, LOG_ERR, "cache index \"%s\": create schema: %s", idx->path,
-				  msg ? msg : sqlite3_errstr(rc));
-			err = index_errno(db, rc);
-		}
-		sqlite3_free(msg);
-	}
+	if (!err && version < CACHE_INDEX_VERSION)
+		err = index_migrate(idx, version);
 	if (!err)
 		err = conn_run(idx, idx->writer, STMT_COMMIT);
 	if (err && !sqlite3_get_autocommit(db))
@@ -1385,4 +1489,545 @@ int cache_index_tree_delete(struct cache_index *idx, const char *tree_key)
 	}
 end_tx:
 	return writer_end(idx, conn, err);
+}
+
+/*
+ * The write journal.  Its writes are durable against a power loss: see
+ * "Durability" at the top.
+ */
+
+static const char *const stage_kind_text[] = {
+    [CACHE_STAGE_ADD] = "add",
+    [CACHE_STAGE_DELETE_FILE] = "delete-file",
+    [CACHE_STAGE_DELETE_FOLDER] = "delete-folder",
+    [CACHE_STAGE_RENAME] = "rename",
+};
+
+static const char *const stage_state_text[CACHE_STAGE_STATES] = {
+    [CACHE_STAGE_PENDING] = "pending",	     [CACHE_STAGE_UPLOADING] = "uploading",
+    [CACHE_STAGE_COMMITTING] = "committing", [CACHE_STAGE_CONFLICT] = "conflict",
+    [CACHE_STAGE_FAILED] = "failed",
+};
+
+/* The index of @text in @names[0..@n), or -1. */
+static int text_lookup(const char *const *names, int n, const unsigned char *text)
+{
+	for (int i = 0; text && i < n; i++)
+		if (!strcmp(names[i], (const char *)text))
+			return i;
+	return -1;
+}
+
+/* Like writer_begin(), with the WAL fsync'ed at the commit. */
+static int journal_begin(struct cache_index *idx, struct index_conn **conn)
+{
+	int err;
+
+	pthread_mutex_lock(&idx->write_lock);
+	*conn = idx->writer;
+	err = conn_run(idx, *conn, STMT_SYNC_FULL);
+	if (!err)
+		err = conn_run(idx, *conn, STMT_BEGIN);
+	if (err) {
+		conn_run(idx, *conn, STMT_SYNC_NORMAL);
+		pthread_mutex_unlock(&idx->write_lock);
+	}
+	return err;
+}
+
+/* Like writer_end(), back to synchronous=NORMAL for the other writes. */
+static int journal_end(struct cache_index *idx, struct index_conn *conn, int err)
+{
+	if (!err)
+		err = conn_run(idx, conn, STMT_COMMIT);
+	if (err && !sqlite3_get_autocommit(conn->db))
+		conn_run(idx, conn, STMT_ROLLBACK);
+	conn_run(idx, conn, STMT_SYNC_NORMAL);
+	pthread_mutex_unlock(&idx->write_lock);
+	return err;
+}
+
+/* A copy of a text column, NULL for a NULL one when @nullable. */
+static int column_strdup(sqlite3_stmt *st, int col, bool nullable, char **out)
+{
+	const unsigned char *text = sqlite3_column_text(st, col);
+
+	*out = NULL;
+	if (!text) {
+		if (sqlite3_column_type(st, col) == SQLITE_NULL)
+			return nullable ? 0 : -EIO;
+		return -ENOMEM;
+	}
+	*out = strdup((const char *)text);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* Copies a text column into @buf of @size bytes; -EIO when too long. */
+static int column_copy(sqlite3_stmt *st, int col, char *buf, size_t size)
+{
+	const unsigned char *text = sqlite3_column_text(st, col);
+	size_t len = text ? strlen((const char *)text) : 0;
+
+	buf[0] = '\0';
+	if (!text)
+		return sqlite3_column_type(st, col) == SQLITE_NULL ? 0 : -ENOMEM;
+	if (len >= size)
+		return -EIO;
+	memcpy(buf, text, len + 1);
+	return 0;
+}
+
+/* Reads the STAGE_COLUMNS of the current row of @st into *@out.  A row that
+ * this code would not write (an unknown kind, a field too long) is -EIO. */
+static int stage_row(struct cache_index *idx, sqlite3_stmt *st, struct cache_stage_change *out)
+{
+	int kind = text_lookup(stage_kind_text, 4, sqlite3_column_text(st, 3));
+	int state = text_lookup(stage_state_text, CACHE_STAGE_STATES, sqlite3_column_text(st, 10));
+	int64_t size = sqlite3_column_int64(st, 7);
+	int64_t attempts = sqlite3_column_int64(st, 12);
+	int err;
+
+	memset(out, 0, sizeof(*out));
+	out->id = sqlite3_column_int64(st, 0);
+	err = column_strdup(st, 1, false, &out->repo);
+	if (!err)
+		err = column_strdup(st, 2, false, &out->branch);
+	if (!err)
+		err = column_strdup(st, 4, false, &out->path);
+	if (!err)
+		err = column_strdup(st, 5, true, &out->old_path);
+	if (!err)
+		err = column_copy(st, 6, out->staged, sizeof(out->staged));
+	if (!err)
+		err = column_copy(st, 8, out->sha256, sizeof(out->sha256));
+	if (!err)
+		err = column_copy(st, 9, out->base_commit, sizeof(out->base_commit));
+	if (!err)
+		err = column_strdup(st, 11, false, &out->error);
+	if (!err)
+		err = column_copy(st, 15, out->commit_id, sizeof(out->commit_id));
+	if (!err && (kind < 0 || state < 0 || size < 0 || attempts < 0 || attempts > UINT32_MAX))
+		err = -EIO;
+	if (err) {
+		if (err == -EIO)
+			index_log(idx, LOG_ERR, "cache index \"%s\": journal row %lld is malformed",
+				  idx->path, (long long)out->id);
+		cache_stage_change_release(out);
+		return err;
+	}
+	out->kind = (enum cache_stage_kind)kind;
+	out->state = (enum cache_stage_state)state;
+	out->size = (uint64_t)size;
+	out->attempts = (uint32_t)attempts;
+	out->created_at = sqlite3_column_int64(st, 13);
+	out->updated_at = sqlite3_column_int64(st, 14);
+	return 0;
+}
+
+/* Binds ?1 and ?2 to @repo and @branch. */
+static void bind_branch(sqlite3_stmt *st, const char *repo, const char *branch)
+{
+	sqlite3_bind_text(st, 1, repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, branch, -1, SQLITE_STATIC);
+}
+
+/* The row of @ch's path into *@out (out->id 0 when none). */
+static int stage_get_path(struct cache_index *idx, struct index_conn *conn,
+			  const struct cache_stage_change *ch, struct cache_stage_change *out)
+{
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, STMT_STAGE_GET_PATH, &st);
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (err)
+		return err;
+	bind_branch(st, ch->repo, ch->branch);
+	sqlite3_bind_text(st, 3, ch->path, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		err = stage_row(idx, st, out);
+	else if (rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "read journal row");
+	sqlite3_reset(st);
+	return err;
+}
+
+static int stage_delete(struct cache_index *idx, struct index_conn *conn, int64_t id)
+{
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, STMT_STAGE_DELETE, &st);
+
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, id);
+	return stmt_done(idx, conn, st, "delete journal row");
+}
+
+int cache_index_stage_add(struct cache_index *idx, const struct cache_stage_change *ch, int64_t now,
+			  int64_t *id, struct cache_stage_change *old)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = journal_begin(idx, &conn);
+
+	if (old)
+		memset(old, 0, sizeof(*old));
+	if (err)
+		return err;
+	if (old) {
+		err = stage_get_path(idx, conn, ch, old);
+		if (!err && old->id)
+			err = stage_delete(idx, conn, old->id);
+		if (err)
+			goto end_tx;
+	}
+	err = conn_stmt(idx, conn, STMT_STAGE_INSERT, &st);
+	if (err)
+		goto end_tx;
+	bind_branch(st, ch->repo, ch->branch);
+	sqlite3_bind_text(st, 3, stage_kind_text[ch->kind], -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, ch->path, -1, SQLITE_STATIC);
+	if (ch->old_path)
+		sqlite3_bind_text(st, 5, ch->old_path, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 5);
+	if (ch->staged[0])
+		sqlite3_bind_text(st, 6, ch->staged, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 6);
+	sqlite3_bind_int64(st, 7, (int64_t)ch->size);
+	sqlite3_bind_text(st, 8, ch->sha256, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 9, ch->base_commit, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 10, now);
+	/* A second row for the path, or a staged file in two rows: -EEXIST. */
+	err = stmt_done(idx, conn, st, "add journal row");
+	if (!err && id)
+		*id = sqlite3_last_insert_rowid(conn->db);
+end_tx:
+	err = journal_end(idx, conn, err);
+	if (err && old)
+		cache_stage_change_release(old);
+	return err;
+}
+
+int cache_index_stage_get(struct cache_index *idx, int64_t id, struct cache_stage_change *out)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = reader_get(idx, &conn);
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_GET, &st);
+	if (err)
+		goto put_reader;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		err = stage_row(idx, st, out);
+	else if (rc == SQLITE_DONE)
+		err = -ENOENT;
+	else
+		err = index_fail(idx, conn->db, rc, "read journal row");
+	sqlite3_reset(st);
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_stage_list(struct cache_index *idx, const char *repo, const char *branch,
+			   struct cache_stage_change **changes, size_t *n)
+{
+	struct cache_stage_change *v = NULL;
+	size_t count = 0, cap = 0;
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err, rc;
+
+	*changes = NULL;
+	*n = 0;
+	err = reader_get(idx, &conn);
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_LIST, &st);
+	if (err)
+		goto put_reader;
+	bind_branch(st, repo, branch);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (count == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			struct cache_stage_change *nv = realloc(v, ncap * sizeof(*v));
+
+			if (!nv) {
+				err = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		err = stage_row(idx, st, &v[count]);
+		if (err)
+			break;
+		count++;
+	}
+	if (!err && rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "list journal");
+	sqlite3_reset(st);
+	if (err) {
+		cache_stage_changes_free(v, count);
+	} else {
+		*changes = v;
+		*n = count;
+	}
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+static int stage_branch_row(sqlite3_stmt *st, struct cache_stage_branch *b)
+{
+	int err;
+
+	memset(b, 0, sizeof(*b));
+	b->changes = (uint64_t)sqlite3_column_int64(st, 2);
+	b->bytes = (uint64_t)sqlite3_column_int64(st, 3);
+	for (int i = 0; i < CACHE_STAGE_STATES; i++)
+		b->by_state[i] = (uint64_t)sqlite3_column_int64(st, 4 + i);
+	err = column_strdup(st, 0, false, &b->repo);
+	if (!err)
+		err = column_strdup(st, 1, false, &b->branch);
+	if (!err && sqlite3_column_type(st, 4 + CACHE_STAGE_STATES) != SQLITE_NULL)
+		err = column_strdup(st, 4 + CACHE_STAGE_STATES, false, &b->error);
+	else if (!err)
+		err = (b->error = strdup("")) ? 0 : -ENOMEM;
+	return err;
+}
+
+int cache_index_stage_branches(struct cache_index *idx, struct cache_stage_branch **branches,
+			       size_t *n)
+{
+	struct cache_stage_branch *v = NULL;
+	size_t count = 0, cap = 0;
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err, rc;
+
+	*branches = NULL;
+	*n = 0;
+	err = reader_get(idx, &conn);
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_BRANCHES, &st);
+	if (err)
+		goto put_reader;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (count == cap) {
+			size_t ncap = cap ? 2 * cap : 8;
+			struct cache_stage_branch *nv = realloc(v, ncap * sizeof(*v));
+
+			if (!nv) {
+				err = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		err = stage_branch_row(st, &v[count]);
+		count++; /* freed below even when half filled */
+		if (err)
+			break;
+	}
+	if (!err && rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "list journal branches");
+	sqlite3_reset(st);
+	if (err) {
+		cache_stage_branches_free(v, count);
+	} else {
+		*branches = v;
+		*n = count;
+	}
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_stage_count(struct cache_index *idx, const char *repo, const char *branch,
+			    uint64_t *changes, uint64_t *bytes)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = reader_get(idx, &conn);
+	int rc;
+
+	*changes = *bytes = 0;
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_COUNT, &st);
+	if (err)
+		goto put_reader;
+	bind_branch(st, repo, branch);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*changes = (uint64_t)sqlite3_column_int64(st, 0);
+		*bytes = (uint64_t)sqlite3_column_int64(st, 1);
+	} else {
+		err = index_fail(idx, conn->db, rc, "count journal");
+	}
+	sqlite3_reset(st);
+put_reader:
+	reader_put(idx, conn);
+	return err;
+}
+
+int cache_index_stage_update(struct cache_index *idx, const int64_t *ids, size_t n,
+			     const struct cache_stage_update *u, int64_t now, size_t *updated)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	size_t count = 0;
+	int err = journal_begin(idx, &conn);
+
+	*updated = 0;
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_UPDATE, &st);
+	for (size_t i = 0; !err && i < n; i++) {
+		sqlite3_bind_int64(st, 1, ids[i]);
+		sqlite3_bind_int(st, 2, (int)u->set);
+		sqlite3_bind_text(st, 3, stage_state_text[u->state], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, u->error ? u->error : "", -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 5, u->attempts);
+		sqlite3_bind_text(st, 6, u->commit_id ? u->commit_id : "", -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 7, now);
+		err = stmt_done(idx, conn, st, "update journal row");
+		if (!err)
+			count += (size_t)sqlite3_changes(conn->db);
+	}
+	err = journal_end(idx, conn, err);
+	if (!err)
+		*updated = count;
+	return err;
+}
+
+int cache_index_stage_set_content(struct cache_index *idx, int64_t id, uint64_t size,
+				  const char *sha256, int64_t now)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = journal_begin(idx, &conn);
+
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_CONTENT, &st);
+	if (!err) {
+		sqlite3_bind_int64(st, 1, id);
+		sqlite3_bind_int64(st, 2, (int64_t)size);
+		sqlite3_bind_text(st, 3, sha256, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, now);
+		err = stmt_done(idx, conn, st, "set journal content");
+	}
+	if (!err && sqlite3_changes(conn->db) == 0)
+		err = -ENOENT;
+	return journal_end(idx, conn, err);
+}
+
+/* Forgets row @id if it belongs to @repo and @branch, appending its staged
+ * file (if any) to @names (room for one more is there). */
+static int stage_forget(struct cache_index *idx, struct index_conn *conn, const char *repo,
+			const char *branch, int64_t id, char (*names)[CACHE_STAGE_NAME_SIZE],
+			size_t *count)
+{
+	struct cache_stage_change row;
+	sqlite3_stmt *st;
+	int err = conn_stmt(idx, conn, STMT_STAGE_GET, &st);
+	int rc;
+
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		err = stage_row(idx, st, &row);
+	else if (rc != SQLITE_DONE)
+		err = index_fail(idx, conn->db, rc, "read journal row");
+	sqlite3_reset(st);
+	if (err || rc == SQLITE_DONE)
+		return err;
+	if (!strcmp(row.repo, repo) && !strcmp(row.branch, branch)) {
+		err = stage_delete(idx, conn, id);
+		if (!err && row.staged[0])
+			memcpy(names[(*count)++], row.staged, CACHE_STAGE_NAME_SIZE);
+	}
+	cache_stage_change_release(&row);
+	return err;
+}
+
+int cache_index_stage_committed(struct cache_index *idx, const char *repo, const char *branch,
+				const int64_t *ids, size_t n, const char *parent,
+				const char *commit_id, int64_t now,
+				char (**staged)[CACHE_STAGE_NAME_SIZE], size_t *nstaged)
+{
+	char(*names)[CACHE_STAGE_NAME_SIZE] = malloc((n ? n : 1) * sizeof(*names));
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	size_t count = 0;
+	int err;
+
+	*staged = NULL;
+	*nstaged = 0;
+	if (!names)
+		return -ENOMEM;
+	err = journal_begin(idx, &conn);
+	if (err)
+		goto free_names;
+	for (size_t i = 0; !err && i < n; i++)
+		err = stage_forget(idx, conn, repo, branch, ids[i], names, &count);
+	if (!err && parent[0] && commit_id[0]) {
+		err = conn_stmt(idx, conn, STMT_STAGE_REBASE, &st);
+		if (!err) {
+			bind_branch(st, repo, branch);
+			sqlite3_bind_text(st, 3, parent, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 4, commit_id, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 5, now);
+			err = stmt_done(idx, conn, st, "rebase journal");
+		}
+	}
+	err = journal_end(idx, conn, err);
+	if (err)
+		goto free_names;
+	*staged = names;
+	*nstaged = count;
+	return 0;
+
+free_names:
+	free(names);
+	return err;
+}
+
+int cache_index_stage_referenced(struct cache_index *idx, const char *name, bool *referenced)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = reader_get(idx, &conn);
+	int rc;
+
+	*referenced = true; /* on error, keep the file */
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_REFERENCED, &st);
+	if (err)
+		goto put_reader;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+		*referenced = rc == SQLITE_ROW;
+	else
+		err = index_fail(idx, conn->db, rc, "look up staged file");
+	sqlite3_reset(st);
+put_reader:
+	reader_put(idx, conn);
+	return err;
 }

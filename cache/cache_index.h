@@ -10,7 +10,10 @@
  *   kv            the daemon's key/value pairs with their fetch time
  *   trees, tree_dirs, tree_entries
  *                 tree listings, indexed by (tree, directory, name)
- * The schema version is PRAGMA user_version; a newer one is refused.
+ *   stage         the write journal (cache_stage.h), one row per change
+ * The schema version is PRAGMA user_version; a newer one is refused, an
+ * older one is upgraded in place when the index is opened (version 1 had no
+ * journal).
  *
  * A blob row is identified by its `row`, never reused (AUTOINCREMENT): a
  * handle updates its row by number, so once a row was deleted (the blob was
@@ -34,9 +37,10 @@
 
 #include "cache.h"
 #include "cache_meta.h"
+#include "cache_stage.h"
 
 /* The schema version this code writes. */
-#define CACHE_INDEX_VERSION 1
+#define CACHE_INDEX_VERSION 2
 
 struct cache_index;
 
@@ -119,8 +123,8 @@ int cache_index_totals(struct cache_index *idx, struct cache_index_totals *t);
 /* Adds to the hit and miss counters.  Returns 0 or -errno. */
 int cache_index_counters_add(struct cache_index *idx, uint64_t hits, uint64_t misses);
 
-/* Deletes every blob row, pair and tree, and zeroes the counters.  Returns 0
- * or -errno. */
+/* Deletes every blob row, pair and tree, and zeroes the counters; the
+ * journal is kept.  Returns 0 or -errno. */
 int cache_index_clear(struct cache_index *idx);
 
 /* The stores of cache_meta.h, arguments already checked by cache_meta.c. */
@@ -140,5 +144,29 @@ int cache_index_tree_list(struct cache_index *idx, const char *tree_key, const c
 			  struct cache_entry **entries, size_t *n);
 void cache_index_entries_free(struct cache_entry *entries, size_t n);
 int cache_index_tree_delete(struct cache_index *idx, const char *tree_key);
+
+/* The journal of cache_stage.h, arguments already checked by cache_stage.c.
+ * Its writes are durable against a power loss (synchronous=FULL). */
+/* Adds @ch as a PENDING row made at @now.  With @old, first forgets the row
+ * of the same path, returned in *@old (old->id 0 when none). */
+int cache_index_stage_add(struct cache_index *idx, const struct cache_stage_change *ch, int64_t now,
+			  int64_t *id, struct cache_stage_change *old);
+int cache_index_stage_get(struct cache_index *idx, int64_t id, struct cache_stage_change *out);
+int cache_index_stage_list(struct cache_index *idx, const char *repo, const char *branch,
+			   struct cache_stage_change **changes, size_t *n);
+int cache_index_stage_branches(struct cache_index *idx, struct cache_stage_branch **branches,
+			       size_t *n);
+int cache_index_stage_count(struct cache_index *idx, const char *repo, const char *branch,
+			    uint64_t *changes, uint64_t *bytes);
+int cache_index_stage_update(struct cache_index *idx, const int64_t *ids, size_t n,
+			     const struct cache_stage_update *u, int64_t now, size_t *updated);
+int cache_index_stage_set_content(struct cache_index *idx, int64_t id, uint64_t size,
+				  const char *sha256, int64_t now);
+int cache_index_stage_committed(struct cache_index *idx, const char *repo, const char *branch,
+				const int64_t *ids, size_t n, const char *parent,
+				const char *commit_id, int64_t now,
+				char (**staged)[CACHE_STAGE_NAME_SIZE], size_t *nstaged);
+/* True in *@referenced when a row names staged file @name (also on error). */
+int cache_index_stage_referenced(struct cache_index *idx, const char *name, bool *referenced);
 
 #endif

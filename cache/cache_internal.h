@@ -33,6 +33,7 @@ struct cache_index;
 struct cache {
 	int dirfd;	      /* DIR; constant */
 	int blobs_fd;	      /* DIR/blobs; constant */
+	int stage_fd;	      /* DIR/stage, the staged files (cache_stage.c); constant */
 	int lock_fd;	      /* DIR/lock, -1 without a lock; constant */
 	uint32_t chunk_size;  /* constant */
 	unsigned chunk_shift; /* log2(chunk_size); constant */
@@ -145,6 +146,12 @@ __attribute__((format(printf, 3, 4))) void cache_log(struct cache *c, int level,
 int64_t cache_now_ms(void);
 /* Evicts if the cache is over its limit and no eviction runs already. */
 void cache_evict_if_needed(struct cache *c);
+
+/* cache_meta.c: checks of what comes from outside, shared with cache_stage.c */
+/* A repo path as cache_meta.h defines it; "" only with @root. */
+bool cache_path_valid(const char *path, bool root);
+/* "" or exactly @len lowercase hex digits, NUL-terminated within @size. */
+bool cache_hex_valid(const char *s, size_t size, size_t len);
 
 /* cache_blob.c */
 /* Allocates an OPENING handle with one reference; NULL with *@err. */

@@ -24,7 +24,7 @@ static bool key_valid(const char *key)
 /* A repo path: components separated by single '/', none empty, "." or "..",
  * no control character, at most CACHE_PATH_MAX bytes; "" (the root) only
  * with @root. */
-static bool path_valid(const char *path, bool root)
+bool cache_path_valid(const char *path, bool root)
 {
 	size_t len = path ? strnlen(path, CACHE_PATH_MAX + 1) : CACHE_PATH_MAX + 1;
 	const char *s;
@@ -52,7 +52,7 @@ static bool path_valid(const char *path, bool root)
 }
 
 /* "" or exactly @len lowercase hex digits, NUL-terminated within @size. */
-static bool hex_valid(const char *s, size_t size, size_t len)
+bool cache_hex_valid(const char *s, size_t size, size_t len)
 {
 	size_t n = strnlen(s, size);
 
@@ -84,9 +84,9 @@ static bool path_under(const char *path, const char *dir, bool deep)
 
 static bool entry_valid(const struct cache_entry *e, const char *dir, bool deep)
 {
-	return path_valid(e->path, false) && path_under(e->path, dir, deep) &&
-	       e->size <= INT64_MAX && hex_valid(e->oid, sizeof(e->oid), 40) &&
-	       hex_valid(e->sha256, sizeof(e->sha256), 64);
+	return cache_path_valid(e->path, false) && path_under(e->path, dir, deep) &&
+	       e->size <= INT64_MAX && cache_hex_valid(e->oid, sizeof(e->oid), 40) &&
+	       cache_hex_valid(e->sha256, sizeof(e->sha256), 64);
 }
 
 int cache_kv_put(struct cache *c, const char *key, const void *val, size_t len, int64_t fetched_at)
@@ -144,7 +144,7 @@ int cache_tree_put(struct cache *c, const char *tree_key, const char *dir,
 {
 	bool deep = flags & CACHE_TREE_RECURSIVE;
 
-	if (!key_valid(tree_key) || !path_valid(dir, true) || (n && !entries) ||
+	if (!key_valid(tree_key) || !cache_path_valid(dir, true) || (n && !entries) ||
 	    (flags & ~(unsigned)(CACHE_TREE_COMPLETE | CACHE_TREE_RECURSIVE)) ||
 	    (deep && !(flags & CACHE_TREE_COMPLETE)))
 		return -EINVAL;
@@ -157,7 +157,7 @@ int cache_tree_put(struct cache *c, const char *tree_key, const char *dir,
 int cache_tree_lookup(struct cache *c, const char *tree_key, const char *path,
 		      struct cache_entry *out)
 {
-	if (!out || !key_valid(tree_key) || !path_valid(path, false))
+	if (!out || !key_valid(tree_key) || !cache_path_valid(path, false))
 		return -EINVAL;
 	return cache_index_tree_lookup(c->idx, tree_key, path, out);
 }
@@ -169,7 +169,7 @@ int cache_tree_list(struct cache *c, const char *tree_key, const char *dir, cach
 	size_t n;
 	int err;
 
-	if (!fn || !key_valid(tree_key) || !path_valid(dir, true))
+	if (!fn || !key_valid(tree_key) || !cache_path_valid(dir, true))
 		return -EINVAL;
 	/* Read it all first: the callback runs with no connection held. */
 	err = cache_index_tree_list(c->idx, tree_key, dir, &entries, &n);
