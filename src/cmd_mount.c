@@ -46,6 +46,7 @@ struct mount_opts {
 	char *cache_size;
 	char *ttl;
 	char *timeout;
+	char *commit_delay;
 	char *mountpoint;
 };
 
@@ -71,13 +72,15 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--ttl=%s", ttl),
 	MOUNT_OPT("--timeout %s", timeout),
 	MOUNT_OPT("--timeout=%s", timeout),
+	MOUNT_OPT("--commit-delay %s", commit_delay),
+	MOUNT_OPT("--commit-delay=%s", commit_delay),
 	FUSE_OPT_END,
 };
 
 static const char mount_usage[] =
 	"usage: hubfs mount [-f] [-d] [-o FUSE_OPTIONS] [--endpoint URL] [--token-file FILE]\n"
 	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
-	"                   [--timeout SECONDS] [--offline] MOUNTPOINT\n"
+	"                   [--timeout SECONDS] [--commit-delay SECONDS] [--offline] MOUNTPOINT\n"
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
@@ -89,6 +92,9 @@ static const char mount_usage[] =
 	"  --ttl SECONDS         how long a branch head, a listing or a missing name is\n"
 	"                        trusted before it is asked again (default 10)\n"
 	"  --timeout SECONDS     a transfer that stalls this long fails with EIO (default 30)\n"
+	"  --commit-delay SECONDS\n"
+	"                        quiet period after a change before the changes of a\n"
+	"                        branch are committed as one commit (default 2)\n"
 	"  --offline             never contact the Hub; serve what is cached\n";
 
 static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -119,6 +125,7 @@ static void mount_opts_release(struct mount_opts *o)
 	free(o->cache_size);
 	free(o->ttl);
 	free(o->timeout);
+	free(o->commit_delay);
 	free(o->mountpoint);
 }
 
@@ -223,6 +230,9 @@ static void mount_raise_readahead(const char *mountpoint)
 		close(fd);
 }
 
+/* How long an unmount waits for pending commits. */
+#define MOUNT_DRAIN_SECONDS 30
+
 /* The state of a mount, built by mount_prepare() and freed by mount_release(). */
 struct mount {
 	struct http_client *http;
@@ -240,7 +250,10 @@ static void mount_release(struct mount *m)
 		fuse_remove_signal_handlers(m->se);
 		fuse_session_destroy(m->se);
 	}
+	/* open files are journaled as they are closed, then pending commits go */
 	fs_handles_release(&m->fs);
+	stage_drain(m->fs.stage, MOUNT_DRAIN_SECONDS);
+	stage_free(m->fs.stage);
 	fetch_free(m->fs.fetch);
 	meta_free(m->fs.meta);
 	fs_inodes_free(m->fs.inodes);
@@ -256,19 +269,21 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	struct cache_config cc = { 0 };
 	struct meta_config mc = { 0 };
 	struct fetch_config fc = { 0 };
+	struct stage_config sc = { 0 };
 	struct mount m;
 	struct hub_whoami who;
 	const char *token_source = NULL;
 	char *endpoint = NULL, *token = NULL, *cache_dir = NULL;
 	char identity[CACHE_ID_MAX];
 	uint64_t cache_size = 10ULL << 30;
-	int ttl, timeout, rc, status = 1;
+	int ttl, timeout, commit_delay, rc, status = 1;
 	bool offline;
 
 	memset(&m, 0, sizeof(m));
 	memset(&who, 0, sizeof(who));
 	if (mount_parse_seconds("--ttl", o->ttl, 10, &ttl) ||
-	    mount_parse_seconds("--timeout", o->timeout, 30, &timeout))
+	    mount_parse_seconds("--timeout", o->timeout, 30, &timeout) ||
+	    mount_parse_seconds("--commit-delay", o->commit_delay, 2, &commit_delay))
 		return 1;
 	if (o->cache_size && (options_parse_size(o->cache_size, &cache_size) || cache_size == 0)) {
 		log_msg(LOG_ERR, "--cache-size '%s' is not a size (examples: 500M, 10G)", o->cache_size);
@@ -370,6 +385,18 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	m.fs.uid = getuid();
 	m.fs.gid = getgid();
 	m.fs.mount_time = (int64_t)time(NULL);
+	if (!offline) {
+		sc.cache = m.cache;
+		sc.http = m.http;
+		sc.meta = m.fs.meta;
+		sc.delay = commit_delay;
+		m.fs.stage = stage_new(&sc, &rc);
+		if (!m.fs.stage) {
+			log_msg(LOG_ERR, "cannot resume the staged changes in '%s': %s", cache_dir,
+				strerror(-rc));
+			goto out_mount;
+		}
+	}
 
 	m.se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), &m.fs);
 	if (!m.se)

@@ -5,15 +5,25 @@
  * request), decides from the node's parsed path what it is, and answers from
  * meta (names, revisions, trees) and the cache (bytes).  Attributes and
  * names are given to the kernel with a timeout of the TTL, or a day for what
- * cannot change (views pinned to a full commit id).  File content is
- * immutable per inode (see fs_inode.h), so open files keep the kernel's page
- * cache (keep_cache) and mmap works.
+ * cannot change (views pinned to a full commit id).  The content of a file
+ * of a tree is immutable per inode (see fs_inode.h), so open files keep the
+ * kernel's page cache (keep_cache) and mmap works.
  *
  * Reads: a present range is one pread from the blob file into a per-thread
  * buffer and one reply (a copy beat splice on this kind of machine, see
  * MEASUREMENTS.md).  Missing chunks are filled through fetch_fill.  A
  * sequential reader gets a read-ahead window that doubles per read up to
  * FS_READAHEAD_MAX, fetched in parallel by fetch's threads.
+ *
+ * Writes (branch views only, decided with the repo's refs): an open for
+ * writing takes the path's writer from the staging overlay (stage.h), which
+ * copies an existing file in through the cache first; flush and release
+ * journal it, fsync commits the branch and waits.  Lookups, stat, listings
+ * and reads of an entry ask the overlay before the tree.  A staged file's
+ * node gets the oid "staged:N" (a new node per staged version); its content
+ * changes under open handles, so they use direct_io instead of keep_cache
+ * (no mmap of a staged file).  Once committed, a "staged:" node is answered
+ * from the tree.
  */
 #include "config.h"
 
@@ -26,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hub_id.h"
@@ -41,8 +52,12 @@
 /* An open file. */
 struct fs_file {
 	struct fs_node *node;       /* a reference */
+	uint64_t size;              /* of the blob */
 	struct cache_blob *blob;    /* NULL for an empty file */
 	struct fetch_source *src;
+	int fd;                     /* staged content read-only, or -1 */
+	struct stage_writer *w;     /* opened for writing: the path's writer, or NULL */
+	bool append;                /* O_APPEND */
 	pthread_mutex_t lock;
 	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
 	uint64_t run;               /* protected by lock: bytes read sequentially so far */
@@ -90,6 +105,50 @@ static int fs_revision(struct fs *fs, const struct fs_node *n, struct hub_revisi
 
 	fs_repo_of(n, &repo);
 	return meta_revision(fs->meta, &repo, n->p.rev, rev);
+}
+
+/* The staging key of a node's repo. */
+static void fs_stage_key(const struct fs_node *n, char key[STAGE_REPO_KEY_MAX])
+{
+	struct hub_repo repo;
+
+	fs_repo_of(n, &repo);
+	stage_repo_key(&repo, key);
+}
+
+/* Whether a node at or below a revision root is in a branch view (writable):
+ * 1, 0 (a tag, a commit id, a PR ref), or -errno. */
+static int fs_is_branch(struct fs *fs, const struct fs_node *n)
+{
+	struct hub_repo repo;
+	struct hub_refs refs;
+	int rc;
+
+	if (n->p.kind < FS_PATH_REVISION || !fs->stage)
+		return 0;
+	if (n->p.pinned && hub_commit_id_valid(n->p.rev, false))
+		return 0;
+	fs_repo_of(n, &repo);
+	rc = meta_refs(fs->meta, &repo, &refs);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < refs.n && rc == 0; i++)
+		if (refs.refs[i].kind == HUB_REF_BRANCH && !strcmp(refs.refs[i].name, n->p.rev))
+			rc = 1;
+	hub_refs_release(&refs);
+	return rc;
+}
+
+/* What the overlay says of an entry node's path. */
+static void fs_staged(struct fs *fs, const struct fs_node *n, struct stage_stat *st)
+{
+	char key[STAGE_REPO_KEY_MAX];
+
+	memset(st, 0, sizeof(*st));
+	if (!fs->stage || n->p.kind != FS_PATH_ENTRY)
+		return;
+	fs_stage_key(n, key);
+	stage_stat(fs->stage, key, n->p.rev, n->p.path, st);
 }
 
 /* Whether an unpinned revision directory name is one of the repo's refs. */
@@ -162,6 +221,28 @@ static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 		mtime = __atomic_load_n(&n->mtime, __ATOMIC_RELAXED);
 	}
 	fs_fill_stat(fs, n, mtime, st);
+	if (n->p.kind == FS_PATH_ENTRY && !n->is_dir) {
+		struct stage_stat ss;
+
+		fs_staged(fs, n, &ss);
+		if (ss.what == STAGE_NONE && !strncmp(n->oid, "staged:", 7)) {
+			/* a node made for a staged file that is committed now */
+			struct hub_repo repo;
+			struct cache_entry e;
+
+			fs_repo_of(n, &repo);
+			if (fs_revision(fs, n, &rev) == 0 &&
+			    meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &e) == 0) {
+				ss.what = STAGE_FILE;
+				ss.size = e.size;
+				cache_entry_release(&e);
+			}
+		}
+		if (ss.what == STAGE_FILE) {
+			st->st_size = (off_t)ss.size;
+			st->st_blocks = (blkcnt_t)((ss.size + 511) / 512);
+		}
+	}
 	return 0;
 }
 
@@ -220,11 +301,33 @@ static int fs_child(struct fs *fs, const struct fs_node *parent, const char *nam
 			memcpy(proto->commit, rev.commit, sizeof(proto->commit));
 		proto->is_dir = true;
 		break;
-	case FS_PATH_ENTRY:
+	case FS_PATH_ENTRY: {
+		struct stage_stat ss;
+
 		rc = fs_revision(fs, proto, &rev);
 		if (rc)
 			break;
+		fs_staged(fs, proto, &ss);
+		if (ss.what == STAGE_DELETED) {
+			rc = -ENOENT;
+			break;
+		}
+		if (ss.what == STAGE_FILE) {
+			/* a staged file: a new node per staged version */
+			proto->size = ss.size;
+			snprintf(proto->oid, sizeof(proto->oid), "%s", ss.version);
+			memcpy(proto->commit, rev.commit, sizeof(proto->commit));
+			proto->mtime = (int64_t)time(NULL);
+			break;
+		}
 		rc = meta_lookup(fs->meta, &repo, rev.commit, proto->p.path, &e);
+		if (rc == -ENOENT && ss.what == STAGE_DIR) {
+			proto->is_dir = true;
+			memcpy(proto->commit, rev.commit, sizeof(proto->commit));
+			proto->mtime = rev.mtime;
+			rc = 0;
+			break;
+		}
 		if (rc)
 			break;
 		proto->is_dir = e.is_dir;
@@ -235,6 +338,7 @@ static int fs_child(struct fs *fs, const struct fs_node *parent, const char *nam
 		proto->mtime = rev.mtime;
 		cache_entry_release(&e);
 		break;
+	}
 	}
 	if (!rc)
 		return 0;
@@ -482,14 +586,47 @@ static int fs_list_refs(fuse_req_t req, struct fs *fs, const struct fs_node *n, 
 struct fs_tree_list {
 	fuse_req_t req;
 	struct fs_dir *d;
+	struct fs *fs;
+	const struct fs_node *n;
+	const char *commit;
+	char key[STAGE_REPO_KEY_MAX];
 };
 
 static int fs_tree_entry(void *arg, const struct cache_entry *e)
 {
 	struct fs_tree_list *l = arg;
 	const char *name = strrchr(e->path, '/');
+	struct stage_stat ss;
 
+	if (l->fs->stage && !e->is_dir) {
+		stage_stat(l->fs->stage, l->key, l->n->p.rev, e->path, &ss);
+		if (ss.what == STAGE_DELETED)
+			return 0;
+	}
 	return fs_dir_add(l->req, l->d, name ? name + 1 : e->path, e->is_dir ? S_IFDIR : S_IFREG);
+}
+
+/* A name the overlay adds to a listing, unless the tree has it already. */
+static int fs_staged_entry(void *arg, const char *name, bool is_dir)
+{
+	struct fs_tree_list *l = arg;
+	struct hub_repo repo;
+	struct cache_entry e;
+	char *path;
+	int rc;
+
+	if (asprintf(&path, "%s%s%s", l->n->p.path, *l->n->p.path ? "/" : "", name) < 0)
+		return -ENOMEM;
+	fs_repo_of(l->n, &repo);
+	rc = meta_lookup(l->fs->meta, &repo, l->commit, path, &e);
+	free(path);
+	if (rc == 0) {
+		cache_entry_release(&e);
+		return 0;
+	}
+	if (rc != -ENOENT)
+		return rc;
+	return fs_dir_add(l->req, l->d, name, is_dir ? S_IFDIR : S_IFREG);
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -538,19 +675,25 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		break;
 	case FS_PATH_REVISION:
 	case FS_PATH_ENTRY: {
-		struct fs_tree_list l = { req, d };
+		struct fs_tree_list l = { .req = req, .d = d, .fs = fs, .n = n };
 		struct hub_repo repo;
 		struct hub_revision rev;
 		const char *commit = n->commit;
 
 		fs_repo_of(n, &repo);
-		if (n->p.kind == FS_PATH_REVISION) {
+		fs_stage_key(n, l.key);
+		if (n->p.kind == FS_PATH_REVISION || fs->stage) {
 			/* a branch view lists the branch's current head */
 			rc = fs_revision(fs, n, &rev);
 			commit = rev.commit;
 		}
+		l.commit = commit;
 		if (!rc)
 			rc = meta_list(fs->meta, &repo, commit, n->p.path, fs_tree_entry, &l);
+		if (rc == -ENOENT && fs->stage)
+			rc = 0; /* a directory that only staged files make */
+		if (!rc && fs->stage)
+			rc = stage_list_dir(fs->stage, l.key, n->p.rev, n->p.path, fs_staged_entry, &l);
 		break;
 	}
 	case FS_PATH_ME:
@@ -622,11 +765,112 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 static void fs_file_free(struct fs *fs, struct fs_file *f)
 {
+	if (f->w && stage_writer_close(f->w))
+		log_msg(LOG_ERR, "'%s': the last writes could not be journaled", f->node->fullpath);
+	if (f->fd >= 0)
+		close(f->fd);
 	cache_blob_put(f->blob);
 	fetch_source_unref(f->src);
 	fs_inode_put(fs->inodes, f->node);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
+}
+
+static bool fs_interrupted(void *arg);
+
+/* What the copy of a file of the tree into a staged file needs. */
+struct fs_copy {
+	struct fs *fs;
+	const struct fs_node *n;
+	const char *commit;
+	struct cache_entry e;
+};
+
+/* Copies a file of the tree, through the cache, into a new staged file. */
+static int fs_copy_in(void *arg, int fd)
+{
+	struct fs_copy *c = arg;
+	struct fs *fs = c->fs;
+	const char *id = c->e.sha256[0] ? c->e.sha256 : c->e.oid;
+	struct fetch_call call = { 0 };
+	struct cache_blob *blob;
+	struct hub_repo repo;
+	uint64_t off = 0;
+	char *url, *buf;
+	int rc = 0;
+
+	if (c->e.size == 0)
+		return 0;
+	fs_repo_of(c->n, &repo);
+	url = hub_resolve_url(fs->http, &repo, c->commit, c->n->p.path);
+	buf = malloc(FS_MAX_READ);
+	blob = cache_blob_get(fs->cache, id, c->e.size, &rc);
+	call.src = url ? fetch_source_new(fs->fetch, url, id, c->e.size) : NULL;
+	if (!url || !buf || !call.src) {
+		rc = rc ? rc : -ENOMEM;
+		goto out;
+	}
+	while (blob && off < c->e.size) {
+		ssize_t n = cache_blob_read(blob, buf, FS_MAX_READ, off,
+					    fs->offline ? NULL : fetch_fill, &call);
+
+		if (n <= 0) {
+			rc = n == -ENODATA ? -EIO : n < 0 ? (int)n : -EIO;
+			break;
+		}
+		if (pwrite(fd, buf, (size_t)n, (off_t)off) != n) {
+			rc = -errno ? -errno : -EIO;
+			break;
+		}
+		off += (uint64_t)n;
+	}
+out:
+	cache_blob_put(blob);
+	fetch_source_unref(call.src);
+	free(buf);
+	free(url);
+	return rc;
+}
+
+/* Opens the writer of file node @n (a branch view, checked by the caller). */
+static struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *n, bool trunc,
+					   int *err)
+{
+	struct fs_copy c = { .fs = fs, .n = n };
+	struct hub_revision rev;
+	struct hub_repo repo;
+	struct stage_stat ss;
+	char key[STAGE_REPO_KEY_MAX];
+	struct stage_writer *w;
+	bool have = false;
+
+	*err = fs_revision(fs, n, &rev);
+	if (*err)
+		return NULL;
+	fs_repo_of(n, &repo);
+	fs_stage_key(n, key);
+	fs_staged(fs, n, &ss);
+	if (!trunc && ss.what == STAGE_NONE) {
+		*err = meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &c.e);
+		if (*err == 0 && c.e.is_dir) {
+			cache_entry_release(&c.e);
+			*err = -EISDIR;
+			return NULL;
+		}
+		if (*err && *err != -ENOENT)
+			return NULL;
+		have = *err == 0;
+		c.commit = rev.commit;
+	}
+	for (int i = 0; i < 3; i++) {
+		w = stage_writer_open(fs->stage, key, n->p.rev, n->p.path, rev.commit, trunc,
+				      have ? fs_copy_in : NULL, &c, err);
+		if (w || *err != -EAGAIN)
+			break;
+	}
+	if (have)
+		cache_entry_release(&c.e);
+	return w;
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -635,10 +879,15 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
 	struct fs_file *f = NULL;
 	struct hub_repo repo;
-	const char *id;
+	struct stage_stat ss;
+	struct hub_revision rev;
+	const char *id, *commit;
 	char *url = NULL;
+	struct cache_entry e;
+	bool writing;
 	int rc = 0;
 
+	memset(&e, 0, sizeof(e));
 	if (!n) {
 		fuse_reply_err(req, ESTALE);
 		return;
@@ -647,9 +896,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		rc = -EISDIR;
 		goto fail;
 	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		rc = -EROFS;
-		goto fail;
+	writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+	if (writing) {
+		rc = fs_is_branch(fs, n);
+		if (rc <= 0) {
+			rc = rc ? rc : -EROFS;
+			goto fail;
+		}
+		rc = 0;
 	}
 	f = calloc(1, sizeof(*f));
 	if (!f) {
@@ -657,33 +911,84 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		goto fail;
 	}
 	pthread_mutex_init(&f->lock, NULL);
+	f->fd = -1;
 	f->node = n;
 	n = NULL;
-	if (f->node->size > 0) {
-		id = f->node->sha256[0] ? f->node->sha256 : f->node->oid;
+	if (writing) {
+		f->w = fs_writer_open(fs, f->node, (fi->flags & O_TRUNC) != 0, &rc);
+		if (!f->w)
+			goto fail;
+		f->append = (fi->flags & O_APPEND) != 0;
+		goto opened;
+	}
+	fs_staged(fs, f->node, &ss);
+	if (ss.what == STAGE_DELETED) {
+		rc = -ENOENT;
+		goto fail;
+	}
+	if (ss.what == STAGE_FILE) {
+		char key[STAGE_REPO_KEY_MAX];
+
+		fs_stage_key(f->node, key);
+		f->fd = stage_open_read(fs->stage, key, f->node->p.rev, f->node->p.path);
+		if (f->fd >= 0)
+			goto opened;
+		if (f->fd != -ENOENT) {
+			rc = f->fd;
+			goto fail;
+		}
+		f->fd = -1; /* committed meanwhile: read the tree */
+	}
+	id = f->node->sha256[0] ? f->node->sha256 : f->node->oid;
+	commit = f->node->commit;
+	f->size = f->node->size;
+	if (!strncmp(f->node->oid, "staged:", 7)) {
+		/* a node made for a staged file that is committed now */
+		rc = fs_revision(fs, f->node, &rev);
 		fs_repo_of(f->node, &repo);
-		url = hub_resolve_url(fs->http, &repo, f->node->commit, f->node->p.path);
-		f->blob = cache_blob_get(fs->cache, id, f->node->size, &rc);
+		if (!rc)
+			rc = meta_lookup(fs->meta, &repo, rev.commit, f->node->p.path, &e);
+		if (rc)
+			goto fail;
+		id = e.sha256[0] ? e.sha256 : e.oid;
+		commit = rev.commit;
+		f->size = e.size;
+		fi->keep_cache = 0;
+		fi->direct_io = 1;
+	} else {
+		fi->keep_cache = 1;
+	}
+	if (f->size > 0) {
+		fs_repo_of(f->node, &repo);
+		url = hub_resolve_url(fs->http, &repo, commit, f->node->p.path);
+		f->blob = cache_blob_get(fs->cache, id, f->size, &rc);
 		if (!f->blob)
 			goto fail;
-		f->src = url ? fetch_source_new(fs->fetch, url, id, f->node->size) : NULL;
+		f->src = url ? fetch_source_new(fs->fetch, url, id, f->size) : NULL;
 		if (!f->src) {
 			rc = -ENOMEM;
 			goto fail;
 		}
 	}
+	cache_entry_release(&e);
 	free(url);
 	url = NULL;
+opened:
 	fi->fh = fs_handle_add(fs->files, f);
 	if (!fi->fh) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	fi->keep_cache = 1;
+	if (f->w || f->fd >= 0) {
+		/* staged content changes under the same node */
+		fi->keep_cache = 0;
+		fi->direct_io = 1;
+	}
 	if (fuse_reply_open(req, fi))
 		fs_handle_release(fs->files, fi->fh);
 	return;
 fail:
+	cache_entry_release(&e);
 	free(url);
 	if (f)
 		fs_file_free(fs, f);
@@ -741,7 +1046,32 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	call.src = f->src;
-	if (!f->blob || off < 0 || (uint64_t)off >= f->node->size) {
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		goto out;
+	}
+	if (f->w || f->fd >= 0) {
+		if (size > FS_MAX_READ)
+			size = FS_MAX_READ;
+		buf = fs_read_buffer();
+		if (!buf) {
+			fuse_reply_err(req, ENOMEM);
+			goto out;
+		}
+		if (f->w) {
+			n = stage_writer_read(f->w, buf, size, (uint64_t)off);
+		} else {
+			n = pread(f->fd, buf, size, off);
+			if (n < 0)
+				n = -errno;
+		}
+		if (n < 0)
+			fuse_reply_err(req, (int)-n);
+		else
+			fuse_reply_buf(req, buf, (size_t)n);
+		goto out;
+	}
+	if (!f->blob || (uint64_t)off >= f->size) {
 		fuse_reply_buf(req, NULL, 0);
 		goto out;
 	}
@@ -776,8 +1106,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (ra_len && fill)
 		fetch_readahead(fs->fetch, f->blob, f->src, ra_from, ra_len);
 
-	if (f->node->size <= FS_WHOLE_MAX && !cache_blob_complete(f->blob)) {
-		n = cache_blob_prefetch(f->blob, 0, f->node->size, fill, &call);
+	if (f->size <= FS_WHOLE_MAX && !cache_blob_complete(f->blob)) {
+		n = cache_blob_prefetch(f->blob, 0, f->size, fill, &call);
 		if (n < 0)
 			goto fail;
 	}
@@ -795,11 +1125,113 @@ out:
 	fs_handle_put(fs->files, fi->fh, f);
 }
 
+static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
+	ssize_t n;
+
+	(void)ino;
+	if (!f) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (!f->w || off < 0) {
+		fuse_reply_err(req, f->w ? EINVAL : EBADF);
+	} else {
+		n = stage_writer_write(f->w, buf, size, (uint64_t)off, f->append);
+		if (n < 0)
+			fuse_reply_err(req, (int)-n);
+		else
+			fuse_reply_write(req, (size_t)n);
+	}
+	fs_handle_put(fs->files, fi->fh, f);
+}
+
+/* Journals what a handle wrote: the result goes to close(2). */
+static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
+	int rc = 0;
+
+	(void)ino;
+	if (!f) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (f->w)
+		rc = stage_writer_flush(f->w);
+	fs_handle_put(fs->files, fi->fh, f);
+	fuse_reply_err(req, -rc);
+}
+
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct fs *fs = fs_of(req);
+	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
+
 	(void)ino;
-	fs_handle_release(fs_of(req)->files, fi->fh);
+	/* journaled before the reply, even if a read still holds the handle */
+	if (f && f->w && stage_writer_flush(f->w))
+		log_msg(LOG_ERR, "'%s': the last writes could not be journaled", f->node->fullpath);
+	if (f)
+		fs_handle_put(fs->files, fi->fh, f);
+	fs_handle_release(fs->files, fi->fh);
 	fuse_reply_err(req, 0);
+}
+
+/* Commits the branch of @n now; 0 once the commit is on the Hub. */
+static int fs_commit_now(struct fs *fs, const struct fs_node *n)
+{
+	char key[STAGE_REPO_KEY_MAX];
+	int rc;
+
+	if (n->p.kind < FS_PATH_REVISION || !fs->stage)
+		return 0;
+	rc = fs_is_branch(fs, n);
+	if (rc <= 0)
+		return rc;
+	fs_stage_key(n, key);
+	return stage_sync(fs->stage, key, n->p.rev);
+}
+
+static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
+	int rc = 0;
+
+	(void)ino;
+	(void)datasync;
+	if (!f) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (f->w)
+		rc = stage_writer_flush(f->w);
+	if (!rc)
+		rc = fs_commit_now(fs, f->node);
+	fs_handle_put(fs->files, fi->fh, f);
+	fuse_reply_err(req, -rc);
+}
+
+static void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	int rc;
+
+	(void)datasync;
+	(void)fi;
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	rc = fs_commit_now(fs, n);
+	fs_inode_put(fs->inodes, n);
+	fuse_reply_err(req, -rc);
 }
 
 /* ---- extended attributes ---- */
@@ -906,14 +1338,27 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 	sv.f_bsize = FS_MAX_READ;
 	sv.f_frsize = 4096;
 	sv.f_namemax = HUB_PATH_COMPONENT_MAX;
-	sv.f_flag = ST_RDONLY | ST_NOSUID | ST_NODEV;
+	sv.f_flag = ST_NOSUID | ST_NODEV;
 	fuse_reply_statfs(req, &sv);
 }
 
 static void fs_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
-	(void)ino;
-	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+	struct fs *fs = fs_of(req);
+	struct fs_node *n;
+	int rc = 0;
+
+	if (mask & W_OK) {
+		n = fs_inode_get(fs->inodes, ino);
+		if (!n) {
+			fuse_reply_err(req, ESTALE);
+			return;
+		}
+		rc = fs_is_branch(fs, n);
+		rc = rc < 0 ? rc : rc ? 0 : -EROFS;
+		fs_inode_put(fs->inodes, n);
+	}
+	fuse_reply_err(req, -rc);
 }
 
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
@@ -931,7 +1376,7 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_ASYNC_READ;
 }
 
-/* Every change to the Hub answers EROFS until writes exist. */
+/* What is not done yet answers EROFS: mkdir, rmdir, rename, links. */
 static void fs_erofs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	(void)parent;
@@ -946,9 +1391,70 @@ static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	fs_erofs_entry(req, parent, name, mode);
 }
 
-static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	fs_erofs_entry(req, parent, name, 0);
+}
+
+/* The node @name of @parent would be, when @parent is a directory of a
+ * branch view.  Returns 0 (the caller frees proto->fullpath), -EROFS, or
+ * -errno. */
+static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
+			   struct fs_node *proto)
+{
+	int rc;
+
+	memset(proto, 0, sizeof(*proto));
+	if (!fs_is_dir(parent))
+		return -ENOTDIR;
+	if (parent->p.kind < FS_PATH_REVISION)
+		return -EROFS;
+	rc = fs_is_branch(fs, parent);
+	if (rc <= 0)
+		return rc ? rc : -EROFS;
+	rc = fs_child(fs, parent, name, proto);
+	if (rc == -ENOENT) {
+		/* a new name: parse it all the same */
+		if (asprintf(&proto->fullpath, "%s/%s", parent->fullpath, name) < 0) {
+			proto->fullpath = NULL;
+			return -ENOMEM;
+		}
+		rc = fs_path_parse(proto->fullpath, &proto->p);
+		if (rc) {
+			free(proto->fullpath);
+			proto->fullpath = NULL;
+			return rc == -ENOENT ? -EINVAL : rc;
+		}
+		return -ENOENT;
+	}
+	return rc;
+}
+
+static void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
+	struct hub_revision rev;
+	struct fs_node proto;
+	char key[STAGE_REPO_KEY_MAX];
+	int rc;
+
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	rc = fs_branch_child(fs, parent, name, &proto);
+	if (rc == 0 && proto.is_dir)
+		rc = -EISDIR;
+	if (rc == 0)
+		rc = fs_revision(fs, &proto, &rev);
+	if (rc == 0) {
+		fs_stage_key(&proto, key);
+		rc = stage_unlink(fs->stage, key, proto.p.rev, proto.p.path, rev.commit);
+	}
+	free(proto.fullpath);
+	fs_inode_put(fs->inodes, parent);
+	fuse_reply_err(req, -rc);
 }
 
 static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
@@ -972,21 +1478,149 @@ static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	fs_erofs_entry(req, newparent, newname, 0);
 }
 
-static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+static void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode,
 		      struct fuse_file_info *fi)
 {
-	(void)fi;
-	fs_erofs_entry(req, parent, name, mode);
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino), *n = NULL;
+	struct fuse_entry_param ep;
+	struct fs_node proto;
+	struct fs_file *f = NULL;
+	struct stage_writer *w = NULL;
+	int rc;
+
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	memset(&ep, 0, sizeof(ep));
+	if (!S_ISREG(mode)) {
+		rc = -EPERM;
+		goto fail;
+	}
+	rc = fs_branch_child(fs, parent, name, &proto);
+	if (rc == 0 && (fi->flags & O_EXCL))
+		rc = -EEXIST;
+	if (rc == 0 && proto.is_dir)
+		rc = -EISDIR;
+	if (rc && rc != -ENOENT)
+		goto fail_proto;
+	/* exists: O_TRUNC decides; new: an empty file */
+	w = fs_writer_open(fs, &proto, rc == -ENOENT || (fi->flags & O_TRUNC), &rc);
+	free(proto.fullpath);
+	proto.fullpath = NULL;
+	if (!w)
+		goto fail;
+	rc = fs_child(fs, parent, name, &proto);
+	if (rc)
+		goto fail;
+	n = fs_inode_link(fs->inodes, parent, name, &proto);
+	if (!n) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	rc = fs_stat(fs, n, &ep.attr);
+	f = calloc(1, sizeof(*f));
+	if (rc || !f) {
+		rc = rc ? rc : -ENOMEM;
+		fs_inode_forget(fs->inodes, n->ino, 1);
+		goto fail;
+	}
+	pthread_mutex_init(&f->lock, NULL);
+	f->fd = -1;
+	f->w = w;
+	w = NULL;
+	f->append = (fi->flags & O_APPEND) != 0;
+	f->node = n;
+	n = NULL;
+	ep.ino = f->node->ino;
+	ep.generation = 1;
+	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, f->node);
+	fi->fh = fs_handle_add(fs->files, f);
+	if (!fi->fh) {
+		fs_inode_forget(fs->inodes, f->node->ino, 1);
+		rc = -ENOMEM;
+		goto fail;
+	}
+	fi->keep_cache = 0;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &ep, fi)) {
+		fs_inode_forget(fs->inodes, ep.ino, 1);
+		fs_handle_release(fs->files, fi->fh);
+	}
+	fs_inode_put(fs->inodes, parent);
+	return;
+fail_proto:
+	free(proto.fullpath);
+fail:
+	if (f)
+		fs_file_free(fs, f);
+	else if (w)
+		stage_writer_close(w);
+	fs_inode_put(fs->inodes, n);
+	fs_inode_put(fs->inodes, parent);
+	fuse_reply_err(req, -rc);
 }
 
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
-	(void)ino;
-	(void)attr;
-	(void)to_set;
-	(void)fi;
-	fuse_reply_err(req, EROFS);
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	struct fs_file *f = NULL;
+	struct stage_writer *w = NULL;
+	struct stat st;
+	int rc;
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	rc = fs_stat(fs, n, &st);
+	if (rc)
+		goto out;
+	/* modes and owners are the Hub's: only a change to nothing passes */
+	if (((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (st.st_mode & 07777)) ||
+	    ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != st.st_uid) ||
+	    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != st.st_gid)) {
+		rc = -EPERM;
+		goto out;
+	}
+	if (!(to_set & FUSE_SET_ATTR_SIZE))
+		goto reply; /* times are accepted and not kept */
+	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {
+		rc = -EISDIR;
+		goto out;
+	}
+	if (fi)
+		f = fs_handle_get(fs->files, fi->fh);
+	if (f && f->w) {
+		rc = stage_writer_truncate(f->w, (uint64_t)attr->st_size);
+	} else {
+		rc = fs_is_branch(fs, n);
+		if (rc <= 0) {
+			rc = rc ? rc : -EROFS;
+			goto out;
+		}
+		w = fs_writer_open(fs, n, attr->st_size == 0, &rc);
+		if (w) {
+			rc = stage_writer_truncate(w, (uint64_t)attr->st_size);
+			if (stage_writer_close(w) && !rc)
+				rc = -EIO;
+		}
+	}
+	if (rc)
+		goto out;
+reply:
+	rc = fs_stat(fs, n, &st);
+	if (!rc)
+		fuse_reply_attr(req, &st, fs_timeout(fs, n));
+out:
+	if (f)
+		fs_handle_put(fs->files, fi->fh, f);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	fs_inode_put(fs->inodes, n);
 }
 
 static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
@@ -1044,7 +1678,11 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.releasedir = fs_releasedir,
 	.open = fs_open,
 	.read = fs_read,
+	.write = fs_write,
+	.flush = fs_flush,
 	.release = fs_release,
+	.fsync = fs_fsync,
+	.fsyncdir = fs_fsyncdir,
 	.getxattr = fs_getxattr,
 	.listxattr = fs_listxattr,
 	.statfs = fs_statfs,
@@ -1052,7 +1690,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.mknod = fs_mknod,
 	.mkdir = fs_erofs_entry,
 	.unlink = fs_unlink,
-	.rmdir = fs_unlink,
+	.rmdir = fs_rmdir,
 	.symlink = fs_symlink,
 	.rename = fs_rename,
 	.link = fs_link,

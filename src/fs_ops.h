@@ -1,9 +1,12 @@
 /*
  * The FUSE operations of a mount (libfuse's low-level API).
  *
- * Reads only, for now: every operation that would change the Hub answers
- * EROFS.  No HTTP and no SQL here: names go through the path grammar
- * (fs_path.h), facts through meta.h, bytes through the cache and fetch.h.
+ * Branch views are writable: files are created, written, truncated and
+ * unlinked through the staging overlay and committed by its worker
+ * (stage.h); tags, commit ids and PR refs answer EROFS, and so do mkdir,
+ * rmdir, rename, symlink and link everywhere (not done yet).  No HTTP and no
+ * SQL here: names go through the path grammar (fs_path.h), facts through
+ * meta.h, bytes through the cache and fetch.h.
  */
 #ifndef HUBFS_FS_OPS_H
 #define HUBFS_FS_OPS_H
@@ -18,6 +21,7 @@
 #include "fs_handle.h"
 #include "fs_inode.h"
 #include "meta.h"
+#include "stage.h"
 
 /* The size of FUSE read requests asked for (max_read, read-ahead). */
 #define FS_MAX_READ (1u << 20)
@@ -37,6 +41,7 @@ struct fs {
 	struct hub_names orgs; /* its organisations */
 	struct fs_handles *dirs;  /* open directories */
 	struct fs_handles *files; /* open files */
+	struct stage *stage;      /* writes: the overlay and the commit worker */
 };
 
 /* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */

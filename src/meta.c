@@ -656,6 +656,20 @@ int meta_revision(struct meta *m, const struct hub_repo *repo, const char *rev,
 	return 0;
 }
 
+void meta_forget_revision(struct meta *m, const struct hub_repo *repo, const char *rev)
+{
+	char key[META_KEY_MAX], full[2 * META_KEY_MAX];
+
+	snprintf(key, sizeof(key), "rev:%s/%s/%s@%s", meta_type_name(repo->type), repo->ns,
+		 repo->name, rev);
+	snprintf(full, sizeof(full), "%s %s", m->scope, key);
+	cache_kv_delete(m->cache, full);
+	snprintf(key, sizeof(key), "refs:%s/%s/%s", meta_type_name(repo->type), repo->ns,
+		 repo->name);
+	snprintf(full, sizeof(full), "%s %s", m->scope, key);
+	cache_kv_delete(m->cache, full);
+}
+
 /* ---- trees ---- */
 
 struct meta_tree_acc {

@@ -70,6 +70,11 @@ int meta_refs(struct meta *m, const struct hub_repo *repo, struct hub_refs *out)
 int meta_revision(struct meta *m, const struct hub_repo *repo, const char *rev,
 		  struct hub_revision *out);
 
+/* Forgets what is known of branch @rev of @repo (its head, the repo's refs),
+ * so that the next meta_revision() asks the Hub: called after a commit to
+ * it, so that the branch view shows the new commit at once. */
+void meta_forget_revision(struct meta *m, const struct hub_repo *repo, const char *rev);
+
 /* The entry at @path in the tree of @commit ("" is the root, a directory).
  * -ENOENT when it does not exist, -ENOTDIR when a parent is a file.
  * @out->path is set to NULL (the caller knows the path). */

@@ -1,0 +1,1380 @@
+/*
+ * The staging overlay and the commit worker.  See stage.h.
+ *
+ * The overlay is a list of entries, one per (repo, branch, path) that has a
+ * journal row or an open writer; it is small (the changes not yet
+ * committed) and scanned linearly.  Each branch with changes has a queue
+ * record: when it is due (the quiet period after its last change), how
+ * often its commit failed in a row, and the counters stage_sync() waits on.
+ *
+ * One worker thread commits one branch at a time: it lists the branch's rows
+ * from the journal, hashes their staged files, asks preupload, uploads the
+ * LFS objects, and makes one commit whose parent is the head the changes were
+ * based on.  If the branch moved meanwhile (412), it compares the paths it
+ * commits at the old and the new head: when none changed it commits again on
+ * top of the new head, otherwise the rows become CONFLICT and stay staged:
+ * hubfs never overwrites someone else's change.
+ *
+ * Locking: s->lock protects the entries, the branch records and the worker's
+ * state; a writer's lock protects its file.  Lock order: a writer's lock,
+ * then s->lock.  Neither is held across network I/O; a writer's lock is held
+ * across local file I/O of that writer only.
+ */
+#include "config.h"
+
+#include "stage.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* Failed commits of a branch are retried this many times, with backoff. */
+#define STAGE_RETRIES 6
+#define STAGE_BACKOFF_MAX_MS 60000
+/* A branch that keeps changing is committed at most this many quiet
+ * periods after its first change. */
+#define STAGE_BATCH_FACTOR 5
+/* Commits on top of a moved branch, at most. */
+#define STAGE_REBASES 3
+/* The longest stage_sync() waits. */
+#define STAGE_SYNC_TIMEOUT_S 900
+#define STAGE_COPY_BUF (1u << 20)
+
+struct stage_entry {
+	char *repo, *branch, *path;
+	bool deleted;			    /* a DELETE_FILE row */
+	char staged[CACHE_STAGE_NAME_SIZE]; /* an ADD row's staged file, or "" */
+	uint64_t size;			    /* of staged */
+	int64_t row;			    /* the journal row, 0 for none */
+	char base[41];			    /* the head the change is based on */
+	uint64_t version;
+	struct stage_writer *wr; /* the open writer, or NULL */
+	struct stage_entry *next;
+};
+
+struct stage_writer {
+	struct stage *s;
+	char *repo, *branch, *path;
+	char base[41]; /* protected by s->lock */
+	pthread_mutex_t lock;
+	int fd;				    /* protected by lock */
+	char staged[CACHE_STAGE_NAME_SIZE]; /* protected by lock */
+	bool frozen;			    /* protected by lock: staged is journaled */
+	bool dirty;			    /* protected by lock: changed since journaled */
+	uint64_t size;			    /* written under lock, read atomically */
+	bool unlinked;			    /* protected by s->lock */
+	unsigned refs;			    /* protected by s->lock */
+};
+
+struct stage_branch {
+	char *repo, *branch;
+	int64_t due;	   /* ms (monotonic) when to commit; 0: not queued */
+	int64_t first;	   /* ms of the first change queued since the last commit began */
+	unsigned failures; /* failed commits in a row */
+	bool busy;	   /* the worker commits it now */
+	uint64_t req;	   /* commit requests (stage_sync) */
+	uint64_t done;	   /* requests answered by a finished commit */
+	int rc;		   /* the result of the last commit */
+	struct stage_branch *next;
+};
+
+struct stage {
+	struct cache *cache;
+	struct http_client *http;
+	struct meta *meta;
+	int delay_ms;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;	       /* the worker waits on it */
+	pthread_cond_t done;	       /* stage_sync() and stage_drain() wait on it */
+	struct stage_entry *entries;   /* protected by lock */
+	struct stage_branch *branches; /* protected by lock */
+	uint64_t versions;	       /* protected by lock */
+	bool stop;		       /* protected by lock */
+	bool started;
+	pthread_t worker;
+};
+
+static int64_t stage_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void stage_deadline(struct timespec *ts, int64_t ms_from_now)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms_from_now / 1000;
+	ts->tv_nsec += (ms_from_now % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+void stage_repo_key(const struct hub_repo *repo, char key[STAGE_REPO_KEY_MAX])
+{
+	const char *t = repo->type == HUB_REPO_DATASET ? "dataset"
+			: repo->type == HUB_REPO_SPACE ? "space"
+						       : "model";
+
+	snprintf(key, STAGE_REPO_KEY_MAX, "%s/%s/%s", t, repo->ns, repo->name);
+}
+
+/* Parses a repo key into @repo, whose strings point into @buf. */
+static int stage_repo_parse(const char *key, char *buf, size_t size, struct hub_repo *repo)
+{
+	char *ns, *name;
+
+	if (snprintf(buf, size, "%s", key) >= (int)size)
+		return -EINVAL;
+	ns = strchr(buf, '/');
+	if (!ns)
+		return -EINVAL;
+	*ns++ = '\0';
+	name = strchr(ns, '/');
+	if (!name)
+		return -EINVAL;
+	*name++ = '\0';
+	if (!strcmp(buf, "model"))
+		repo->type = HUB_REPO_MODEL;
+	else if (!strcmp(buf, "dataset"))
+		repo->type = HUB_REPO_DATASET;
+	else if (!strcmp(buf, "space"))
+		repo->type = HUB_REPO_SPACE;
+	else
+		return -EINVAL;
+	repo->ns = ns;
+	repo->name = name;
+	return hub_name_valid(ns) && hub_name_valid(name) ? 0 : -EINVAL;
+}
+
+/* ---- the overlay (s->lock held) ---- */
+
+static struct stage_entry *stage_find(struct stage *s, const char *repo, const char *branch,
+				      const char *path)
+{
+	for (struct stage_entry *e = s->entries; e; e = e->next)
+		if (!strcmp(e->path, path) && !strcmp(e->branch, branch) && !strcmp(e->repo, repo))
+			return e;
+	return NULL;
+}
+
+static struct stage_entry *stage_entry_new(struct stage *s, const char *repo, const char *branch,
+					   const char *path)
+{
+	struct stage_entry *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		return NULL;
+	e->repo = strdup(repo);
+	e->branch = strdup(branch);
+	e->path = strdup(path);
+	if (!e->repo || !e->branch || !e->path) {
+		free(e->repo);
+		free(e->branch);
+		free(e->path);
+		free(e);
+		return NULL;
+	}
+	e->next = s->entries;
+	s->entries = e;
+	return e;
+}
+
+/* Frees @e if nothing keeps it: no row, no writer. */
+static void stage_entry_gc(struct stage *s, struct stage_entry *e)
+{
+	struct stage_entry **pe;
+
+	if (e->row || e->wr)
+		return;
+	for (pe = &s->entries; *pe; pe = &(*pe)->next) {
+		if (*pe == e) {
+			*pe = e->next;
+			break;
+		}
+	}
+	free(e->repo);
+	free(e->branch);
+	free(e->path);
+	free(e);
+}
+
+static struct stage_branch *stage_branch_get(struct stage *s, const char *repo, const char *branch)
+{
+	struct stage_branch *b;
+
+	for (b = s->branches; b; b = b->next)
+		if (!strcmp(b->branch, branch) && !strcmp(b->repo, repo))
+			return b;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return NULL;
+	b->repo = strdup(repo);
+	b->branch = strdup(branch);
+	if (!b->repo || !b->branch) {
+		free(b->repo);
+		free(b->branch);
+		free(b);
+		return NULL;
+	}
+	b->next = s->branches;
+	s->branches = b;
+	return b;
+}
+
+/* Queues @repo @branch for a commit after the quiet period. */
+static void stage_queue(struct stage *s, const char *repo, const char *branch)
+{
+	struct stage_branch *b = stage_branch_get(s, repo, branch);
+	int64_t now, due;
+
+	if (!b) {
+		log_msg(LOG_ERR, "out of memory: '%s@%s' is committed at the next mount", repo,
+			branch);
+		return;
+	}
+	now = stage_now_ms();
+	if (!b->first)
+		b->first = now;
+	due = now + s->delay_ms;
+	/* a busy writer still gets a commit now and then */
+	if (due > b->first + STAGE_BATCH_FACTOR * (int64_t)s->delay_ms)
+		due = b->first + STAGE_BATCH_FACTOR * (int64_t)s->delay_ms;
+	if (b->due != 1) /* 1: a commit asked for now (stage_sync) */
+		b->due = due;
+	b->failures = 0;
+	pthread_cond_signal(&s->wake);
+}
+
+static bool stage_entry_is_file(const struct stage_entry *e)
+{
+	if (e->wr && !e->wr->unlinked)
+		return true;
+	return !e->deleted && e->staged[0];
+}
+
+void stage_stat(struct stage *s, const char *repo, const char *branch, const char *path,
+		struct stage_stat *out)
+{
+	struct stage_entry *e;
+	size_t plen = strlen(path);
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && stage_entry_is_file(e)) {
+		out->what = STAGE_FILE;
+		out->size = e->wr && !e->wr->unlinked
+				? __atomic_load_n(&e->wr->size, __ATOMIC_RELAXED)
+				: e->size;
+		snprintf(out->version, sizeof(out->version), "staged:%llu",
+			 (unsigned long long)e->version);
+	} else if (e && e->deleted) {
+		out->what = STAGE_DELETED;
+	} else {
+		for (e = s->entries; e; e = e->next) {
+			if (!strcmp(e->branch, branch) && !strcmp(e->repo, repo) &&
+			    !strncmp(e->path, path, plen) && e->path[plen] == '/' &&
+			    stage_entry_is_file(e)) {
+				out->what = STAGE_DIR;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+struct stage_name {
+	char *name;
+	bool is_dir;
+};
+
+int stage_list_dir(struct stage *s, const char *repo, const char *branch, const char *dir,
+		   int (*fn)(void *arg, const char *name, bool is_dir), void *arg)
+{
+	struct stage_name *v = NULL;
+	size_t n = 0, cap = 0, dlen = strlen(dir);
+	int rc = 0;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries; e && !rc; e = e->next) {
+		const char *rest, *slash;
+		size_t len;
+		bool dup = false;
+
+		if (strcmp(e->branch, branch) || strcmp(e->repo, repo) || !stage_entry_is_file(e))
+			continue;
+		if (dlen) {
+			if (strncmp(e->path, dir, dlen) || e->path[dlen] != '/')
+				continue;
+			rest = e->path + dlen + 1;
+		} else {
+			rest = e->path;
+		}
+		slash = strchr(rest, '/');
+		len = slash ? (size_t)(slash - rest) : strlen(rest);
+		for (size_t i = 0; i < n && !dup; i++)
+			dup = strlen(v[i].name) == len && !strncmp(v[i].name, rest, len);
+		if (dup)
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			struct stage_name *nv = realloc(v, ncap * sizeof(*nv));
+
+			if (!nv) {
+				rc = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		v[n].name = strndup(rest, len);
+		v[n].is_dir = slash != NULL;
+		if (!v[n].name)
+			rc = -ENOMEM;
+		else
+			n++;
+	}
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (!rc)
+			rc = fn(arg, v[i].name, v[i].is_dir);
+		free(v[i].name);
+	}
+	free(v);
+	return rc;
+}
+
+/* ---- writers ---- */
+
+/* Copies @size bytes of @from to @to. */
+static int stage_copy_fd(int from, int to, uint64_t size)
+{
+	char *buf = malloc(STAGE_COPY_BUF);
+	uint64_t off = 0;
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (off < size) {
+		size_t want = size - off < STAGE_COPY_BUF ? (size_t)(size - off) : STAGE_COPY_BUF;
+		ssize_t n = pread(from, buf, want, (off_t)off);
+
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			break;
+		}
+		for (ssize_t done = 0; done < n;) {
+			ssize_t m = pwrite(to, buf + done, (size_t)(n - done), (off_t)(off + done));
+
+			if (m < 0) {
+				rc = -errno;
+				goto out;
+			}
+			done += m;
+		}
+		off += (uint64_t)n;
+	}
+out:
+	free(buf);
+	return rc;
+}
+
+static int64_t stage_fd_size(int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	return st.st_size;
+}
+
+static void stage_writer_free(struct stage_writer *w)
+{
+	if (w->fd >= 0)
+		close(w->fd);
+	pthread_mutex_destroy(&w->lock);
+	free(w->repo);
+	free(w->branch);
+	free(w->path);
+	free(w);
+}
+
+/* Drops a reference (s->lock not held). */
+static void stage_writer_put(struct stage_writer *w)
+{
+	struct stage *s = w->s;
+	struct stage_entry *e;
+	bool last;
+
+	pthread_mutex_lock(&s->lock);
+	last = --w->refs == 0;
+	if (last) {
+		e = stage_find(s, w->repo, w->branch, w->path);
+		if (e && e->wr == w) {
+			e->wr = NULL;
+			stage_entry_gc(s, e);
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (last) {
+		/* a staged file never journaled is an orphan now */
+		pthread_mutex_lock(&w->lock);
+		if (!w->frozen && w->staged[0])
+			cache_stage_file_remove(s->cache, w->staged);
+		pthread_mutex_unlock(&w->lock);
+		stage_writer_free(w);
+	}
+}
+
+/* Makes the writer's file one that may be written: a journaled one is copied
+ * to a new staged file first.  w->lock held. */
+static int stage_writer_thaw(struct stage_writer *w)
+{
+	char name[CACHE_STAGE_NAME_SIZE];
+	int fd, rc;
+
+	if (!w->frozen)
+		return 0;
+	fd = cache_stage_file_create(w->s->cache, name);
+	if (fd < 0)
+		return fd;
+	rc = stage_copy_fd(w->fd, fd, w->size);
+	if (rc) {
+		close(fd);
+		cache_stage_file_remove(w->s->cache, name);
+		return rc;
+	}
+	close(w->fd);
+	w->fd = fd;
+	memcpy(w->staged, name, sizeof(name));
+	w->frozen = false;
+	return 0;
+}
+
+struct stage_writer *stage_writer_open(struct stage *s, const char *repo, const char *branch,
+				       const char *path, const char *base, bool trunc,
+				       stage_fill_fn fill, void *arg, int *err)
+{
+	struct stage_writer *w = NULL, *other;
+	struct stage_entry *e;
+	char src[CACHE_STAGE_NAME_SIZE] = "";
+	int rc, srcfd = -1;
+	int64_t size;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->wr && !e->wr->unlinked) {
+		other = e->wr;
+		other->refs++;
+		pthread_mutex_unlock(&s->lock);
+		if (trunc) {
+			rc = stage_writer_truncate(other, 0);
+			if (rc) {
+				stage_writer_put(other);
+				*err = rc;
+				return NULL;
+			}
+		}
+		return other;
+	}
+	if (e && !e->deleted && e->staged[0])
+		memcpy(src, e->staged, sizeof(src));
+	pthread_mutex_unlock(&s->lock);
+
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	w->s = s;
+	w->fd = -1;
+	pthread_mutex_init(&w->lock, NULL);
+	w->repo = strdup(repo);
+	w->branch = strdup(branch);
+	w->path = strdup(path);
+	snprintf(w->base, sizeof(w->base), "%s", base);
+	if (!w->repo || !w->branch || !w->path) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	w->fd = cache_stage_file_create(s->cache, w->staged);
+	if (w->fd < 0) {
+		rc = w->fd;
+		goto fail;
+	}
+	if (!trunc && src[0]) {
+		srcfd = cache_stage_file_open(s->cache, src, false);
+		if (srcfd < 0) {
+			rc = srcfd == -ENOENT ? -EAGAIN : srcfd; /* replaced meanwhile */
+			goto fail;
+		}
+		size = stage_fd_size(srcfd);
+		rc = size < 0 ? (int)size : stage_copy_fd(srcfd, w->fd, (uint64_t)size);
+		close(srcfd);
+		if (rc)
+			goto fail;
+	} else if (!trunc && fill) {
+		rc = fill(arg, w->fd);
+		if (rc)
+			goto fail;
+	}
+	size = stage_fd_size(w->fd);
+	if (size < 0) {
+		rc = (int)size;
+		goto fail;
+	}
+	w->size = (uint64_t)size;
+	w->dirty = trunc || (!src[0] && !fill);
+	w->refs = 1;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->wr && !e->wr->unlinked) {
+		/* another open won the race: share its writer */
+		other = e->wr;
+		other->refs++;
+		pthread_mutex_unlock(&s->lock);
+		cache_stage_file_remove(s->cache, w->staged);
+		stage_writer_free(w);
+		if (trunc && (rc = stage_writer_truncate(other, 0))) {
+			stage_writer_put(other);
+			*err = rc;
+			return NULL;
+		}
+		return other;
+	}
+	if (!e)
+		e = stage_entry_new(s, repo, branch, path);
+	if (!e) {
+		pthread_mutex_unlock(&s->lock);
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (e->row)
+		memcpy(w->base, e->base, sizeof(w->base)); /* the content derives from it */
+	e->wr = w;
+	e->version = ++s->versions;
+	pthread_mutex_unlock(&s->lock);
+	return w;
+fail:
+	if (w->fd >= 0)
+		cache_stage_file_remove(s->cache, w->staged);
+	stage_writer_free(w);
+	*err = rc;
+	return NULL;
+}
+
+ssize_t stage_writer_read(struct stage_writer *w, void *buf, size_t size, uint64_t off)
+{
+	ssize_t n;
+
+	pthread_mutex_lock(&w->lock);
+	n = pread(w->fd, buf, size, (off_t)off);
+	if (n < 0)
+		n = -errno;
+	pthread_mutex_unlock(&w->lock);
+	return n;
+}
+
+ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size, uint64_t off,
+			   bool append)
+{
+	ssize_t n;
+	int rc;
+
+	pthread_mutex_lock(&w->lock);
+	rc = stage_writer_thaw(w);
+	if (rc) {
+		pthread_mutex_unlock(&w->lock);
+		return rc;
+	}
+	if (append)
+		off = w->size;
+	n = pwrite(w->fd, buf, size, (off_t)off);
+	if (n < 0) {
+		n = -errno;
+	} else {
+		w->dirty = true;
+		if (off + (uint64_t)n > w->size)
+			__atomic_store_n(&w->size, off + (uint64_t)n, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return n;
+}
+
+int stage_writer_truncate(struct stage_writer *w, uint64_t size)
+{
+	int rc;
+
+	pthread_mutex_lock(&w->lock);
+	rc = stage_writer_thaw(w);
+	if (!rc && ftruncate(w->fd, (off_t)size) < 0)
+		rc = -errno;
+	if (!rc) {
+		w->dirty = true;
+		__atomic_store_n(&w->size, size, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return rc;
+}
+
+int stage_writer_flush(struct stage_writer *w)
+{
+	struct stage *s = w->s;
+	struct cache_stage_change ch, old;
+	struct stage_entry *e;
+	bool unlinked;
+	int64_t id = 0;
+	int rc;
+
+	memset(&ch, 0, sizeof(ch));
+	memset(&old, 0, sizeof(old));
+	pthread_mutex_lock(&w->lock);
+	pthread_mutex_lock(&s->lock);
+	unlinked = w->unlinked;
+	memcpy(ch.base_commit, w->base, sizeof(ch.base_commit));
+	pthread_mutex_unlock(&s->lock);
+	if (!w->dirty || unlinked) {
+		pthread_mutex_unlock(&w->lock);
+		return 0;
+	}
+	ch.repo = w->repo;
+	ch.branch = w->branch;
+	ch.kind = CACHE_STAGE_ADD;
+	ch.path = w->path;
+	memcpy(ch.staged, w->staged, sizeof(ch.staged));
+	ch.size = w->size;
+	rc = cache_stage_replace(s->cache, &ch, &id, &old);
+	if (rc) {
+		pthread_mutex_unlock(&w->lock);
+		log_msg(LOG_ERR, "cannot journal '%s' of '%s@%s': %s", w->path, w->repo, w->branch,
+			strerror(-rc));
+		return rc;
+	}
+	w->frozen = true;
+	w->dirty = false;
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, w->repo, w->branch, w->path);
+	if (!e)
+		e = stage_entry_new(s, w->repo, w->branch, w->path);
+	if (e) {
+		e->deleted = false;
+		memcpy(e->staged, w->staged, sizeof(e->staged));
+		e->size = w->size;
+		e->row = id;
+		memcpy(e->base, ch.base_commit, sizeof(e->base));
+		e->version = ++s->versions;
+	}
+	stage_queue(s, w->repo, w->branch);
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&w->lock);
+	if (old.id && old.staged[0] && strcmp(old.staged, ch.staged))
+		cache_stage_file_remove(s->cache, old.staged);
+	cache_stage_change_release(&old);
+	return 0;
+}
+
+int stage_writer_close(struct stage_writer *w)
+{
+	int rc = stage_writer_flush(w);
+
+	stage_writer_put(w);
+	return rc;
+}
+
+int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
+		 const char *base)
+{
+	struct cache_stage_change ch, old;
+	struct stage_entry *e;
+	int64_t id = 0;
+	int rc;
+
+	memset(&ch, 0, sizeof(ch));
+	memset(&old, 0, sizeof(old));
+	ch.repo = (char *)repo;
+	ch.branch = (char *)branch;
+	ch.kind = CACHE_STAGE_DELETE_FILE;
+	ch.path = (char *)path;
+	snprintf(ch.base_commit, sizeof(ch.base_commit), "%s", base);
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->row)
+		memcpy(ch.base_commit, e->base, sizeof(ch.base_commit));
+	if (e && e->wr)
+		e->wr->unlinked = true;
+	pthread_mutex_unlock(&s->lock);
+	rc = cache_stage_replace(s->cache, &ch, &id, &old);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot journal the deletion of '%s' of '%s@%s': %s", path, repo,
+			branch, strerror(-rc));
+		return rc;
+	}
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (!e)
+		e = stage_entry_new(s, repo, branch, path);
+	if (e) {
+		if (e->wr)
+			e->wr = NULL; /* it lives on unlinked, as an open file does */
+		e->deleted = true;
+		e->staged[0] = '\0';
+		e->size = 0;
+		e->row = id;
+		memcpy(e->base, ch.base_commit, sizeof(e->base));
+		e->version = ++s->versions;
+	}
+	stage_queue(s, repo, branch);
+	pthread_mutex_unlock(&s->lock);
+	if (old.id && old.staged[0])
+		cache_stage_file_remove(s->cache, old.staged);
+	cache_stage_change_release(&old);
+	return 0;
+}
+
+int stage_open_read(struct stage *s, const char *repo, const char *branch, const char *path)
+{
+	struct stage_entry *e;
+	struct stage_writer *w = NULL;
+	char name[CACHE_STAGE_NAME_SIZE] = "";
+	int fd;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->wr && !e->wr->unlinked) {
+		w = e->wr;
+		w->refs++;
+	} else if (e && !e->deleted && e->staged[0]) {
+		memcpy(name, e->staged, sizeof(name));
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (w) {
+		pthread_mutex_lock(&w->lock);
+		fd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			fd = -errno;
+		pthread_mutex_unlock(&w->lock);
+		stage_writer_put(w);
+		return fd;
+	}
+	if (!name[0])
+		return -ENOENT;
+	return cache_stage_file_open(s->cache, name, false);
+}
+
+/* ---- commits ---- */
+
+/* The rows of a commit and what goes with them. */
+struct stage_op {
+	struct cache_stage_change *row;
+	int fd;
+	char git_id[CACHE_ID_MAX];
+	bool skip; /* a deletion of what does not exist: nothing to send */
+	bool lfs;  /* preupload's decision */
+};
+
+/* Hashes @fd (@size bytes) into its sha256 and git blob id. */
+static int stage_hash(int fd, uint64_t size, char sha256[65], char git_id[CACHE_ID_MAX])
+{
+	struct cache_hasher *h1 = NULL, *h2 = NULL;
+	char *buf = malloc(STAGE_COPY_BUF);
+	uint64_t off = 0;
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	h1 = cache_hasher_new(CACHE_ID_SHA256, size, &rc);
+	if (h1)
+		h2 = cache_hasher_new(CACHE_ID_GIT_SHA1, size, &rc);
+	if (!h2)
+		goto out;
+	while (off < size && !rc) {
+		size_t want = size - off < STAGE_COPY_BUF ? (size_t)(size - off) : STAGE_COPY_BUF;
+		ssize_t n = pread(fd, buf, want, (off_t)off);
+
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			break;
+		}
+		rc = cache_hasher_update(h1, buf, (size_t)n);
+		if (!rc)
+			rc = cache_hasher_update(h2, buf, (size_t)n);
+		off += (uint64_t)n;
+	}
+	if (!rc) {
+		char hex[CACHE_ID_MAX];
+
+		rc = cache_hasher_final(h1, hex);
+		memcpy(sha256, hex, 65);
+		if (!rc)
+			rc = cache_hasher_final(h2, git_id);
+	}
+out:
+	cache_hasher_free(h1);
+	cache_hasher_free(h2);
+	free(buf);
+	return rc;
+}
+
+/* Whether @path is the same at commits @a and @b. */
+static int stage_path_same(struct stage *s, const struct hub_repo *repo, const char *a,
+			   const char *b, const char *path, bool *same)
+{
+	struct cache_entry ea, eb;
+	int ra = meta_lookup(s->meta, repo, a, path, &ea);
+	int rb = meta_lookup(s->meta, repo, b, path, &eb);
+
+	if ((ra && ra != -ENOENT) || (rb && rb != -ENOENT)) {
+		if (!ra)
+			cache_entry_release(&ea);
+		if (!rb)
+			cache_entry_release(&eb);
+		return ra && ra != -ENOENT ? ra : rb;
+	}
+	*same = ra == rb && (ra || (ea.is_dir == eb.is_dir && !strcmp(ea.oid, eb.oid) &&
+				    !strcmp(ea.sha256, eb.sha256)));
+	if (!ra)
+		cache_entry_release(&ea);
+	if (!rb)
+		cache_entry_release(&eb);
+	return 0;
+}
+
+static void stage_mark(struct stage *s, const int64_t *ids, size_t n, enum cache_stage_state state,
+		       const char *error, bool attempt)
+{
+	struct cache_stage_update u = {0};
+
+	u.set = CACHE_STAGE_SET_STATE | (error ? CACHE_STAGE_SET_ERROR : 0) |
+		(attempt ? CACHE_STAGE_ADD_ATTEMPT : 0);
+	u.state = state;
+	u.error = error;
+	if (cache_stage_update(s->cache, ids, n, &u, NULL))
+		log_msg(LOG_WARNING, "cannot record the state of a commit in the journal");
+}
+
+/* The overlay forgets the committed rows @ids; writers of the branch that
+ * were based on @parent are based on @commit now (as the journal's rows). */
+static void stage_forget_rows(struct stage *s, const char *repo, const char *branch,
+			      const int64_t *ids, size_t n, const char *parent, const char *commit)
+{
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries; e; e = e->next) {
+		if (strcmp(e->branch, branch) || strcmp(e->repo, repo))
+			continue;
+		if (e->wr && !strcmp(e->wr->base, parent))
+			snprintf(e->wr->base, sizeof(e->wr->base), "%s", commit);
+		if (e->row && !strcmp(e->base, parent))
+			snprintf(e->base, sizeof(e->base), "%s", commit);
+	}
+	for (size_t i = 0; i < n; i++) {
+		for (struct stage_entry *e = s->entries; e; e = e->next) {
+			if (e->row == ids[i]) {
+				e->row = 0;
+				e->staged[0] = '\0';
+				e->deleted = false;
+				e->version = ++s->versions;
+				stage_entry_gc(s, e);
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
+ * changed meanwhile: try again), -ESTALE (a conflict: rows kept, marked), or
+ * the commit's -errno (rows marked FAILED). */
+static int stage_commit_branch(struct stage *s, const char *rkey, const char *branch)
+{
+	struct cache_stage_change *rows = NULL;
+	struct stage_op *ops = NULL;
+	struct hub_op *hops = NULL;
+	int64_t *ids = NULL;
+	size_t nrows = 0, n = 0, nh, nstaged = 0;
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	char buf[STAGE_REPO_KEY_MAX], parent[41], base0[41], commit[HUB_COMMIT_LEN + 1],
+	    summary[512];
+	char err[CACHE_STAGE_ERROR_MAX];
+	bool conflicts = false, uploaded = false;
+	struct hub_repo repo;
+	struct hub_revision head;
+	int rc;
+
+	rc = stage_repo_parse(rkey, buf, sizeof(buf), &repo);
+	if (rc) {
+		log_msg(LOG_ERR, "journal: '%s' is not a repo: its changes are kept", rkey);
+		return -EIO;
+	}
+	rc = cache_stage_list(s->cache, rkey, branch, &rows, &nrows);
+	if (rc)
+		return rc;
+	ops = calloc(nrows ? nrows : 1, sizeof(*ops));
+	hops = calloc(nrows ? nrows : 1, sizeof(*hops));
+	ids = calloc(nrows ? nrows : 1, sizeof(*ids));
+	if (!ops || !hops || !ids) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < nrows; i++) {
+		struct cache_stage_change *r = &rows[i];
+
+		if (r->state == CACHE_STAGE_CONFLICT) {
+			conflicts = true;
+			continue;
+		}
+		if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE)
+			continue; /* not written by this version */
+		ops[n].row = r;
+		ops[n].fd = -1;
+		ids[n] = r->id;
+		n++;
+	}
+	if (n == 0) {
+		rc = conflicts ? -ESTALE : 0;
+		goto out;
+	}
+	snprintf(parent, sizeof(parent), "%s", ops[0].row->base_commit);
+	if (!hub_commit_id_valid(parent, false)) {
+		rc = meta_revision(s->meta, &repo, branch, &head);
+		if (rc)
+			goto failed;
+		memcpy(parent, head.commit, sizeof(parent));
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct cache_stage_change *r = ops[i].row;
+		int64_t size;
+
+		if (r->kind != CACHE_STAGE_ADD)
+			continue;
+		ops[i].fd = cache_stage_file_open(s->cache, r->staged, false);
+		if (ops[i].fd < 0) {
+			rc = ops[i].fd == -ENOENT ? -EAGAIN : ops[i].fd;
+			ops[i].fd = -1;
+			goto out;
+		}
+		size = stage_fd_size(ops[i].fd);
+		if (size < 0 || (uint64_t)size != r->size) {
+			log_msg(
+			    LOG_ERR, "staged '%s' of '%s@%s' has %lld bytes, the journal says %llu",
+			    r->path, rkey, branch, (long long)size, (unsigned long long)r->size);
+			rc = -EIO;
+			goto failed;
+		}
+		rc = stage_hash(ops[i].fd, r->size, r->sha256, ops[i].git_id);
+		if (rc)
+			goto failed;
+		cache_stage_set_content(s->cache, r->id, r->size, r->sha256);
+	}
+	stage_mark(s, ids, n, CACHE_STAGE_UPLOADING, NULL, true);
+	memcpy(base0, parent, sizeof(base0));
+
+	for (int round = 0;; round++) {
+		nh = 0;
+		for (size_t i = 0; i < n; i++) {
+			struct cache_stage_change *r = ops[i].row;
+			struct hub_op *h = &hops[nh];
+			struct cache_entry e;
+
+			ops[i].skip = false;
+			if (r->kind == CACHE_STAGE_DELETE_FILE) {
+				/* a file that never reached the Hub has nothing to delete */
+				rc = meta_lookup(s->meta, &repo, parent, r->path, &e);
+				if (rc == -ENOENT) {
+					ops[i].skip = true;
+					continue;
+				}
+				if (rc)
+					goto failed;
+				cache_entry_release(&e);
+			}
+			memset(h, 0, sizeof(*h));
+			h->path = r->path;
+			h->fd = ops[i].fd;
+			h->kind = r->kind == CACHE_STAGE_ADD ? HUB_OP_ADD : HUB_OP_DELETE_FILE;
+			h->size = r->size;
+			h->lfs = ops[i].lfs;
+			memcpy(h->sha256, r->sha256, sizeof(h->sha256));
+			nh++;
+		}
+		if (nh == 0) {
+			memcpy(commit, parent, sizeof(commit)); /* nothing to send */
+			rc = 0;
+			break;
+		}
+		if (!uploaded) {
+			rc = hub_preupload(s->http, &repo, branch, hops, nh);
+			if (rc)
+				goto failed;
+			for (size_t i = 0; i < nh; i++) {
+				if (hops[i].kind == HUB_OP_ADD && hops[i].lfs) {
+					rc = hub_lfs_upload(s->http, &repo, branch, &hops[i]);
+					if (rc)
+						goto failed;
+				}
+			}
+			/* the decisions hold for the next rounds: same files */
+			for (size_t i = 0, j = 0; i < n; i++)
+				if (!ops[i].skip)
+					ops[i].lfs = hops[j++].lfs;
+			uploaded = true;
+		}
+		stage_mark(s, ids, n, CACHE_STAGE_COMMITTING, NULL, false);
+		if (nh == 1)
+			snprintf(summary, sizeof(summary), "%s %s with hubfs",
+				 hops[0].kind == HUB_OP_ADD ? "Upload" : "Delete", hops[0].path);
+		else
+			snprintf(summary, sizeof(summary), "Update %zu files with hubfs", nh);
+		rc = hub_commit(s->http, &repo, branch, summary, parent, hops, nh, commit);
+		if (rc != -ESTALE)
+			break;
+		/* the branch moved: go on only if none of our paths changed */
+		meta_forget_revision(s->meta, &repo, branch);
+		rc = meta_revision(s->meta, &repo, branch, &head);
+		if (rc)
+			goto failed;
+		for (size_t i = 0; i < n; i++) {
+			bool same = false;
+
+			rc =
+			    stage_path_same(s, &repo, parent, head.commit, ops[i].row->path, &same);
+			if (rc)
+				goto failed;
+			if (!same) {
+				snprintf(err, sizeof(err),
+					 "conflict: '%s' changed on the Hub (now at %s) since %s",
+					 ops[i].row->path, head.commit, parent);
+				log_msg(LOG_ERR, "'%s@%s': %s; the change is kept, not committed",
+					rkey, branch, err);
+				stage_mark(s, ids, n, CACHE_STAGE_CONFLICT, err, false);
+				rc = -ESTALE;
+				goto out;
+			}
+		}
+		if (round + 1 >= STAGE_REBASES) {
+			rc = -EIO;
+			goto failed;
+		}
+		log_msg(LOG_INFO, "'%s@%s' moved to %s; committing on top of it", rkey, branch,
+			head.commit);
+		memcpy(parent, head.commit, sizeof(parent));
+	}
+	if (rc)
+		goto failed;
+	rc =
+	    cache_stage_committed(s->cache, rkey, branch, ids, n, base0, commit, &staged, &nstaged);
+	if (rc) {
+		log_msg(LOG_ERR, "'%s@%s' is committed (%s) but the journal cannot forget it: %s",
+			rkey, branch, commit, strerror(-rc));
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct cache_stage_change *r = ops[i].row;
+
+		if (r->kind != CACHE_STAGE_ADD)
+			continue;
+		if (r->size > 0 &&
+		    cache_blob_import(s->cache, ops[i].lfs ? r->sha256 : ops[i].git_id, ops[i].fd))
+			log_msg(LOG_INFO, "'%s' is committed but not kept in the cache", r->path);
+	}
+	for (size_t i = 0; i < nstaged; i++)
+		cache_stage_file_remove(s->cache, staged[i]);
+	free(staged);
+	meta_forget_revision(s->meta, &repo, branch);
+	stage_forget_rows(s, rkey, branch, ids, n, base0, commit);
+	log_msg(LOG_NOTICE, "'%s@%s': %zu change%s committed as %s", rkey, branch, n,
+		n == 1 ? "" : "s", commit);
+	rc = 0;
+	goto out;
+failed:
+	snprintf(err, sizeof(err), "commit failed: %s", strerror(-rc));
+	log_msg(LOG_WARNING, "'%s@%s': %s; the changes stay staged", rkey, branch, err);
+	stage_mark(s, ids, n, CACHE_STAGE_FAILED, err, false);
+out:
+	for (size_t i = 0; ops && i < n; i++)
+		if (ops[i].fd >= 0)
+			close(ops[i].fd);
+	free(ops);
+	free(hops);
+	free(ids);
+	cache_stage_changes_free(rows, nrows);
+	return rc;
+}
+
+/* ---- the worker ---- */
+
+static int64_t stage_backoff_ms(unsigned failures)
+{
+	int64_t ms = 2000ll << (failures < 10 ? failures - 1 : 9);
+
+	return ms > STAGE_BACKOFF_MAX_MS ? STAGE_BACKOFF_MAX_MS : ms;
+}
+
+static void *stage_worker(void *arg)
+{
+	struct stage *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->stop) {
+		struct stage_branch *b, *next = NULL;
+		int64_t now = stage_now_ms();
+		uint64_t req;
+		int rc;
+
+		for (b = s->branches; b; b = b->next)
+			if (b->due && !b->busy && (!next || b->due < next->due))
+				next = b;
+		if (!next || next->due > now) {
+			struct timespec ts;
+
+			if (next) {
+				stage_deadline(&ts, next->due - now);
+				pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+			} else {
+				pthread_cond_wait(&s->wake, &s->lock);
+			}
+			continue;
+		}
+		b = next;
+		b->busy = true;
+		b->due = 0;
+		b->first = 0;
+		req = b->req;
+		pthread_mutex_unlock(&s->lock);
+		rc = stage_commit_branch(s, b->repo, b->branch);
+		pthread_mutex_lock(&s->lock);
+		b->busy = false;
+		if (rc == -EAGAIN) {
+			b->due = stage_now_ms() + 100; /* a row was replaced meanwhile */
+			continue;
+		}
+		b->done = req;
+		b->rc = rc;
+		if (rc && rc != -ESTALE) {
+			b->failures++;
+			if (b->failures < STAGE_RETRIES && !b->due)
+				b->due = stage_now_ms() + stage_backoff_ms(b->failures);
+			else if (!b->due)
+				log_msg(LOG_ERR,
+					"'%s@%s': giving up after %u failed commits; the changes"
+					" stay staged until the next change, fsync or mount",
+					b->repo, b->branch, b->failures);
+		} else {
+			b->failures = 0;
+		}
+		pthread_cond_broadcast(&s->done);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int stage_sync(struct stage *s, const char *repo, const char *branch)
+{
+	struct stage_branch *b;
+	struct timespec ts;
+	uint64_t my;
+	int rc = 0;
+
+	stage_deadline(&ts, (int64_t)STAGE_SYNC_TIMEOUT_S * 1000);
+	pthread_mutex_lock(&s->lock);
+	b = stage_branch_get(s, repo, branch);
+	if (!b) {
+		pthread_mutex_unlock(&s->lock);
+		return -ENOMEM;
+	}
+	my = ++b->req;
+	b->due = 1; /* now, before any other */
+	pthread_cond_signal(&s->wake);
+	while (b->done < my && !rc && !s->stop)
+		rc = pthread_cond_timedwait(&s->done, &s->lock, &ts);
+	if (b->done >= my)
+		rc = b->rc;
+	else
+		rc = -ETIMEDOUT;
+	pthread_mutex_unlock(&s->lock);
+	switch (rc) {
+	case 0:
+	case -EACCES:
+	case -ENOSPC:
+	case -EDQUOT:
+	case -ENOMEM:
+	case -ETIMEDOUT:
+		return rc;
+	default:
+		return -EIO;
+	}
+}
+
+void stage_drain(struct stage *s, int timeout)
+{
+	struct stage_branch *b;
+	struct timespec ts;
+	bool waiting;
+
+	if (!s)
+		return;
+	stage_deadline(&ts, (int64_t)timeout * 1000);
+	pthread_mutex_lock(&s->lock);
+	for (b = s->branches; b; b = b->next) {
+		if (b->due && b->failures == 0) {
+			b->req++;
+			b->due = 1;
+		}
+	}
+	pthread_cond_signal(&s->wake);
+	for (;;) {
+		waiting = false;
+		for (b = s->branches; b; b = b->next)
+			if (b->busy || (b->done < b->req && b->failures == 0))
+				waiting = true;
+		if (!waiting)
+			break;
+		log_msg(LOG_NOTICE, "waiting for pending commits");
+		if (pthread_cond_timedwait(&s->done, &s->lock, &ts))
+			break;
+	}
+	for (b = s->branches; b; b = b->next) {
+		uint64_t changes = 0, bytes = 0;
+
+		if (cache_stage_count(s->cache, b->repo, b->branch, &changes, &bytes) || !changes)
+			continue;
+		log_msg(LOG_WARNING,
+			"'%s@%s': %llu change%s (%llu bytes) not committed%s; kept in"
+			" the cache for the next mount",
+			b->repo, b->branch, (unsigned long long)changes, changes == 1 ? "" : "s",
+			(unsigned long long)bytes, b->rc == -ESTALE ? " (conflict)" : "");
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Loads the journal into the overlay and queues its branches. */
+static int stage_resume(struct stage *s)
+{
+	struct cache_stage_branch *br = NULL;
+	size_t nbr = 0;
+	int rc;
+
+	rc = cache_stage_orphans(s->cache, true, NULL, NULL);
+	if (rc)
+		log_msg(LOG_WARNING, "cannot remove orphan staged files: %s", strerror(-rc));
+	rc = cache_stage_branches(s->cache, &br, &nbr);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < nbr && !rc; i++) {
+		struct cache_stage_change *rows = NULL;
+		size_t n = 0;
+
+		rc = cache_stage_list(s->cache, br[i].repo, br[i].branch, &rows, &n);
+		if (rc)
+			break;
+		pthread_mutex_lock(&s->lock);
+		for (size_t j = 0; j < n && !rc; j++) {
+			struct cache_stage_change *r = &rows[j];
+			struct stage_entry *e;
+
+			if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE)
+				continue;
+			e = stage_entry_new(s, r->repo, r->branch, r->path);
+			if (!e) {
+				rc = -ENOMEM;
+				break;
+			}
+			e->deleted = r->kind == CACHE_STAGE_DELETE_FILE;
+			memcpy(e->staged, r->staged, sizeof(e->staged));
+			e->size = r->size;
+			e->row = r->id;
+			memcpy(e->base, r->base_commit, sizeof(e->base));
+			e->version = ++s->versions;
+		}
+		if (!rc)
+			stage_queue(s, br[i].repo, br[i].branch);
+		pthread_mutex_unlock(&s->lock);
+		if (!rc)
+			log_msg(LOG_NOTICE, "'%s@%s': %llu staged change%s resumed", br[i].repo,
+				br[i].branch, (unsigned long long)br[i].changes,
+				br[i].changes == 1 ? "" : "s");
+		cache_stage_changes_free(rows, n);
+	}
+	cache_stage_branches_free(br, nbr);
+	return rc;
+}
+
+struct stage *stage_new(const struct stage_config *cfg, int *err)
+{
+	struct stage *s = calloc(1, sizeof(*s));
+	pthread_condattr_t ca;
+	int rc;
+
+	if (!s) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	s->cache = cfg->cache;
+	s->http = cfg->http;
+	s->meta = cfg->meta;
+	s->delay_ms = cfg->delay * 1000;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->wake, &ca);
+	pthread_cond_init(&s->done, &ca);
+	pthread_condattr_destroy(&ca);
+	rc = stage_resume(s);
+	if (!rc) {
+		rc = -pthread_create(&s->worker, NULL, stage_worker, s);
+		s->started = rc == 0;
+	}
+	if (rc) {
+		stage_free(s);
+		*err = rc;
+		return NULL;
+	}
+	return s;
+}
+
+void stage_free(struct stage *s)
+{
+	if (!s)
+		return;
+	if (s->started) {
+		pthread_mutex_lock(&s->lock);
+		s->stop = true;
+		pthread_cond_broadcast(&s->wake);
+		pthread_cond_broadcast(&s->done);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->worker, NULL);
+	}
+	while (s->entries) {
+		struct stage_entry *e = s->entries;
+
+		s->entries = e->next;
+		free(e->repo);
+		free(e->branch);
+		free(e->path);
+		free(e);
+	}
+	while (s->branches) {
+		struct stage_branch *b = s->branches;
+
+		s->branches = b->next;
+		free(b->repo);
+		free(b->branch);
+		free(b);
+	}
+	pthread_cond_destroy(&s->wake);
+	pthread_cond_destroy(&s->done);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}

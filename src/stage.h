@@ -1,0 +1,136 @@
+/*
+ * Writes: the staging overlay of writable branch views, and the commit
+ * worker that turns staged changes into commits on the Hub.
+ *
+ * The journal (cache_stage.h) is the truth; this module keeps an in-memory
+ * overlay of it keyed by (repo, branch, path) so that lookups, listings and
+ * reads of a branch view see the changes before they are committed (read
+ * your writes).  The overlay is filled from the journal when the stage is
+ * created (resume after a crash) and updated on every change.
+ *
+ * A repo is named by its key "TYPE/NS/NAME" (TYPE "model", "dataset",
+ * "space"): stage_repo_key() builds it.
+ *
+ * Files being written: every write handle of one path shares a writer, whose
+ * content is a staged file.  A journaled staged file never changes: when a
+ * writer's file was journaled (at a release or an fsync) and is written
+ * again, the writer first copies it to a fresh staged file.  So the commit
+ * worker uploads exactly what was journaled.
+ *
+ * Thread safety: every function may be called from any thread.  Only
+ * stage_sync() and stage_drain() wait for the network; the rest never do.
+ */
+#ifndef HUBFS_STAGE_H
+#define HUBFS_STAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cache.h"
+#include "http.h"
+#include "hub_api.h"
+#include "meta.h"
+
+/* Room for a repo key and its NUL. */
+#define STAGE_REPO_KEY_MAX (8 + 2 * HUB_NAME_MAX + 3)
+
+struct stage_config {
+	struct cache *cache;	  /* borrowed */
+	struct http_client *http; /* borrowed */
+	struct meta *meta;	  /* borrowed */
+	int delay;		  /* seconds of quiet before a branch is committed */
+};
+
+struct stage;
+struct stage_writer;
+
+/* Loads the overlay from the journal, removes orphan staged files, starts
+ * the commit worker and queues every branch that has rows.  Returns NULL
+ * with *@err (-ENOMEM, -errno). */
+struct stage *stage_new(const struct stage_config *cfg, int *err);
+
+/* Stops the worker (a commit in flight is finished first) and frees @s.
+ * Every writer must have been closed.  NULL is a no-op. */
+void stage_free(struct stage *s);
+
+/* Commits every branch with pending changes now and waits for them, at
+ * most @timeout seconds in all; logs what is left.  Branches whose last
+ * commit failed (a conflict, no rights) are not tried again, only logged. */
+void stage_drain(struct stage *s, int timeout);
+
+/* Writes "TYPE/NS/NAME" of @repo to @key. */
+void stage_repo_key(const struct hub_repo *repo, char key[STAGE_REPO_KEY_MAX]);
+
+/* What the overlay says of a path. */
+enum stage_what {
+	STAGE_NONE,    /* nothing: ask the tree */
+	STAGE_FILE,    /* a staged file: size and version are set */
+	STAGE_DELETED, /* deleted: ENOENT, whatever the tree says */
+	STAGE_DIR,     /* a directory holding staged files */
+};
+
+struct stage_stat {
+	enum stage_what what;
+	uint64_t size;
+	char version[41]; /* changes whenever the content may have changed */
+};
+
+/* What the overlay says of @path ("" never is staged) of @repo @branch. */
+void stage_stat(struct stage *s, const char *repo, const char *branch, const char *path,
+		struct stage_stat *out);
+
+/* Calls @fn(@arg, name, is_dir) for each name directly in @dir that the
+ * overlay adds (staged files and the directories holding them), and returns
+ * 0, or the first non-zero return of @fn.  Names are borrowed for the call.
+ * @fn must not call into the stage. */
+int stage_list_dir(struct stage *s, const char *repo, const char *branch, const char *dir,
+		   int (*fn)(void *arg, const char *name, bool is_dir), void *arg);
+
+/* An fd (read-only, the caller closes it) on the staged content of @path,
+ * or -ENOENT when the overlay has no file there, or -errno. */
+int stage_open_read(struct stage *s, const char *repo, const char *branch, const char *path);
+
+/* Copies the current content of a file into @fd (a new staged file); used
+ * when an existing file of the tree is opened for writing without O_TRUNC.
+ * Returns 0 or -errno. */
+typedef int (*stage_fill_fn)(void *arg, int fd);
+
+/* Opens the writer of @path (taking a reference), creating it when the path
+ * has none: its content is then empty with @trunc, else the staged content
+ * of the path if the overlay has a file there, else what @fill writes
+ * (@fill NULL: empty; a new file).  @base is the branch head the caller saw
+ * (40 hex digits).  A new empty file (@trunc) counts as a change.
+ * Returns the writer, or NULL with *@err. */
+struct stage_writer *stage_writer_open(struct stage *s, const char *repo, const char *branch,
+				       const char *path, const char *base, bool trunc,
+				       stage_fill_fn fill, void *arg, int *err);
+
+/* pread/pwrite on the writer's content.  @append writes at the end. */
+ssize_t stage_writer_read(struct stage_writer *w, void *buf, size_t size, uint64_t off);
+ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size, uint64_t off,
+			   bool append);
+
+/* Sets the size of the content.  Returns 0 or -errno. */
+int stage_writer_truncate(struct stage_writer *w, uint64_t size);
+
+/* Journals the writer's content if it changed since it was last journaled,
+ * and queues its branch.  Returns 0 or -errno (-ENOSPC ...). */
+int stage_writer_flush(struct stage_writer *w);
+
+/* stage_writer_flush(), then drops the reference.  Returns the flush's
+ * result. */
+int stage_writer_close(struct stage_writer *w);
+
+/* Journals the deletion of @path (a file of the view), based on @base, and
+ * queues the branch.  Returns 0 or -errno. */
+int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
+		 const char *base);
+
+/* Commits the pending changes of @repo @branch now and waits until the
+ * commit is on the Hub.  Returns 0 (also when nothing was pending), or
+ * -EACCES (no write rights), -EIO (a conflict, or the Hub refused), -ENOSPC,
+ * -ETIMEDOUT ...; the changes then stay staged. */
+int stage_sync(struct stage *s, const char *repo, const char *branch);
+
+#endif
