@@ -12,6 +12,9 @@ int cmd_mount(int argc, char *argv[]);
 /* hubfs umount MOUNTPOINT */
 int cmd_umount(int argc, char *argv[]);
 
+/* hubfs status [MOUNTPOINT] [--cache-dir DIR] */
+int cmd_status(int argc, char *argv[]);
+
 /* hubfs cache stats|prune|clear [--cache-dir DIR] [--cache-size SIZE] */
 int cmd_cache(int argc, char *argv[]);
 

@@ -2,8 +2,6 @@
  * hubfs: the command line.
  *
  * Dispatches "hubfs COMMAND [ARGS]" to the command's entry point (cmd.h).
- * status is named so that scripts and users see the planned interface, and
- * says plainly that this build does not have it yet.
  */
 #include "config.h"
 
@@ -26,7 +24,7 @@ static const char hubfs_usage[] =
 	"commands:\n"
 	"  mount MOUNTPOINT      mount the Hub on MOUNTPOINT (read-only for now)\n"
 	"  umount MOUNTPOINT     unmount\n"
-	"  status [MOUNTPOINT]   pending changes, uploads and errors      (planned)\n"
+	"  status [MOUNTPOINT]   changes not yet on the Hub, and their errors\n"
 	"  cache stats|prune|clear\n"
 	"                        show, trim or empty the blob cache\n"
 	"\n"
@@ -51,7 +49,6 @@ static void hubfs_print_version(void)
 	printf("%s\n", cache_hash_lib_version());
 }
 
-static const char *const hubfs_planned[] = { "status" };
 
 int main(int argc, char *argv[])
 {
@@ -76,13 +73,8 @@ int main(int argc, char *argv[])
 		return cmd_umount(argc - 1, argv + 1);
 	if (!strcmp(cmd, "cache"))
 		return cmd_cache(argc - 1, argv + 1);
-	for (size_t i = 0; i < sizeof(hubfs_planned) / sizeof(hubfs_planned[0]); i++) {
-		if (!strcmp(cmd, hubfs_planned[i])) {
-			log_msg(LOG_ERR, "command '%s' is not implemented in hubfs %s yet", cmd,
-				PACKAGE_VERSION);
-			return 1;
-		}
-	}
+	if (!strcmp(cmd, "status"))
+		return cmd_status(argc - 1, argv + 1);
 	log_msg(LOG_ERR, "unknown command '%s' (see 'hubfs --help')", cmd);
 	return 2;
 }

@@ -21,9 +21,13 @@ check "--version exits 0" test $rc -eq 0
 check "--version names hubfs and its version" grep -qx "hubfs [0-9][0-9.]*" <<<"$(head -n1 <<<"$out")"
 check "--version names libfuse" grep -q "^libfuse 3\." <<<"$out"
 check "--version names libcurl" grep -q "^libcurl/" <<<"$out"
-err=$("$hubfs" status 2>&1); rc=$?
-check "a planned command exits 1" test $rc -eq 1
-check "a planned command says it is not implemented" grep -q "not implemented" <<<"$err"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+out=$("$hubfs" status --cache-dir "$tmp/cache" 2>&1); rc=$?
+check "status of an empty cache exits 0" test $rc -eq 0
+check "status of an empty cache says nothing is pending" grep -q "nothing pending" <<<"$out"
+err=$("$hubfs" status --bogus 2>&1); rc=$?
+check "status with a bad option exits 2" test $rc -eq 2
 err=$("$hubfs" frobnicate 2>&1); rc=$?
 check "an unknown command exits 2" test $rc -eq 2
 check "an unknown command is named in the error" grep -q "'frobnicate'" <<<"$err"

@@ -271,6 +271,27 @@ def test_consistency(hub):
         T.ok(not m.sanitizer_report(), "consistency: no sanitizer report")
 
 
+def test_status(hub):
+    """hubfs status shows what is staged and why it is not on the Hub."""
+    from harness import ALICE_READ_TOKEN
+    with Mount(hub, token=ALICE_READ_TOKEN, args=["--commit-delay", "600"]) as m:
+        path = m.p("alice/tiny-model/main/status-check.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 3000)
+            f.flush()
+            try:
+                os.fsync(f.fileno())
+                code = 0
+            except OSError as e:
+                code = e.errno
+        T.eq(code, errno.EACCES, "fsync with a read-only token is EACCES")
+        r = run_hubfs(["status", m.p(""), "--cache-dir", m.cache_dir])
+        ok = r.returncode == 0 and "model/alice/tiny-model @ main: 1 change" in r.stdout and "failed 1" in r.stdout \
+            and "last error" in r.stdout
+        T.ok(ok, "hubfs status shows the pending change, its state and its error", r.stdout + r.stderr)
+        m.unmount()
+
+
 def errno_of_stat(path):
     try:
         os.stat(path)
@@ -287,7 +308,7 @@ def main():
     try:
         with LocalHub(root=os.path.join(root, "hub"), seed=True) as hub:
             for test in (test_mount_errors, test_retry_after, test_interrupt, test_token_not_logged, test_mmap,
-                         test_consistency):
+                         test_consistency, test_status):
                 try:
                     test(hub)
                 except Exception as e:  # noqa: B902 - a crash of a test is a failure, the rest go on
