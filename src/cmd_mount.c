@@ -40,6 +40,7 @@ struct mount_opts {
 	int offline;
 	int help;
 	int public_only;
+	int public_repos;
 	char *endpoint;
 	char *token_file;
 	char *cache_dir;
@@ -58,6 +59,7 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("-d", debug),
 	MOUNT_OPT("--debug", debug),
 	MOUNT_OPT("--offline", offline),
+	MOUNT_OPT("--public-repos", public_repos),
 	MOUNT_OPT("-h", help),
 	MOUNT_OPT("--help", help),
 	MOUNT_OPT("--endpoint %s", endpoint),
@@ -80,7 +82,8 @@ static const struct fuse_opt mount_spec[] = {
 static const char mount_usage[] =
 	"usage: hubfs mount [-f] [-d] [-o FUSE_OPTIONS] [--endpoint URL] [--token-file FILE]\n"
 	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
-	"                   [--timeout SECONDS] [--commit-delay SECONDS] [--offline] MOUNTPOINT\n"
+	"                   [--timeout SECONDS] [--commit-delay SECONDS] [--public-repos]\n"
+	"                   [--offline] MOUNTPOINT\n"
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
@@ -95,6 +98,7 @@ static const char mount_usage[] =
 	"  --commit-delay SECONDS\n"
 	"                        quiet period after a change before the changes of a\n"
 	"                        branch are committed as one commit (default 2)\n"
+	"  --public-repos        repos made with mkdir are public (default private)\n"
 	"  --offline             never contact the Hub; serve what is cached\n";
 
 static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -382,6 +386,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	m.fs.http = m.http;
 	m.fs.ttl = ttl;
 	m.fs.offline = offline;
+	m.fs.public_repos = o->public_repos != 0;
 	m.fs.uid = getuid();
 	m.fs.gid = getgid();
 	m.fs.mount_time = (int64_t)time(NULL);
@@ -399,6 +404,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	}
 
 	m.se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), &m.fs);
+	m.fs.se = m.se;
 	if (!m.se)
 		goto out_mount;
 	if (fuse_set_signal_handlers(m.se))

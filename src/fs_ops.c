@@ -23,7 +23,13 @@
  * node gets the oid "staged:N" (a new node per staged version); its content
  * changes under open handles, so they use direct_io instead of keep_cache
  * (no mmap of a staged file).  Once committed, a "staged:" node is answered
- * from the tree.
+ * from the tree.  rename within a branch view, mkdir and rmdir go to the
+ * overlay too (stage_rename(), stage_mkdir(), stage_rmdir()); mkdir of a
+ * repo directory creates the repo on the Hub.  After a rename the kernel
+ * names the new path by the old path's inode until its entry expires (and
+ * invalidating the entry after the reply races with the kernel's own move of
+ * it), so getattr and open of a node whose path was renamed away follow the
+ * overlay to where it went (fs_moved()).
  */
 #include "config.h"
 
@@ -409,6 +415,64 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+/* What the kernel may still call @n: after a rename, it names the new path
+ * by the old path's inode until its entry expires; the overlay knows where
+ * the old path went.  Returns 1 with @proto the node of the new path (the
+ * caller frees proto->fullpath), 0 when @n was not renamed away, or -errno. */
+static int fs_moved(struct fs *fs, const struct fs_node *n, struct fs_node *proto)
+{
+	char key[STAGE_REPO_KEY_MAX], *path = NULL, *full = NULL, *slash;
+	struct stage_stat *ss;
+	struct fs_node parent;
+	size_t prefix;
+	int rc = 0;
+
+	if (n->p.kind != FS_PATH_ENTRY || n->is_dir || !fs->stage)
+		return 0;
+	ss = malloc(sizeof(*ss));
+	if (!ss)
+		return -ENOMEM;
+	fs_stage_key(n, key);
+	stage_stat(fs->stage, key, n->p.rev, n->p.path, ss);
+	/* follow a file renamed more than once, a few hops */
+	for (int hop = 0; hop < 8 && ss->what == STAGE_DELETED && ss->moved_to[0]; hop++) {
+		free(path);
+		path = strdup(ss->moved_to);
+		if (!path) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		stage_stat(fs->stage, key, n->p.rev, path, ss);
+	}
+	if (!path)
+		goto out;
+	prefix = (size_t)(n->p.path - n->fullpath);
+	if (asprintf(&full, "%.*s%s", (int)prefix, n->fullpath, path) < 0) {
+		full = NULL;
+		rc = -ENOMEM;
+		goto out;
+	}
+	slash = strrchr(full, '/');
+	if (!slash) {
+		rc = -ENOENT;
+		goto out;
+	}
+	*slash = '\0';
+	memset(&parent, 0, sizeof(parent));
+	parent.fullpath = full;
+	parent.is_dir = true;
+	rc = fs_path_parse(full, &parent.p);
+	if (!rc)
+		rc = fs_child(fs, &parent, slash + 1, proto);
+	if (!rc)
+		rc = 1;
+out:
+	free(full);
+	free(path);
+	free(ss);
+	return rc;
+}
+
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -416,12 +480,21 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct stat st;
 	int rc;
 
+	struct fs_node moved;
+
 	(void)fi;
 	if (!n) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	rc = fs_stat(fs, n, &st);
+	rc = fs_moved(fs, n, &moved);
+	if (rc == 1) {
+		rc = fs_stat(fs, &moved, &st);
+		st.st_ino = n->ino;
+		free(moved.fullpath);
+	} else if (rc == 0) {
+		rc = fs_stat(fs, n, &st);
+	}
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
@@ -598,7 +671,7 @@ static int fs_tree_entry(void *arg, const struct cache_entry *e)
 	const char *name = strrchr(e->path, '/');
 	struct stage_stat ss;
 
-	if (l->fs->stage && !e->is_dir) {
+	if (l->fs->stage) {
 		stage_stat(l->fs->stage, l->key, l->n->p.rev, e->path, &ss);
 		if (ss.what == STAGE_DELETED)
 			return 0;
@@ -783,6 +856,7 @@ struct fs_copy {
 	struct fs *fs;
 	const struct fs_node *n;
 	const char *commit;
+	const char *path; /* in the tree of commit */
 	struct cache_entry e;
 };
 
@@ -802,7 +876,7 @@ static int fs_copy_in(void *arg, int fd)
 	if (c->e.size == 0)
 		return 0;
 	fs_repo_of(c->n, &repo);
-	url = hub_resolve_url(fs->http, &repo, c->commit, c->n->p.path);
+	url = hub_resolve_url(fs->http, &repo, c->commit, c->path);
 	buf = malloc(FS_MAX_READ);
 	blob = cache_blob_get(fs->cache, id, c->e.size, &rc);
 	call.src = url ? fetch_source_new(fs->fetch, url, id, c->e.size) : NULL;
@@ -836,7 +910,7 @@ out:
 static struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *n, bool trunc,
 					   int *err)
 {
-	struct fs_copy c = { .fs = fs, .n = n };
+	struct fs_copy c = { .fs = fs, .n = n, .path = n->p.path };
 	struct hub_revision rev;
 	struct hub_repo repo;
 	struct stage_stat ss;
@@ -861,6 +935,14 @@ static struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *
 			return NULL;
 		have = *err == 0;
 		c.commit = rev.commit;
+	} else if (!trunc && ss.what == STAGE_FILE && ss.from[0]) {
+		/* moved by reference: the content is the old path's */
+		*err = meta_lookup(fs->meta, &repo, ss.base, ss.from, &c.e);
+		if (*err)
+			return NULL;
+		have = true;
+		c.commit = ss.base;
+		c.path = ss.from;
 	}
 	for (int i = 0; i < 3; i++) {
 		w = stage_writer_open(fs->stage, key, n->p.rev, n->p.path, rev.commit, trunc,
@@ -885,13 +967,22 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	char *url = NULL;
 	struct cache_entry e;
 	bool writing;
+	struct fs_node moved;
+	const struct fs_node *v = n; /* what is opened: @n, or where it moved */
 	int rc = 0;
 
 	memset(&e, 0, sizeof(e));
+	memset(&moved, 0, sizeof(moved));
 	if (!n) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
+	rc = fs_moved(fs, n, &moved);
+	if (rc < 0)
+		goto fail;
+	if (rc == 1)
+		v = &moved;
+	rc = 0;
 	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {
 		rc = -EISDIR;
 		goto fail;
@@ -915,22 +1006,43 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	f->node = n;
 	n = NULL;
 	if (writing) {
-		f->w = fs_writer_open(fs, f->node, (fi->flags & O_TRUNC) != 0, &rc);
+		f->w = fs_writer_open(fs, v, (fi->flags & O_TRUNC) != 0, &rc);
 		if (!f->w)
 			goto fail;
 		f->append = (fi->flags & O_APPEND) != 0;
 		goto opened;
 	}
-	fs_staged(fs, f->node, &ss);
+	fs_staged(fs, v, &ss);
 	if (ss.what == STAGE_DELETED) {
 		rc = -ENOENT;
 		goto fail;
 	}
+	if (ss.what == STAGE_FILE && ss.from[0]) {
+		/* an LFS file moved by reference: the old path's content */
+		f->size = ss.size;
+		fi->keep_cache = 0;
+		fi->direct_io = 1;
+		if (f->size > 0) {
+			fs_repo_of(v, &repo);
+			url = hub_resolve_url(fs->http, &repo, ss.base, ss.from);
+			f->blob = cache_blob_get(fs->cache, ss.sha256, f->size, &rc);
+			if (!f->blob)
+				goto fail;
+			f->src = url ? fetch_source_new(fs->fetch, url, ss.sha256, f->size) : NULL;
+			if (!f->src) {
+				rc = -ENOMEM;
+				goto fail;
+			}
+			free(url);
+			url = NULL;
+		}
+		goto opened;
+	}
 	if (ss.what == STAGE_FILE) {
 		char key[STAGE_REPO_KEY_MAX];
 
-		fs_stage_key(f->node, key);
-		f->fd = stage_open_read(fs->stage, key, f->node->p.rev, f->node->p.path);
+		fs_stage_key(v, key);
+		f->fd = stage_open_read(fs->stage, key, v->p.rev, v->p.path);
 		if (f->fd >= 0)
 			goto opened;
 		if (f->fd != -ENOENT) {
@@ -939,15 +1051,15 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		f->fd = -1; /* committed meanwhile: read the tree */
 	}
-	id = f->node->sha256[0] ? f->node->sha256 : f->node->oid;
-	commit = f->node->commit;
-	f->size = f->node->size;
-	if (!strncmp(f->node->oid, "staged:", 7)) {
+	id = v->sha256[0] ? v->sha256 : v->oid;
+	commit = v->commit;
+	f->size = v->size;
+	if (!strncmp(v->oid, "staged:", 7)) {
 		/* a node made for a staged file that is committed now */
-		rc = fs_revision(fs, f->node, &rev);
-		fs_repo_of(f->node, &repo);
+		rc = fs_revision(fs, v, &rev);
+		fs_repo_of(v, &repo);
 		if (!rc)
-			rc = meta_lookup(fs->meta, &repo, rev.commit, f->node->p.path, &e);
+			rc = meta_lookup(fs->meta, &repo, rev.commit, v->p.path, &e);
 		if (rc)
 			goto fail;
 		id = e.sha256[0] ? e.sha256 : e.oid;
@@ -959,8 +1071,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fi->keep_cache = 1;
 	}
 	if (f->size > 0) {
-		fs_repo_of(f->node, &repo);
-		url = hub_resolve_url(fs->http, &repo, commit, f->node->p.path);
+		fs_repo_of(v, &repo);
+		url = hub_resolve_url(fs->http, &repo, commit, v->p.path);
 		f->blob = cache_blob_get(fs->cache, id, f->size, &rc);
 		if (!f->blob)
 			goto fail;
@@ -986,8 +1098,10 @@ opened:
 	}
 	if (fuse_reply_open(req, fi))
 		fs_handle_release(fs->files, fi->fh);
+	free(moved.fullpath);
 	return;
 fail:
+	free(moved.fullpath);
 	cache_entry_release(&e);
 	free(url);
 	if (f)
@@ -1391,9 +1505,214 @@ static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	fs_erofs_entry(req, parent, name, mode);
 }
 
-static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
+			   struct fs_node *proto);
+
+/* mkdir in a branch view: a directory of the overlay (stage_mkdir()).
+ * Returns 0 with @proto the new directory's node, or -errno. */
+static int fs_branch_mkdir(struct fs *fs, const struct fs_node *parent, const char *name,
+			   struct fs_node *proto)
 {
-	fs_erofs_entry(req, parent, name, 0);
+	char key[STAGE_REPO_KEY_MAX];
+	int rc = fs_branch_child(fs, parent, name, proto);
+
+	if (rc == 0) {
+		free(proto->fullpath);
+		proto->fullpath = NULL;
+		return -EEXIST;
+	}
+	if (rc != -ENOENT)
+		return rc;
+	fs_stage_key(proto, key);
+	rc = stage_mkdir(fs->stage, key, proto->p.rev, proto->p.path);
+	free(proto->fullpath);
+	proto->fullpath = NULL;
+	if (rc)
+		return rc;
+	return fs_child(fs, parent, name, proto);
+}
+
+struct fs_empty {
+	struct fs *fs;
+	const char *key, *rev;
+	bool empty;
+};
+
+static int fs_empty_tree(void *arg, const struct cache_entry *e)
+{
+	struct fs_empty *x = arg;
+	struct stage_stat ss;
+
+	stage_stat(x->fs->stage, x->key, x->rev, e->path, &ss);
+	if (ss.what == STAGE_DELETED)
+		return 0;
+	x->empty = false;
+	return 1;
+}
+
+static int fs_empty_staged(void *arg, const char *name, bool is_dir)
+{
+	struct fs_empty *x = arg;
+
+	(void)name;
+	(void)is_dir;
+	x->empty = false;
+	return 1;
+}
+
+/* rmdir in a branch view: ENOTEMPTY unless the view shows nothing in the
+ * directory; a folder of the tree becomes a DELETE_FOLDER change. */
+static int fs_branch_rmdir(struct fs *fs, const struct fs_node *parent, const char *name)
+{
+	struct fs_node proto;
+	struct fs_empty x = { .fs = fs, .empty = true };
+	struct hub_revision rev;
+	struct hub_repo repo;
+	struct cache_entry e;
+	char key[STAGE_REPO_KEY_MAX];
+	bool in_tree = false;
+	int rc = fs_branch_child(fs, parent, name, &proto);
+
+	if (rc)
+		goto out;
+	if (!proto.is_dir || proto.p.kind != FS_PATH_ENTRY) {
+		rc = proto.is_dir ? -EBUSY : -ENOTDIR;
+		goto out;
+	}
+	rc = fs_revision(fs, &proto, &rev);
+	if (rc)
+		goto out;
+	fs_repo_of(&proto, &repo);
+	fs_stage_key(&proto, key);
+	x.key = key;
+	x.rev = proto.p.rev;
+	rc = meta_list(fs->meta, &repo, rev.commit, proto.p.path, fs_empty_tree, &x);
+	if (rc < 0 && rc != -ENOENT)
+		goto out;
+	if (x.empty)
+		stage_list_dir(fs->stage, key, proto.p.rev, proto.p.path, fs_empty_staged, &x);
+	if (!x.empty) {
+		rc = -ENOTEMPTY;
+		goto out;
+	}
+	rc = meta_lookup(fs->meta, &repo, rev.commit, proto.p.path, &e);
+	if (rc == 0) {
+		in_tree = e.is_dir;
+		cache_entry_release(&e);
+	} else if (rc != -ENOENT) {
+		goto out;
+	}
+	rc = stage_rmdir(fs->stage, key, proto.p.rev, proto.p.path, rev.commit, in_tree);
+out:
+	free(proto.fullpath);
+	return rc;
+}
+
+/* mkdir NS/NAME (datasets/NS/NAME, spaces/NS/NAME): creates the repo on the
+ * Hub, private unless --public-repos; its main branch is then writable.
+ * Inside a branch view: a directory of the overlay.  Elsewhere: EROFS. */
+static void fs_mkdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino), *n;
+	struct fuse_entry_param ep;
+	struct fs_node proto;
+	struct hub_repo repo;
+	int rc;
+
+	(void)mode;
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	memset(&ep, 0, sizeof(ep));
+	if (parent->p.kind != FS_PATH_NAMESPACE) {
+		rc = fs_branch_mkdir(fs, parent, name, &proto);
+		if (rc)
+			goto out;
+		goto made;
+	}
+	rc = fs_child(fs, parent, name, &proto);
+	if (rc == 0) {
+		free(proto.fullpath);
+		rc = -EEXIST;
+		goto out;
+	}
+	if (rc != -ENOENT)
+		goto out;
+	if (!fs->stage || fs->offline) {
+		rc = -EROFS;
+		goto out;
+	}
+	repo.type = parent->p.type;
+	repo.ns = parent->p.ns;
+	repo.name = name;
+	if (!hub_name_valid(name)) {
+		rc = -EINVAL;
+		goto out;
+	}
+	rc = hub_create_repo(fs->http, &repo, !fs->public_repos);
+	if (rc) {
+		log_msg(LOG_WARNING, "cannot create repo '%s/%s': %s", repo.ns, name,
+			strerror(-rc));
+		goto out;
+	}
+	log_msg(LOG_NOTICE, "created %s repo '%s/%s'", fs->public_repos ? "public" : "private",
+		repo.ns, name);
+	meta_forget_repo(fs->meta, &repo);
+	rc = fs_child(fs, parent, name, &proto);
+	if (rc)
+		goto out;
+made:
+	n = fs_inode_link(fs->inodes, parent, name, &proto);
+	if (!n) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = fs_stat(fs, n, &ep.attr);
+	if (rc) {
+		fs_inode_forget(fs->inodes, n->ino, 1);
+		fs_inode_put(fs->inodes, n);
+		goto out;
+	}
+	ep.ino = n->ino;
+	ep.generation = 1;
+	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, n);
+	if (fuse_reply_entry(req, &ep))
+		fs_inode_forget(fs->inodes, n->ino, 1);
+	fs_inode_put(fs->inodes, n);
+	fs_inode_put(fs->inodes, parent);
+	return;
+out:
+	fs_inode_put(fs->inodes, parent);
+	fuse_reply_err(req, -rc);
+}
+
+/* rmdir of a repo is refused: deleting repos is not a filesystem operation.
+ * Inside a branch view: see fs_branch_rmdir().  Elsewhere: EROFS. */
+static void fs_rmdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
+	int rc = -EROFS;
+
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (parent->p.kind == FS_PATH_NAMESPACE) {
+		struct fs_node proto;
+
+		rc = fs_child(fs, parent, name, &proto);
+		if (rc == 0) {
+			free(proto.fullpath);
+			rc = -EPERM;
+		}
+	} else if (parent->p.kind >= FS_PATH_REVISION) {
+		rc = fs_branch_rmdir(fs, parent, name);
+	}
+	fs_inode_put(fs->inodes, parent);
+	fuse_reply_err(req, -rc);
 }
 
 /* The node @name of @parent would be, when @parent is a directory of a
@@ -1463,13 +1782,117 @@ static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	fs_erofs_entry(req, parent, name, 0);
 }
 
-static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-		      const char *newname, unsigned int flags)
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+/* Whether two entry nodes are in the same branch view of the same repo. */
+static bool fs_same_view(const struct fs_node *a, const struct fs_node *b)
 {
-	(void)newparent;
-	(void)newname;
-	(void)flags;
-	fs_erofs_entry(req, parent, name, 0);
+	return a->p.kind == FS_PATH_ENTRY && b->p.kind == FS_PATH_ENTRY && a->p.type == b->p.type &&
+	       !strcmp(a->p.ns, b->p.ns) && !strcmp(a->p.repo, b->p.repo) &&
+	       !strcmp(a->p.rev, b->p.rev);
+}
+
+/* One try of fs_rename(): fills @src and @dst (the caller frees their
+ * fullpath).  Returns 0, -EAGAIN or -errno. */
+static int fs_rename_once(struct fs *fs, const struct fs_node *parent, const char *name,
+			  const struct fs_node *newparent, const char *newname, unsigned int flags,
+			  struct fs_node *src, struct fs_node *dst)
+{
+	struct fs_copy c = { .fs = fs };
+	struct hub_revision rev;
+	struct hub_repo repo;
+	char key[STAGE_REPO_KEY_MAX];
+	bool have = false;
+	int rc, rd;
+
+	rc = fs_branch_child(fs, parent, name, src);
+	if (rc)
+		return rc;
+	rd = fs_branch_child(fs, newparent, newname, dst);
+	if (rd && rd != -ENOENT)
+		return rd == -EROFS ? -EXDEV : rd;
+	if (!fs_same_view(src, dst) || src->is_dir)
+		return -EXDEV;
+	if (rd == 0 && dst->is_dir)
+		return -EISDIR;
+	if (rd == 0 && (flags & RENAME_NOREPLACE))
+		return -EEXIST;
+	if (!strcmp(src->p.path, dst->p.path))
+		return 0; /* the same file: nothing to do */
+	rc = fs_revision(fs, src, &rev);
+	if (rc)
+		return rc;
+	fs_repo_of(src, &repo);
+	if (strncmp(src->oid, "staged:", 7) && !src->sha256[0]) {
+		/* a regular file of the tree: its content is staged anew */
+		rc = meta_lookup(fs->meta, &repo, rev.commit, src->p.path, &c.e);
+		if (rc)
+			return rc;
+		have = true;
+		c.n = src;
+		c.commit = rev.commit;
+		c.path = src->p.path;
+	}
+	fs_stage_key(src, key);
+	rc = stage_rename(fs->stage, key, src->p.rev, src->p.path, dst->p.path, rev.commit,
+			  strncmp(src->oid, "staged:", 7) ? src->sha256 : NULL, src->size,
+			  have ? fs_copy_in : NULL, &c);
+	if (have)
+		cache_entry_release(&c.e);
+	return rc;
+}
+
+/* Renames a file within one branch view: ONE commit with the add and the
+ * delete (stage_rename()).  Across views: EXDEV, so that mv copies.
+ * Directories are not moved yet: EXDEV too. */
+static void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name,
+		      fuse_ino_t newparent_ino, const char *newname, unsigned int flags)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
+	struct fs_node *newparent = fs_inode_get(fs->inodes, newparent_ino);
+	struct fs_node src, dst;
+	int rc;
+
+	memset(&src, 0, sizeof(src));
+	memset(&dst, 0, sizeof(dst));
+	if (!parent || !newparent) {
+		rc = -ESTALE;
+		goto out;
+	}
+	if (flags & ~(unsigned int)RENAME_NOREPLACE) {
+		rc = -EINVAL;
+		goto out;
+	}
+	/* the source may be committed meanwhile (-EAGAIN): look at it again */
+	for (int attempt = 0;; attempt++) {
+		rc = fs_rename_once(fs, parent, name, newparent, newname, flags, &src, &dst);
+		if (rc != -EAGAIN || attempt == 2)
+			break;
+		free(src.fullpath);
+		free(dst.fullpath);
+		memset(&src, 0, sizeof(src));
+		memset(&dst, 0, sizeof(dst));
+	}
+out:
+	free(src.fullpath);
+	free(dst.fullpath);
+	fuse_reply_err(req, -rc);
+	if (rc == 0 && fs->se) {
+		/* the kernel moved its dentry to the old file's node: drop it, so
+		 * that the next lookup finds the renamed file (after the reply:
+		 * the kernel holds the directory until it has it) */
+		int nrc = fuse_lowlevel_notify_inval_entry(fs->se, newparent_ino, newname,
+							   strlen(newname));
+
+		if (nrc && nrc != -ENOENT)
+			log_msg(LOG_WARNING, "cannot tell the kernel that '%s' was renamed: %s",
+				newname, strerror(-nrc));
+	}
+	fs_inode_put(fs->inodes, parent);
+	fs_inode_put(fs->inodes, newparent);
 }
 
 static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
@@ -1688,7 +2111,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.statfs = fs_statfs,
 	.access = fs_access,
 	.mknod = fs_mknod,
-	.mkdir = fs_erofs_entry,
+	.mkdir = fs_mkdir,
 	.unlink = fs_unlink,
 	.rmdir = fs_rmdir,
 	.symlink = fs_symlink,

@@ -34,6 +34,7 @@ struct fs {
 	struct http_client *http;
 	int ttl;               /* seconds a branch view, a name or an answer is trusted */
 	bool offline;          /* --offline: never fetch */
+	bool public_repos;     /* --public-repos: mkdir makes public repos */
 	uid_t uid;
 	gid_t gid;
 	int64_t mount_time;
@@ -42,6 +43,7 @@ struct fs {
 	struct fs_handles *dirs;  /* open directories */
 	struct fs_handles *files; /* open files */
 	struct stage *stage;      /* writes: the overlay and the commit worker */
+	struct fuse_session *se;  /* for notifications to the kernel; NULL before the mount */
 };
 
 /* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */

@@ -670,6 +670,16 @@ void meta_forget_revision(struct meta *m, const struct hub_repo *repo, const cha
 	cache_kv_delete(m->cache, full);
 }
 
+void meta_forget_repo(struct meta *m, const struct hub_repo *repo)
+{
+	char key[META_KEY_MAX], full[2 * META_KEY_MAX];
+
+	meta_forget_revision(m, repo, "main");
+	snprintf(key, sizeof(key), "repos:%s/%s", meta_type_name(repo->type), repo->ns);
+	snprintf(full, sizeof(full), "%s %s", m->scope, key);
+	cache_kv_delete(m->cache, full);
+}
+
 /* ---- trees ---- */
 
 struct meta_tree_acc {

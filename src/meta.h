@@ -75,6 +75,11 @@ int meta_revision(struct meta *m, const struct hub_repo *repo, const char *rev,
  * it, so that the branch view shows the new commit at once. */
 void meta_forget_revision(struct meta *m, const struct hub_repo *repo, const char *rev);
 
+/* Forgets what is known of @repo (its refs, the head of its main branch)
+ * and of the repo list of its namespace: called after the repo was created,
+ * so that it shows at once. */
+void meta_forget_repo(struct meta *m, const struct hub_repo *repo);
+
 /* The entry at @path in the tree of @commit ("" is the root, a directory).
  * -ENOENT when it does not exist, -ENOTDIR when a parent is a file.
  * @out->path is set to NULL (the caller knows the path). */

@@ -15,6 +15,20 @@
  * top of the new head, otherwise the rows become CONFLICT and stay staged:
  * hubfs never overwrites someone else's change.
  *
+ * Renames: a file renamed within a branch is journaled as two rows, the
+ * new path first (a RENAME row for an LFS file of the tree: moved by
+ * reference, no upload; an ADD of a copy of its content otherwise), then a
+ * DELETE_FILE of the old path.  The branch is held meanwhile (the worker does
+ * not start its commit), so both land in ONE commit; a crash between the two
+ * leaves a copy, never a loss.  A RENAME row's move covers the deletion of
+ * its old path: that DELETE_FILE is not sent on its own.
+ *
+ * Directories: mkdir makes an overlay entry that is a directory in memory
+ * only (no row: the Hub has no empty folders).  rmdir of a folder of the
+ * tree journals a DELETE_FOLDER row; the DELETE_FILE rows of files under it
+ * that precede it are then not sent (the folder would be gone before its
+ * deletion).
+ *
  * Locking: s->lock protects the entries, the branch records and the worker's
  * state; a writer's lock protects its file.  Lock order: a writer's lock,
  * then s->lock.  Neither is held across network I/O; a writer's lock is held
@@ -51,6 +65,10 @@
 struct stage_entry {
 	char *repo, *branch, *path;
 	bool deleted;			    /* a DELETE_FILE row */
+	char *from;			    /* a RENAME row's old path, or NULL */
+	bool localdir;			    /* made by mkdir: a directory, kept in memory only */
+	char *moved_to;			    /* deleted by a rename to this path, or NULL */
+	char sha256[65];		    /* a RENAME row's content */
 	char staged[CACHE_STAGE_NAME_SIZE]; /* an ADD row's staged file, or "" */
 	uint64_t size;			    /* of staged */
 	int64_t row;			    /* the journal row, 0 for none */
@@ -80,6 +98,7 @@ struct stage_branch {
 	int64_t first;	   /* ms of the first change queued since the last commit began */
 	unsigned failures; /* failed commits in a row */
 	bool busy;	   /* the worker commits it now */
+	unsigned holds;	   /* a rename journals its rows: do not start a commit */
 	uint64_t req;	   /* commit requests (stage_sync) */
 	uint64_t done;	   /* requests answered by a finished commit */
 	int rc;		   /* the result of the last commit */
@@ -196,7 +215,7 @@ static void stage_entry_gc(struct stage *s, struct stage_entry *e)
 {
 	struct stage_entry **pe;
 
-	if (e->row || e->wr)
+	if (e->row || e->wr || e->localdir)
 		return;
 	for (pe = &s->entries; *pe; pe = &(*pe)->next) {
 		if (*pe == e) {
@@ -207,6 +226,8 @@ static void stage_entry_gc(struct stage *s, struct stage_entry *e)
 	free(e->repo);
 	free(e->branch);
 	free(e->path);
+	free(e->from);
+	free(e->moved_to);
 	free(e);
 }
 
@@ -261,7 +282,7 @@ static bool stage_entry_is_file(const struct stage_entry *e)
 {
 	if (e->wr && !e->wr->unlinked)
 		return true;
-	return !e->deleted && e->staged[0];
+	return !e->deleted && (e->staged[0] || e->from);
 }
 
 void stage_stat(struct stage *s, const char *repo, const char *branch, const char *path,
@@ -273,20 +294,29 @@ void stage_stat(struct stage *s, const char *repo, const char *branch, const cha
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&s->lock);
 	e = stage_find(s, repo, branch, path);
-	if (e && stage_entry_is_file(e)) {
+	if (e && e->localdir && !stage_entry_is_file(e)) {
+		out->what = STAGE_DIR;
+	} else if (e && stage_entry_is_file(e)) {
 		out->what = STAGE_FILE;
 		out->size = e->wr && !e->wr->unlinked
 				? __atomic_load_n(&e->wr->size, __ATOMIC_RELAXED)
 				: e->size;
 		snprintf(out->version, sizeof(out->version), "staged:%llu",
 			 (unsigned long long)e->version);
+		if (!(e->wr && !e->wr->unlinked) && !e->staged[0] && e->from) {
+			snprintf(out->from, sizeof(out->from), "%s", e->from);
+			memcpy(out->sha256, e->sha256, sizeof(out->sha256));
+			memcpy(out->base, e->base, sizeof(out->base));
+		}
 	} else if (e && e->deleted) {
 		out->what = STAGE_DELETED;
+		if (e->moved_to)
+			snprintf(out->moved_to, sizeof(out->moved_to), "%s", e->moved_to);
 	} else {
 		for (e = s->entries; e; e = e->next) {
 			if (!strcmp(e->branch, branch) && !strcmp(e->repo, repo) &&
 			    !strncmp(e->path, path, plen) && e->path[plen] == '/' &&
-			    stage_entry_is_file(e)) {
+			    (stage_entry_is_file(e) || e->localdir)) {
 				out->what = STAGE_DIR;
 				break;
 			}
@@ -313,7 +343,8 @@ int stage_list_dir(struct stage *s, const char *repo, const char *branch, const 
 		size_t len;
 		bool dup = false;
 
-		if (strcmp(e->branch, branch) || strcmp(e->repo, repo) || !stage_entry_is_file(e))
+		if (strcmp(e->branch, branch) || strcmp(e->repo, repo) ||
+		    (!stage_entry_is_file(e) && !e->localdir))
 			continue;
 		if (dlen) {
 			if (strncmp(e->path, dir, dlen) || e->path[dlen] != '/')
@@ -340,7 +371,7 @@ int stage_list_dir(struct stage *s, const char *repo, const char *branch, const 
 			cap = ncap;
 		}
 		v[n].name = strndup(rest, len);
-		v[n].is_dir = slash != NULL;
+		v[n].is_dir = slash != NULL || !stage_entry_is_file(e);
 		if (!v[n].name)
 			rc = -ENOMEM;
 		else
@@ -671,6 +702,10 @@ int stage_writer_flush(struct stage_writer *w)
 		e = stage_entry_new(s, w->repo, w->branch, w->path);
 	if (e) {
 		e->deleted = false;
+		free(e->from);
+		e->from = NULL;
+		free(e->moved_to);
+		e->moved_to = NULL;
 		memcpy(e->staged, w->staged, sizeof(e->staged));
 		e->size = w->size;
 		e->row = id;
@@ -730,6 +765,269 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
 		if (e->wr)
 			e->wr = NULL; /* it lives on unlinked, as an open file does */
 		e->deleted = true;
+		free(e->from);
+		e->from = NULL;
+		free(e->moved_to);
+		e->moved_to = NULL;
+		e->staged[0] = '\0';
+		e->size = 0;
+		e->row = id;
+		memcpy(e->base, ch.base_commit, sizeof(e->base));
+		e->version = ++s->versions;
+	}
+	stage_queue(s, repo, branch);
+	pthread_mutex_unlock(&s->lock);
+	if (old.id && old.staged[0])
+		cache_stage_file_remove(s->cache, old.staged);
+	cache_stage_change_release(&old);
+	return 0;
+}
+
+/* Lets the worker commit @repo @branch again (s->lock not held). */
+static void stage_unhold(struct stage *s, const char *repo, const char *branch)
+{
+	struct stage_branch *b;
+
+	pthread_mutex_lock(&s->lock);
+	for (b = s->branches; b; b = b->next) {
+		if (!strcmp(b->branch, branch) && !strcmp(b->repo, repo)) {
+			if (b->holds && --b->holds == 0)
+				pthread_cond_signal(&s->wake);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+int stage_rename(struct stage *s, const char *repo, const char *branch, const char *from,
+		 const char *to, const char *base, const char *sha256, uint64_t size,
+		 stage_fill_fn fill, void *arg)
+{
+	struct cache_stage_change ch, old;
+	struct stage_entry *e;
+	struct stage_writer *w = NULL;
+	struct stage_branch *b;
+	char src[CACHE_STAGE_NAME_SIZE] = "", name[CACHE_STAGE_NAME_SIZE] = "";
+	char *moved = NULL, msha[65] = "", rbase[41];
+	uint64_t msize = 0;
+	int64_t id = 0, sz;
+	int fd = -1, srcfd, rc = 0;
+
+	memset(&ch, 0, sizeof(ch));
+	memset(&old, 0, sizeof(old));
+	snprintf(rbase, sizeof(rbase), "%s", base);
+	pthread_mutex_lock(&s->lock);
+	b = stage_branch_get(s, repo, branch);
+	if (!b) {
+		pthread_mutex_unlock(&s->lock);
+		return -ENOMEM;
+	}
+	b->holds++;
+	e = stage_find(s, repo, branch, from);
+	if (e && e->wr && !e->wr->unlinked) {
+		w = e->wr;
+		w->refs++;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (w) {
+		rc = stage_writer_flush(w); /* what was written is what moves */
+		if (rc)
+			goto out;
+	}
+
+	/* the source: staged content, a file moved before, or the tree's */
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, from);
+	if (e && e->deleted) {
+		rc = -ENOENT;
+	} else if (e && e->staged[0]) {
+		memcpy(src, e->staged, sizeof(src));
+		if (e->row)
+			memcpy(rbase, e->base, sizeof(rbase));
+	} else if (e && e->from) {
+		moved = strdup(e->from);
+		rc = moved ? 0 : -ENOMEM;
+		memcpy(msha, e->sha256, sizeof(msha));
+		msize = e->size;
+		memcpy(rbase, e->base, sizeof(rbase));
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (rc)
+		goto out;
+	if (moved && !strcmp(moved, to)) {
+		rc = -EXDEV; /* back where it was: the caller copies */
+		goto out;
+	}
+
+	ch.repo = (char *)repo;
+	ch.branch = (char *)branch;
+	ch.path = (char *)to;
+	memcpy(ch.base_commit, rbase, sizeof(ch.base_commit));
+	if (moved || (!src[0] && sha256 && sha256[0])) {
+		ch.kind = CACHE_STAGE_RENAME;
+		ch.old_path = moved ? moved : (char *)from;
+		snprintf(ch.sha256, sizeof(ch.sha256), "%s", moved ? msha : sha256);
+		ch.size = moved ? msize : size;
+	} else {
+		ch.kind = CACHE_STAGE_ADD;
+		fd = cache_stage_file_create(s->cache, name);
+		if (fd < 0) {
+			rc = fd;
+			goto out;
+		}
+		if (src[0]) {
+			srcfd = cache_stage_file_open(s->cache, src, false);
+			if (srcfd < 0) {
+				rc = srcfd == -ENOENT ? -EAGAIN : srcfd; /* replaced meanwhile */
+			} else {
+				sz = stage_fd_size(srcfd);
+				rc = sz < 0 ? (int)sz : stage_copy_fd(srcfd, fd, (uint64_t)sz);
+				close(srcfd);
+			}
+		} else if (fill) {
+			rc = fill(arg, fd);
+		}
+		sz = rc ? 0 : stage_fd_size(fd);
+		if (sz < 0)
+			rc = (int)sz;
+		if (rc)
+			goto out;
+		ch.size = (uint64_t)sz;
+		memcpy(ch.staged, name, sizeof(ch.staged));
+	}
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, to);
+	if (e && e->wr)
+		e->wr->unlinked = true; /* replaced: an open writer lives on detached */
+	pthread_mutex_unlock(&s->lock);
+	rc = cache_stage_replace(s->cache, &ch, &id, &old);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot journal the rename of '%s' to '%s' of '%s@%s': %s", from,
+			to, repo, branch, strerror(-rc));
+		goto out;
+	}
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, to);
+	if (!e)
+		e = stage_entry_new(s, repo, branch, to);
+	if (e) {
+		e->wr = NULL;
+		e->deleted = false;
+		free(e->from);
+		e->from = NULL;
+		free(e->moved_to);
+		e->moved_to = NULL;
+		if (ch.kind == CACHE_STAGE_RENAME) {
+			e->from = strdup(ch.old_path);
+			if (!e->from)
+				log_msg(LOG_ERR, "out of memory: '%s' shows after its commit", to);
+		}
+		memcpy(e->sha256, ch.sha256, sizeof(e->sha256));
+		memcpy(e->staged, ch.staged, sizeof(e->staged));
+		e->size = ch.size;
+		e->row = id;
+		memcpy(e->base, ch.base_commit, sizeof(e->base));
+		e->version = ++s->versions;
+	}
+	stage_queue(s, repo, branch);
+	pthread_mutex_unlock(&s->lock);
+	if (fd >= 0) {
+		close(fd); /* its row holds it now */
+		fd = -1;
+	}
+	if (old.id && old.staged[0] && strcmp(old.staged, ch.staged))
+		cache_stage_file_remove(s->cache, old.staged);
+	cache_stage_change_release(&old);
+
+	rc = stage_unlink(s, repo, branch, from, rbase);
+	if (rc) {
+		log_msg(LOG_ERR, "'%s' of '%s@%s' is copied to '%s', not moved", from, repo,
+			branch, to);
+		goto out;
+	}
+	/* the kernel may still name the new path by the old path's inode */
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, from);
+	if (e && e->deleted) {
+		free(e->moved_to);
+		e->moved_to = strdup(to);
+	}
+	pthread_mutex_unlock(&s->lock);
+out:
+	if (fd >= 0) {
+		close(fd);
+		cache_stage_file_remove(s->cache, name);
+	}
+	free(moved);
+	if (w)
+		stage_writer_put(w);
+	stage_unhold(s, repo, branch);
+	return rc;
+}
+
+int stage_mkdir(struct stage *s, const char *repo, const char *branch, const char *path)
+{
+	struct stage_entry *e;
+	int rc = 0;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (!e)
+		e = stage_entry_new(s, repo, branch, path);
+	if (!e) {
+		rc = -ENOMEM;
+	} else {
+		e->localdir = true;
+		e->version = ++s->versions;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+int stage_rmdir(struct stage *s, const char *repo, const char *branch, const char *path,
+		const char *base, bool in_tree)
+{
+	struct cache_stage_change ch, old;
+	struct stage_entry *e;
+	int64_t id = 0;
+	int rc;
+
+	if (!in_tree) {
+		pthread_mutex_lock(&s->lock);
+		e = stage_find(s, repo, branch, path);
+		if (e) {
+			e->localdir = false;
+			e->version = ++s->versions;
+			stage_entry_gc(s, e);
+		}
+		pthread_mutex_unlock(&s->lock);
+		return 0;
+	}
+	memset(&ch, 0, sizeof(ch));
+	memset(&old, 0, sizeof(old));
+	ch.repo = (char *)repo;
+	ch.branch = (char *)branch;
+	ch.kind = CACHE_STAGE_DELETE_FOLDER;
+	ch.path = (char *)path;
+	snprintf(ch.base_commit, sizeof(ch.base_commit), "%s", base);
+	rc = cache_stage_replace(s->cache, &ch, &id, &old);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot journal the deletion of folder '%s' of '%s@%s': %s", path,
+			repo, branch, strerror(-rc));
+		return rc;
+	}
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (!e)
+		e = stage_entry_new(s, repo, branch, path);
+	if (e) {
+		e->localdir = false;
+		e->deleted = true;
+		free(e->from);
+		e->from = NULL;
+		free(e->moved_to);
+		e->moved_to = NULL;
 		e->staged[0] = '\0';
 		e->size = 0;
 		e->row = id;
@@ -885,6 +1183,10 @@ static void stage_forget_rows(struct stage *s, const char *repo, const char *bra
 				e->row = 0;
 				e->staged[0] = '\0';
 				e->deleted = false;
+				free(e->from);
+				e->from = NULL;
+				free(e->moved_to);
+				e->moved_to = NULL;
 				e->version = ++s->versions;
 				stage_entry_gc(s, e);
 				break;
@@ -892,6 +1194,34 @@ static void stage_forget_rows(struct stage *s, const char *repo, const char *bra
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
+}
+
+/* Whether a RENAME row among @ops moves @path away. */
+static bool stage_moved_away(const struct stage_op *ops, size_t n, const char *path)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ops[i].row->kind == CACHE_STAGE_RENAME && ops[i].row->old_path &&
+		    !strcmp(ops[i].row->old_path, path))
+			return true;
+	return false;
+}
+
+/* Whether a later DELETE_FOLDER row among @ops covers the DELETE_FILE row
+ * @ops[@i]: the Hub has no empty folders, so the folder deletion alone is
+ * sent (deleting its files first would leave no folder to delete). */
+static bool stage_in_folder(const struct stage_op *ops, size_t n, size_t i)
+{
+	const char *path = ops[i].row->path;
+
+	for (size_t j = i + 1; j < n; j++) {
+		const struct cache_stage_change *r = ops[j].row;
+		size_t len = strlen(r->path);
+
+		if (r->kind == CACHE_STAGE_DELETE_FOLDER && !strncmp(path, r->path, len) &&
+		    path[len] == '/')
+			return true;
+	}
+	return false;
 }
 
 /* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
@@ -935,7 +1265,8 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			conflicts = true;
 			continue;
 		}
-		if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE)
+		if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE &&
+		    r->kind != CACHE_STAGE_RENAME && r->kind != CACHE_STAGE_DELETE_FOLDER)
 			continue; /* not written by this version */
 		ops[n].row = r;
 		ops[n].fd = -1;
@@ -989,7 +1320,12 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			struct cache_entry e;
 
 			ops[i].skip = false;
-			if (r->kind == CACHE_STAGE_DELETE_FILE) {
+			if (r->kind == CACHE_STAGE_DELETE_FILE &&
+			    (stage_moved_away(ops, n, r->path) || stage_in_folder(ops, n, i))) {
+				ops[i].skip = true; /* a RENAME moves it, a folder deletion covers it */
+				continue;
+			}
+			if (r->kind == CACHE_STAGE_DELETE_FILE || r->kind == CACHE_STAGE_DELETE_FOLDER) {
 				/* a file that never reached the Hub has nothing to delete */
 				rc = meta_lookup(s->meta, &repo, parent, r->path, &e);
 				if (rc == -ENOENT) {
@@ -1003,9 +1339,18 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			memset(h, 0, sizeof(*h));
 			h->path = r->path;
 			h->fd = ops[i].fd;
-			h->kind = r->kind == CACHE_STAGE_ADD ? HUB_OP_ADD : HUB_OP_DELETE_FILE;
+			if (r->kind == CACHE_STAGE_DELETE_FILE)
+				h->kind = HUB_OP_DELETE_FILE;
+			else if (r->kind == CACHE_STAGE_DELETE_FOLDER)
+				h->kind = HUB_OP_DELETE_FOLDER;
+			else
+				h->kind = HUB_OP_ADD;
 			h->size = r->size;
 			h->lfs = ops[i].lfs;
+			if (r->kind == CACHE_STAGE_RENAME) {
+				h->old_path = r->old_path; /* by reference: nothing to upload */
+				h->lfs = true;
+			}
 			memcpy(h->sha256, r->sha256, sizeof(h->sha256));
 			nh++;
 		}
@@ -1015,11 +1360,16 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			break;
 		}
 		if (!uploaded) {
-			rc = hub_preupload(s->http, &repo, branch, hops, nh);
+			bool content = false;
+
+			for (size_t i = 0; i < nh; i++)
+				if (hops[i].kind == HUB_OP_ADD && !hops[i].old_path)
+					content = true;
+			rc = content ? hub_preupload(s->http, &repo, branch, hops, nh) : 0;
 			if (rc)
 				goto failed;
 			for (size_t i = 0; i < nh; i++) {
-				if (hops[i].kind == HUB_OP_ADD && hops[i].lfs) {
+				if (hops[i].kind == HUB_OP_ADD && hops[i].lfs && !hops[i].old_path) {
 					rc = hub_lfs_upload(s->http, &repo, branch, &hops[i]);
 					if (rc)
 						goto failed;
@@ -1032,7 +1382,10 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			uploaded = true;
 		}
 		stage_mark(s, ids, n, CACHE_STAGE_COMMITTING, NULL, false);
-		if (nh == 1)
+		if (nh == 1 && hops[0].old_path)
+			snprintf(summary, sizeof(summary), "Rename %s to %s with hubfs",
+				 hops[0].old_path, hops[0].path);
+		else if (nh == 1)
 			snprintf(summary, sizeof(summary), "%s %s with hubfs",
 				 hops[0].kind == HUB_OP_ADD ? "Upload" : "Delete", hops[0].path);
 		else
@@ -1050,6 +1403,9 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 
 			rc =
 			    stage_path_same(s, &repo, parent, head.commit, ops[i].row->path, &same);
+			if (!rc && same && ops[i].row->old_path)
+				rc = stage_path_same(s, &repo, parent, head.commit,
+						     ops[i].row->old_path, &same);
 			if (rc)
 				goto failed;
 			if (!same) {
@@ -1134,7 +1490,7 @@ static void *stage_worker(void *arg)
 		int rc;
 
 		for (b = s->branches; b; b = b->next)
-			if (b->due && !b->busy && (!next || b->due < next->due))
+			if (b->due && !b->busy && !b->holds && (!next || b->due < next->due))
 				next = b;
 		if (!next || next->due > now) {
 			struct timespec ts;
@@ -1284,14 +1640,22 @@ static int stage_resume(struct stage *s)
 			struct cache_stage_change *r = &rows[j];
 			struct stage_entry *e;
 
-			if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE)
+			if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE &&
+			    r->kind != CACHE_STAGE_RENAME && r->kind != CACHE_STAGE_DELETE_FOLDER)
 				continue;
 			e = stage_entry_new(s, r->repo, r->branch, r->path);
 			if (!e) {
 				rc = -ENOMEM;
 				break;
 			}
-			e->deleted = r->kind == CACHE_STAGE_DELETE_FILE;
+			if (r->kind == CACHE_STAGE_RENAME) {
+				e->from = strdup(r->old_path);
+				if (!e->from)
+					rc = -ENOMEM;
+				memcpy(e->sha256, r->sha256, sizeof(e->sha256));
+			}
+			e->deleted = r->kind == CACHE_STAGE_DELETE_FILE ||
+				     r->kind == CACHE_STAGE_DELETE_FOLDER;
 			memcpy(e->staged, r->staged, sizeof(e->staged));
 			e->size = r->size;
 			e->row = r->id;
@@ -1363,6 +1727,8 @@ void stage_free(struct stage *s)
 		free(e->repo);
 		free(e->branch);
 		free(e->path);
+		free(e->from);
+		free(e->moved_to);
 		free(e);
 	}
 	while (s->branches) {

@@ -74,6 +74,14 @@ struct stage_stat {
 	enum stage_what what;
 	uint64_t size;
 	char version[41]; /* changes whenever the content may have changed */
+	/* A STAGE_FILE moved by reference (an LFS file renamed, not written
+	 * since): its content is that of @from ("" otherwise) in the tree of
+	 * commit @base, whose sha256 is @sha256. */
+	char from[HUB_PATH_MAX + 1];
+	char sha256[65];
+	char base[41];
+	/* A STAGE_DELETED path renamed away: where it went ("" otherwise). */
+	char moved_to[HUB_PATH_MAX + 1];
 };
 
 /* What the overlay says of @path ("" never is staged) of @repo @branch. */
@@ -126,6 +134,31 @@ int stage_writer_close(struct stage_writer *w);
  * queues the branch.  Returns 0 or -errno. */
 int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
 		 const char *base);
+
+/* Journals the rename of file @from to @to (paths of the view of @repo
+ * @branch; a file at @to is replaced), based on @base, as ONE change of the
+ * branch (see stage.c).  The source is what the overlay has at @from, else
+ * the tree's file: with @sha256 (64 hex digits, @size bytes) an LFS file,
+ * moved by reference; otherwise its content is what @fill writes (@fill NULL:
+ * empty).  An open writer of @from is journaled first and then lives on
+ * detached, as after an unlink; so does one of @to.  Returns 0, -ENOENT
+ * (@from is deleted), -EXDEV (a file moved back where it was before being
+ * committed), -EAGAIN (the source changed meanwhile: try again), or -errno. */
+int stage_rename(struct stage *s, const char *repo, const char *branch, const char *from,
+		 const char *to, const char *base, const char *sha256, uint64_t size,
+		 stage_fill_fn fill, void *arg);
+
+/* Makes directory @path of the view: it exists in memory only (nothing to
+ * commit: the Hub has no empty folders) until a file lands in it.  Returns 0
+ * or -ENOMEM. */
+int stage_mkdir(struct stage *s, const char *repo, const char *branch, const char *path);
+
+/* Removes directory @path of the view, which the caller found empty.  With
+ * @in_tree (the tree of @base has it) journals the deletion of the folder
+ * and queues the branch; otherwise forgets the directory stage_mkdir() made.
+ * Returns 0 or -errno. */
+int stage_rmdir(struct stage *s, const char *repo, const char *branch, const char *path,
+		const char *base, bool in_tree);
 
 /* Commits the pending changes of @repo @branch now and waits until the
  * commit is on the Hub.  Returns 0 (also when nothing was pending), or

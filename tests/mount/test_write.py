@@ -6,7 +6,11 @@ is on the Hub, closed files of one branch are batched into one commit after the
 quiet period, reads see the staged bytes before the commit, tags and commit
 views stay read-only, a token without write rights keeps the data staged until
 a later mount with a write token commits it, and a concurrent change to the
-same path on the Hub is never overwritten.
+same path on the Hub is never overwritten.  mkdir NS/NAME creates a repo
+(private unless --public-repos) whose main branch takes files; rename of a
+file is one commit (an LFS file by reference, no upload), across views EXDEV;
+mkdir in a branch is local until a file lands, rmdir of an empty directory
+deletes the folder, of a non-empty one is ENOTEMPTY.
 """
 
 import errno
@@ -193,6 +197,200 @@ def test_unlink(hub, m):
          "the file is neither on the Hub nor in the view")
 
 
+def repo_info(hub, rtype, repo_id, token=ALICE_WRITE_TOKEN):
+    """(status, info) of a repo from the Hub's API."""
+    status, body, _ = hub.json("GET", "/api/%ss/%s" % (rtype, repo_id), token)
+    return status, body
+
+
+def hub_bytes(hub, rtype, repo_id, path):
+    prefix = "" if rtype == "model" else "/%ss" % rtype
+    status, headers, body = hub.request("GET", "%s/%s/resolve/main/%s" % (prefix, repo_id, path), ALICE_WRITE_TOKEN)
+    if status == 302:
+        status, headers, body = hub.request("GET", None, url=headers["location"], timeout=120)
+    return body if status == 200 else None
+
+
+def test_mkdir_repo(hub, m, public=False, suffix=""):
+    vis = "public" if public else "private"
+    for rtype, top in (("model", ""), ("dataset", "datasets/")):
+        repo_id = "alice/new-%s%s" % (rtype, suffix)
+        T.eq(repo_info(hub, rtype, repo_id)[0], 404, "%s: not on the Hub before" % repo_id)
+        err = None
+        try:
+            os.mkdir(m.p(top + repo_id))
+        except OSError as e:
+            err = e
+        T.ok(err is None, "mkdir %s%s creates a %s repo" % (top, repo_id, rtype), err)
+        status, info = repo_info(hub, rtype, repo_id)
+        T.ok(status == 200 and info.get("private") is (not public), "%s exists on the Hub, %s" % (repo_id, vis),
+             (status, info))
+        if not public:
+            T.ok(repo_info(hub, rtype, repo_id, token=None)[0] in (401, 404), "%s: anonymous callers do not see it" % repo_id)
+        T.ok(os.path.isdir(m.p(top + repo_id)), "%s: the repo directory is there at once" % repo_id)
+        T.ok("new-%s%s" % (rtype, suffix) in os.listdir(m.p(top + "alice")), "%s: the namespace lists it at once" % repo_id)
+        T.ok("main" in os.listdir(m.p(top + repo_id)), "%s: its main branch appears" % repo_id)
+        data = ("the first file of %s\n" % repo_id).encode()
+        err = write_file(m.p(top + repo_id + "/main/first.txt"), data)
+        T.ok(err is None, "%s: a file copied into main with fsync returns 0" % repo_id, err)
+        T.eq(hub_bytes(hub, rtype, repo_id, "first.txt"), data, "%s: the file lands on the Hub" % repo_id)
+        T.eq(errno_of(os.mkdir, m.p(top + repo_id)), errno.EEXIST, "%s: mkdir again is EEXIST" % repo_id)
+        T.eq(errno_of(os.rmdir, m.p(top + repo_id)), errno.EPERM, "%s: rmdir of a repo is EPERM" % repo_id)
+        T.eq(repo_info(hub, rtype, repo_id)[0], 200, "%s: and the repo stays" % repo_id)
+    T.eq(errno_of(os.mkdir, m.p(REPO)), errno.EEXIST, "mkdir of an existing repo is EEXIST")
+
+
+def test_public_repos(hub):
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "1", "--public-repos"]) as m:
+        test_mkdir_repo(hub, m, public=True, suffix="-public")
+        m.unmount()
+        check_sanitizers(m, "public repos")
+
+
+def hub_tree(hub, repo=REPO):
+    """path -> entry of the Hub's tree of main (recursive)."""
+    status, body, _ = hub.json("GET", "/api/models/%s/tree/main?recursive=true" % repo, ALICE_WRITE_TOKEN)
+    assert status == 200, status
+    return {e["path"]: e for e in body}
+
+
+def rename(a, b):
+    try:
+        os.rename(a, b)
+    except OSError as e:
+        return e
+    return None
+
+
+def test_rename(hub, m):
+    base = "%s/main/" % REPO
+    # a regular file of the tree
+    before = hub_tree(hub)
+    T.ok("tokenizer.json" in before and "lfs" not in before["tokenizer.json"], "tokenizer.json is a regular file on the Hub")
+    data = downloaded(hub, "tokenizer.json")
+    n = len(commits(hub))
+    err = rename(m.p(base + "tokenizer.json"), m.p(base + "tokenizer-renamed.json"))
+    T.ok(err is None, "rename of a regular file", err)
+    T.ok(not os.path.exists(m.p(base + "tokenizer.json")), "the old name is gone from the view at once")
+    T.ok("tokenizer-renamed.json" in os.listdir(m.p(base)) and "tokenizer.json" not in os.listdir(m.p(base)),
+         "the listing shows the new name only")
+    T.eq(m.read(base + "tokenizer-renamed.json"), data, "the new name reads the same bytes at once")
+    T.ok(fsync_path(m.p(base)) is None, "fsync of the branch directory commits the rename")
+    after = hub_tree(hub)
+    T.ok("tokenizer.json" not in after, "the Hub's tree: the old path is gone")
+    T.eq(after.get("tokenizer-renamed.json", {}).get("oid"), before["tokenizer.json"]["oid"],
+         "the Hub's tree: the new path has the same oid")
+    T.eq(len(commits(hub)), n + 1, "a rename is exactly one commit")
+
+    # an LFS file of the tree: moved by reference
+    T.ok("lfs" in before.get("weights-20m.bin", {}), "weights-20m.bin is an LFS file on the Hub")
+    sha = before["weights-20m.bin"]["lfs"]["oid"]
+    n = len(commits(hub))
+    hub.clear_log()
+    err = rename(m.p(base + "weights-20m.bin"), m.p(base + "weights-renamed.bin"))
+    T.ok(err is None, "rename of an LFS file", err)
+    T.ok(not os.path.exists(m.p(base + "weights-20m.bin")), "the old name is gone at once")
+    T.eq(os.stat(m.p(base + "weights-renamed.bin")).st_size, 20 * MiB, "the new name has the size at once")
+    T.eq(sha256(m.read(base + "weights-renamed.bin")), sha, "and reads the same bytes before the commit")
+    T.ok(fsync_path(m.p(base + "weights-renamed.bin")) is None, "fsync of the renamed file commits")
+    after = hub_tree(hub)
+    T.ok("weights-20m.bin" not in after, "the Hub's tree: the old LFS path is gone")
+    T.eq(after.get("weights-renamed.bin", {}).get("lfs", {}).get("oid"), sha,
+         "the Hub's tree: the new path has the same sha256")
+    T.eq(len(commits(hub)), n + 1, "the LFS rename is exactly one commit")
+    T.eq(titles(hub)[0], "Rename weights-20m.bin to weights-renamed.bin with hubfs", "its message")
+    log = hub.log()
+    T.eq([r["path"] for r in log if r["method"] == "PUT"], [], "no upload (PUT) for the LFS rename")
+    T.eq([r["path"] for r in log if "preupload" in r["path"] or "/info/lfs/" in r["path"]], [],
+         "neither preupload nor the LFS batch API")
+    T.eq(sha256(m.read(base + "weights-renamed.bin")), sha, "the renamed file reads back after the commit")
+
+    # a staged file, renamed before its commit, over an existing name
+    T.ok(write_file(m.p(base + "draft.txt"), b"draft\n", fsync=False) is None, "a new file is closed")
+    err = rename(m.p(base + "draft.txt"), m.p(base + "batch-c.bin"))
+    T.ok(err is None, "and renamed over an existing file before its commit", err)
+    T.eq(m.read(base + "batch-c.bin"), b"draft\n", "the target shows the renamed content at once")
+    T.ok(fsync_path(m.p(base)) is None, "fsync of the directory")
+    T.ok(downloaded(hub, "batch-c.bin") == b"draft\n" and downloaded(hub, "draft.txt") is None,
+         "the Hub has the content under the new name only")
+
+    # across branches and repos, and a missing source
+    T.eq(errno_of(os.rename, m.p(base + "twice.txt"), m.p("%s/v1.0/twice.txt" % REPO)), errno.EXDEV,
+         "rename into a tag view is EXDEV")
+    T.eq(errno_of(os.rename, m.p(base + "twice.txt"), m.p("alice/new-model/main/twice.txt")), errno.EXDEV,
+         "rename into another repo is EXDEV")
+    T.eq(errno_of(os.rename, m.p(base + "no-such-file"), m.p(base + "x")), errno.ENOENT,
+         "rename of a missing file is ENOENT")
+    T.ok(os.path.exists(m.p(base + "twice.txt")), "a refused rename leaves the file")
+
+
+def test_dirs(hub):
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
+        base = "%s/main/" % REPO
+        err = None
+        try:
+            os.mkdir(m.p(base + "newdir"))
+        except OSError as e:
+            err = e
+        T.ok(err is None, "mkdir inside a branch", err)
+        T.ok(os.path.isdir(m.p(base + "newdir")) and "newdir" in os.listdir(m.p(base)),
+             "the directory shows in the view at once")
+        T.eq(os.listdir(m.p(base + "newdir")), [], "empty")
+        T.eq(errno_of(os.mkdir, m.p(base + "newdir")), errno.EEXIST, "mkdir again is EEXIST")
+        T.eq(errno_of(os.mkdir, m.p(base + "README.md")), errno.EEXIST, "mkdir over a file is EEXIST")
+        data = b"a file in a new directory\n"
+        T.ok(write_file(m.p(base + "newdir/f.txt"), data) is None, "a file into it, with fsync")
+        T.eq(downloaded(hub, "newdir/f.txt"), data, "the Hub has the file in the new directory")
+        T.eq(errno_of(os.rmdir, m.p(base + "newdir")), errno.ENOTEMPTY, "rmdir of a non-empty directory is ENOTEMPTY")
+        T.eq(errno_of(os.rmdir, m.p(base + "README.md")), errno.ENOTDIR, "rmdir of a file is ENOTDIR")
+
+        os.mkdir(m.p(base + "a"))
+        os.mkdir(m.p(base + "a/b"))
+        T.ok(os.path.isdir(m.p(base + "a/b")), "nested local directories")
+        T.eq(errno_of(os.rmdir, m.p(base + "a")), errno.ENOTEMPTY, "rmdir of a local directory holding one: ENOTEMPTY")
+        T.eq(errno_of(os.rmdir, m.p(base + "a/b")), 0, "rmdir of an empty local directory")
+        T.eq(errno_of(os.rmdir, m.p(base + "a")), 0, "and of its parent, empty now")
+        T.ok(not os.path.exists(m.p(base + "a")) and "a" not in os.listdir(m.p(base)), "gone from the view")
+
+        n = len(commits(hub))
+        os.unlink(m.p(base + "newdir/f.txt"))
+        T.eq(os.listdir(m.p(base + "newdir")), [], "the directory of the Hub is empty in the view after an unlink")
+        T.eq(errno_of(os.rmdir, m.p(base + "newdir")), 0, "rmdir of it")
+        T.ok(not os.path.exists(m.p(base + "newdir")) and "newdir" not in os.listdir(m.p(base)),
+             "gone from the view at once")
+        T.ok(fsync_path(m.p(base)) is None, "fsync of the branch directory commits")
+        tree = hub_tree(hub)
+        T.ok(not any(p == "newdir" or p.startswith("newdir/") for p in tree), "the folder is gone from the Hub's tree")
+        T.eq(len(commits(hub)), n + 1, "in one commit")
+        T.eq(titles(hub)[0], "Delete newdir with hubfs", "a folder deletion")
+        m.unmount()
+        check_sanitizers(m, "directories")
+
+
+def test_rename_resume(hub):
+    cache = tempfile.mkdtemp(prefix="hubfs-write-cache-")
+    sha = hub_tree(hub)["weights-renamed.bin"]["lfs"]["oid"]
+    with Mount(hub, token=ALICE_READ_TOKEN, cache_dir=cache, args=["--commit-delay", "60"]) as m:
+        base = "%s/main/" % REPO
+        T.ok(rename(m.p(base + "weights-renamed.bin"), m.p(base + "weights-resumed.bin")) is None,
+             "an LFS rename with a read-only token")
+        err = fsync_path(m.p(base))
+        T.ok(isinstance(err, OSError) and err.errno == errno.EACCES, "fsync is EACCES (%r)" % err)
+        T.eq(os.stat(m.p(base + "weights-resumed.bin")).st_size, 20 * MiB, "the view keeps the renamed file")
+        m.unmount()
+        check_sanitizers(m, "rename, read-only token")
+    with Mount(hub, token=ALICE_WRITE_TOKEN, cache_dir=cache, args=["--commit-delay", "1"]) as m:
+        def moved():
+            tree = hub_tree(hub)
+            return "weights-renamed.bin" not in tree and \
+                tree.get("weights-resumed.bin", {}).get("lfs", {}).get("oid") == sha
+        T.ok(wait_for(moved, 30), "a mount with a write token resumes the rename and commits it")
+        T.eq(sha256(m.read("%s/main/weights-resumed.bin" % REPO)), sha, "the view reads it")
+        m.unmount()
+        check_sanitizers(m, "rename resumed")
+    os.system("rm -rf '%s'" % cache)
+
+
 def test_readonly_views(hub, m):
     main = hub_commit(hub, "model", REPO, "main")
     for view in ("%s/v1.0" % REPO, "%s@v1.0" % REPO, "%s@%s" % (REPO, main), "%s/refs/pr/1" % REPO):
@@ -201,7 +399,8 @@ def test_readonly_views(hub, m):
         T.eq(errno_of(os.open, m.p(view + "/config.json"), os.O_WRONLY), errno.EROFS,
              "open for writing in %s is EROFS" % view)
         T.eq(errno_of(os.unlink, m.p(view + "/config.json")), errno.EROFS, "unlink in %s is EROFS" % view)
-    T.eq(errno_of(os.mkdir, m.p("%s/main/newdir" % REPO)), errno.EROFS, "mkdir in a branch is not done yet: EROFS")
+    T.eq(errno_of(os.mkdir, m.p("%s/v1.0/newdir" % REPO)), errno.EROFS, "mkdir in a tag view is EROFS")
+    T.eq(errno_of(os.mkdir, m.p("%s/newbranch" % REPO)), errno.EROFS, "mkdir of a branch is EROFS")
 
 
 def test_read_token(hub):
@@ -275,11 +474,16 @@ def main():
             test_batch(hub, m)
             test_modify(hub, m)
             test_unlink(hub, m)
+            test_mkdir_repo(hub, m)
+            test_rename(hub, m)
             test_readonly_views(hub, m)
             status = m.unmount()
             T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
             check_sanitizers(m, "writes")
         test_drain(hub)
+        test_public_repos(hub)
+        test_dirs(hub)
+        test_rename_resume(hub)
         test_read_token(hub)
         test_conflict(hub)
     T.done()
