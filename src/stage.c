@@ -729,6 +729,39 @@ int stage_writer_close(struct stage_writer *w)
 	return rc;
 }
 
+/* After the deletion of @path (row @id, based on @base) was journaled: the
+ * overlay shows it deleted, its branch is queued, and the staged file of the
+ * row it replaced (@old, released here) is removed. */
+static void stage_deleted(struct stage *s, const char *repo, const char *branch, const char *path,
+			  int64_t id, const char *base, struct cache_stage_change *old)
+{
+	struct stage_entry *e;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (!e)
+		e = stage_entry_new(s, repo, branch, path);
+	if (e) {
+		e->wr = NULL; /* an open writer lives on unlinked, as an open file does */
+		e->localdir = false;
+		e->deleted = true;
+		free(e->from);
+		e->from = NULL;
+		free(e->moved_to);
+		e->moved_to = NULL;
+		e->staged[0] = '\0';
+		e->size = 0;
+		e->row = id;
+		memcpy(e->base, base, sizeof(e->base));
+		e->version = ++s->versions;
+	}
+	stage_queue(s, repo, branch);
+	pthread_mutex_unlock(&s->lock);
+	if (old->id && old->staged[0])
+		cache_stage_file_remove(s->cache, old->staged);
+	cache_stage_change_release(old);
+}
+
 int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
 		 const char *base)
 {
@@ -757,29 +790,7 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
 			branch, strerror(-rc));
 		return rc;
 	}
-	pthread_mutex_lock(&s->lock);
-	e = stage_find(s, repo, branch, path);
-	if (!e)
-		e = stage_entry_new(s, repo, branch, path);
-	if (e) {
-		if (e->wr)
-			e->wr = NULL; /* it lives on unlinked, as an open file does */
-		e->deleted = true;
-		free(e->from);
-		e->from = NULL;
-		free(e->moved_to);
-		e->moved_to = NULL;
-		e->staged[0] = '\0';
-		e->size = 0;
-		e->row = id;
-		memcpy(e->base, ch.base_commit, sizeof(e->base));
-		e->version = ++s->versions;
-	}
-	stage_queue(s, repo, branch);
-	pthread_mutex_unlock(&s->lock);
-	if (old.id && old.staged[0])
-		cache_stage_file_remove(s->cache, old.staged);
-	cache_stage_change_release(&old);
+	stage_deleted(s, repo, branch, path, id, ch.base_commit, &old);
 	return 0;
 }
 
@@ -1017,28 +1028,7 @@ int stage_rmdir(struct stage *s, const char *repo, const char *branch, const cha
 			repo, branch, strerror(-rc));
 		return rc;
 	}
-	pthread_mutex_lock(&s->lock);
-	e = stage_find(s, repo, branch, path);
-	if (!e)
-		e = stage_entry_new(s, repo, branch, path);
-	if (e) {
-		e->localdir = false;
-		e->deleted = true;
-		free(e->from);
-		e->from = NULL;
-		free(e->moved_to);
-		e->moved_to = NULL;
-		e->staged[0] = '\0';
-		e->size = 0;
-		e->row = id;
-		memcpy(e->base, ch.base_commit, sizeof(e->base));
-		e->version = ++s->versions;
-	}
-	stage_queue(s, repo, branch);
-	pthread_mutex_unlock(&s->lock);
-	if (old.id && old.staged[0])
-		cache_stage_file_remove(s->cache, old.staged);
-	cache_stage_change_release(&old);
+	stage_deleted(s, repo, branch, path, id, ch.base_commit, &old);
 	return 0;
 }
 
