@@ -354,6 +354,30 @@ fail:
 	return rc;
 }
 
+/* Replies to a lookup (or mkdir) with the node @n that fs_inode_link() just
+ * returned, and drops the request's reference to it.  Returns 0 once
+ * replied; on -errno nothing was replied and the lookup of @n is undone. */
+static int fs_reply_node(fuse_req_t req, struct fs *fs, struct fs_node *n)
+{
+	struct fuse_entry_param ep;
+	int rc;
+
+	memset(&ep, 0, sizeof(ep));
+	rc = fs_stat(fs, n, &ep.attr);
+	if (rc) {
+		fs_inode_forget(fs->inodes, n->ino, 1);
+		fs_inode_put(fs->inodes, n);
+		return rc;
+	}
+	ep.ino = n->ino;
+	ep.generation = 1;
+	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, n);
+	if (fuse_reply_entry(req, &ep))
+		fs_inode_forget(fs->inodes, n->ino, 1);
+	fs_inode_put(fs->inodes, n);
+	return 0;
+}
+
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 {
 	struct fs *fs = fs_of(req);
@@ -383,19 +407,9 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 		fuse_reply_err(req, ENOMEM);
 		goto out;
 	}
-	rc = fs_stat(fs, n, &ep.attr);
-	if (rc) {
-		fs_inode_forget(fs->inodes, n->ino, 1);
-		fs_inode_put(fs->inodes, n);
+	rc = fs_reply_node(req, fs, n);
+	if (rc)
 		fuse_reply_err(req, -rc);
-		goto out;
-	}
-	ep.ino = n->ino;
-	ep.generation = 1;
-	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, n);
-	if (fuse_reply_entry(req, &ep))
-		fs_inode_forget(fs->inodes, n->ino, 1);
-	fs_inode_put(fs->inodes, n);
 out:
 	fs_inode_put(fs->inodes, parent);
 }
@@ -1669,18 +1683,9 @@ made:
 		rc = -ENOMEM;
 		goto out;
 	}
-	rc = fs_stat(fs, n, &ep.attr);
-	if (rc) {
-		fs_inode_forget(fs->inodes, n->ino, 1);
-		fs_inode_put(fs->inodes, n);
+	rc = fs_reply_node(req, fs, n);
+	if (rc)
 		goto out;
-	}
-	ep.ino = n->ino;
-	ep.generation = 1;
-	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, n);
-	if (fuse_reply_entry(req, &ep))
-		fs_inode_forget(fs->inodes, n->ino, 1);
-	fs_inode_put(fs->inodes, n);
 	fs_inode_put(fs->inodes, parent);
 	return;
 out:
