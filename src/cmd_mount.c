@@ -383,6 +383,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	if (!m.fs.fetch || !m.fs.inodes || fs_handles_init(&m.fs))
 		goto out_mount;
 	m.fs.cache = m.cache;
+	m.fs.cache_dir = realpath(cache_dir, NULL); /* NULL: the xattr is absent */
 	m.fs.http = m.http;
 	m.fs.ttl = ttl;
 	m.fs.offline = offline;
@@ -448,6 +449,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 
 out_mount:
 	mount_release(&m);
+	free(m.fs.cache_dir);
 out_global:
 	http_global_release();
 out:

@@ -1373,6 +1373,11 @@ static int fs_xattr(struct fs *fs, const struct fs_node *n, const char *name, ch
 	char *url;
 	int len;
 
+	/* the mount's own facts, for hubfs status and hubfs umount */
+	if (n->p.kind == FS_PATH_ROOT && !strcmp(name, "user.hubfs.cache_dir") && fs->cache_dir)
+		return snprintf(buf, size, "%s", fs->cache_dir);
+	if (n->p.kind == FS_PATH_ROOT && !strcmp(name, "user.hubfs.pid"))
+		return snprintf(buf, size, "%ld", (long)getpid());
 	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.commit")) {
 		int rc = fs_revision(fs, n, &rev);
 
@@ -1429,8 +1434,10 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	static const char *const names[] = { "user.hub.commit", "user.hub.oid", "user.hub.lfs",
-					     "user.hub.sha256", "user.hub.url" };
+	static const char *const names[] = { "user.hub.commit",	     "user.hub.oid",
+					     "user.hub.lfs",	     "user.hub.sha256",
+					     "user.hub.url",	     "user.hubfs.cache_dir",
+					     "user.hubfs.pid" };
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
 	char list[256], buf[8192];

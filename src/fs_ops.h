@@ -44,6 +44,7 @@ struct fs {
 	struct fs_handles *files; /* open files */
 	struct stage *stage;      /* writes: the overlay and the commit worker */
 	struct fuse_session *se;  /* for notifications to the kernel; NULL before the mount */
+	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
 };
 
 /* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */
