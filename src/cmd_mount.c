@@ -252,6 +252,7 @@ static void mount_release(struct mount *m)
 		if (m->mounted)
 			fuse_session_unmount(m->se);
 		fuse_remove_signal_handlers(m->se);
+		fs_set_session(&m->fs, NULL);
 		fuse_session_destroy(m->se);
 	}
 	/* open files are journaled as they are closed, then pending commits go */
@@ -396,6 +397,8 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		sc.http = m.http;
 		sc.meta = m.fs.meta;
 		sc.delay = commit_delay;
+		sc.committed = fs_committed;
+		sc.committed_arg = &m.fs;
 		m.fs.stage = stage_new(&sc, &rc);
 		if (!m.fs.stage) {
 			log_msg(LOG_ERR, "cannot resume the staged changes in '%s': %s", cache_dir,
@@ -405,7 +408,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	}
 
 	m.se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), &m.fs);
-	m.fs.se = m.se;
+	fs_set_session(&m.fs, m.se);
 	if (!m.se)
 		goto out_mount;
 	if (fuse_set_signal_handlers(m.se))

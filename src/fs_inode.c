@@ -290,6 +290,43 @@ void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup)
 	pthread_mutex_unlock(&t->lock);
 }
 
+int fs_inodes_collect(struct fs_inodes *t, bool (*match)(void *arg, const struct fs_node *n),
+		      void *arg, uint64_t **inos, size_t *n)
+{
+	uint64_t *v = NULL;
+	size_t cnt = 0, cap = 0;
+	int rc = 0;
+
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->buckets && !rc; i++) {
+		for (struct fs_node *node = t->by_ino[i]; node; node = node->next_ino) {
+			if (!match(arg, node))
+				continue;
+			if (cnt == cap) {
+				size_t ncap = cap ? 2 * cap : 16;
+				uint64_t *nv = realloc(v, ncap * sizeof(*nv));
+
+				if (!nv) {
+					rc = -ENOMEM;
+					break;
+				}
+				v = nv;
+				cap = ncap;
+			}
+			v[cnt++] = node->ino;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (rc) {
+		free(v);
+		v = NULL;
+		cnt = 0;
+	}
+	*inos = v;
+	*n = cnt;
+	return rc;
+}
+
 uint64_t fs_inodes_count(struct fs_inodes *t)
 {
 	uint64_t c;

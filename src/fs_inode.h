@@ -19,6 +19,7 @@
 #define HUBFS_FS_INODE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cache_meta.h"
@@ -69,6 +70,13 @@ struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const
 
 /* The kernel forgot @nlookup lookups of @ino. */
 void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup);
+
+/* Calls @match(@arg, node) for every node, with the table's lock held
+ * (@match must only read the node), and collects the inode numbers of the
+ * nodes it returns true for into *@inos (the caller frees it with free()),
+ * their number into *@n.  Returns 0 or -ENOMEM. */
+int fs_inodes_collect(struct fs_inodes *t, bool (*match)(void *arg, const struct fs_node *n),
+		      void *arg, uint64_t **inos, size_t *n);
 
 /* Number of nodes in the table (for tests and statistics). */
 uint64_t fs_inodes_count(struct fs_inodes *t);

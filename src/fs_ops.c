@@ -211,6 +211,48 @@ static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, 
 	st->st_ctim = st->st_mtim;
 }
 
+/* A file node of a view whose revision moved since the node was made (a
+ * commit of this mount, or the branch's head after the TTL), or a node made
+ * for a staged file that is committed now: the node's content may not be
+ * the path's any more.  Returns 1 with @e (release it) the path's entry in
+ * the tree of the revision now when its content differs from the node's,
+ * and that revision's commit in @commit (may be NULL); 0 when it does not;
+ * or -errno (-ENOENT: the path is gone). */
+static int fs_current(struct fs *fs, const struct fs_node *n, struct cache_entry *e,
+		      char commit[41])
+{
+	struct hub_revision rev;
+	struct hub_repo repo;
+	bool staged;
+	int rc;
+
+	if (n->p.kind != FS_PATH_ENTRY || n->is_dir)
+		return 0;
+	staged = !strncmp(n->oid, "staged:", 7);
+	if (!staged && n->p.pinned && hub_commit_id_valid(n->p.rev, false))
+		return 0;
+	rc = fs_revision(fs, n, &rev);
+	if (rc)
+		return staged ? rc : 0; /* no answer: the node's content stands */
+	if (!staged && !strcmp(rev.commit, n->commit))
+		return 0;
+	fs_repo_of(n, &repo);
+	rc = meta_lookup(fs->meta, &repo, rev.commit, n->p.path, e);
+	if (rc)
+		return staged || rc == -ENOENT ? rc : 0;
+	if (e->is_dir) {
+		cache_entry_release(e);
+		return -EISDIR;
+	}
+	if (!staged && !strcmp(e->oid, n->oid) && !strcmp(e->sha256, n->sha256)) {
+		cache_entry_release(e);
+		return 0;
+	}
+	if (commit)
+		memcpy(commit, rev.commit, 41);
+	return 1;
+}
+
 /* The attributes of @n now. */
 static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 {
@@ -229,20 +271,14 @@ static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 	fs_fill_stat(fs, n, mtime, st);
 	if (n->p.kind == FS_PATH_ENTRY && !n->is_dir) {
 		struct stage_stat ss;
+		struct cache_entry e;
 
 		fs_staged(fs, n, &ss);
-		if (ss.what == STAGE_NONE && !strncmp(n->oid, "staged:", 7)) {
-			/* a node made for a staged file that is committed now */
-			struct hub_repo repo;
-			struct cache_entry e;
-
-			fs_repo_of(n, &repo);
-			if (fs_revision(fs, n, &rev) == 0 &&
-			    meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &e) == 0) {
-				ss.what = STAGE_FILE;
-				ss.size = e.size;
-				cache_entry_release(&e);
-			}
+		if (ss.what == STAGE_NONE && fs_current(fs, n, &e, NULL) == 1) {
+			/* the content changed since the node was made */
+			ss.what = STAGE_FILE;
+			ss.size = e.size;
+			cache_entry_release(&e);
 		}
 		if (ss.what == STAGE_FILE) {
 			st->st_size = (off_t)ss.size;
@@ -976,13 +1012,13 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs_file *f = NULL;
 	struct hub_repo repo;
 	struct stage_stat ss;
-	struct hub_revision rev;
 	const char *id, *commit;
 	char *url = NULL;
 	struct cache_entry e;
 	bool writing;
 	struct fs_node moved;
 	const struct fs_node *v = n; /* what is opened: @n, or where it moved */
+	char cur[41];
 	int rc = 0;
 
 	memset(&e, 0, sizeof(e));
@@ -1068,22 +1104,19 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	id = v->sha256[0] ? v->sha256 : v->oid;
 	commit = v->commit;
 	f->size = v->size;
-	if (!strncmp(v->oid, "staged:", 7)) {
-		/* a node made for a staged file that is committed now */
-		rc = fs_revision(fs, v, &rev);
-		fs_repo_of(v, &repo);
-		if (!rc)
-			rc = meta_lookup(fs->meta, &repo, rev.commit, v->p.path, &e);
-		if (rc)
-			goto fail;
+	fi->keep_cache = 1;
+	rc = fs_current(fs, v, &e, cur);
+	if (rc < 0)
+		goto fail;
+	if (rc == 1) {
+		/* the path's content changed since the node was made (an
+		 * overwrite committed): the kernel's pages of the node are old */
 		id = e.sha256[0] ? e.sha256 : e.oid;
-		commit = rev.commit;
+		commit = cur;
 		f->size = e.size;
 		fi->keep_cache = 0;
-		fi->direct_io = 1;
-	} else {
-		fi->keep_cache = 1;
 	}
+	rc = 0;
 	if (f->size > 0) {
 		fs_repo_of(v, &repo);
 		url = hub_resolve_url(fs->http, &repo, commit, v->p.path);
@@ -1460,6 +1493,54 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	else
 		fuse_reply_buf(req, list, len);
 	fs_inode_put(fs->inodes, n);
+}
+
+/* ---- after a commit ---- */
+
+struct fs_commit_match {
+	const char *repo, *branch;
+	const char *const *paths;
+	size_t n;
+};
+
+static bool fs_commit_matches(void *arg, const struct fs_node *node)
+{
+	const struct fs_commit_match *cm = arg;
+	char key[STAGE_REPO_KEY_MAX];
+
+	if (node->p.kind != FS_PATH_ENTRY || strcmp(node->p.rev, cm->branch))
+		return false;
+	fs_stage_key(node, key);
+	if (strcmp(key, cm->repo))
+		return false;
+	for (size_t i = 0; i < cm->n; i++) {
+		size_t len = strlen(cm->paths[i]);
+
+		if (!strncmp(node->p.path, cm->paths[i], len) &&
+		    (node->p.path[len] == '\0' || node->p.path[len] == '/'))
+			return true;
+	}
+	return false;
+}
+
+void fs_committed(void *arg, const char *repo, const char *branch, const char *const *paths,
+		  size_t n)
+{
+	struct fs *fs = arg;
+	struct fs_commit_match cm = { repo, branch, paths, n };
+	uint64_t *inos;
+	size_t k;
+
+	if (fs_inodes_collect(fs->inodes, fs_commit_matches, &cm, &inos, &k))
+		return;
+	/* Invalidating an inode waits for no request of ours (unlike an entry,
+	 * whose parent directory the kernel may hold locked during fsyncdir),
+	 * so holding notify_lock meanwhile is safe. */
+	pthread_mutex_lock(&fs->notify_lock);
+	for (size_t i = 0; fs->se && i < k; i++)
+		fuse_lowlevel_notify_inval_inode(fs->se, inos[i], 0, 0);
+	pthread_mutex_unlock(&fs->notify_lock);
+	free(inos);
 }
 
 /* ---- the rest ---- */
@@ -2089,9 +2170,17 @@ static void fs_file_free_cb(void *ctx, void *obj)
 
 int fs_handles_init(struct fs *fs)
 {
+	pthread_mutex_init(&fs->notify_lock, NULL); /* lives as long as fs */
 	fs->dirs = fs_handles_new(fs_dir_free_cb, fs);
 	fs->files = fs_handles_new(fs_file_free_cb, fs);
 	return fs->dirs && fs->files ? 0 : -ENOMEM;
+}
+
+void fs_set_session(struct fs *fs, struct fuse_session *se)
+{
+	pthread_mutex_lock(&fs->notify_lock);
+	fs->se = se;
+	pthread_mutex_unlock(&fs->notify_lock);
 }
 
 void fs_handles_release(struct fs *fs)

@@ -43,15 +43,29 @@ struct fs {
 	struct fs_handles *dirs;  /* open directories */
 	struct fs_handles *files; /* open files */
 	struct stage *stage;      /* writes: the overlay and the commit worker */
-	struct fuse_session *se;  /* for notifications to the kernel; NULL before the mount */
+	/* For notifications to the kernel; NULL before the mount and once it
+	 * ends (set with fs_set_session()). */
+	struct fuse_session *se;     /* protected by notify_lock */
+	pthread_mutex_t notify_lock; /* initialised by fs_handles_init() */
 	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
 };
 
 /* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */
 int fs_handles_init(struct fs *fs);
 
+/* Sets (or with NULL, clears before the session is destroyed) the session
+ * that notifications go to. */
+void fs_set_session(struct fs *fs, struct fuse_session *se);
+
 /* Frees them and what is still open in them.  NULL tables are skipped. */
 void fs_handles_release(struct fs *fs);
+
+/* The stage's commit callback (struct stage_config.committed, @arg a struct
+ * fs): tells the kernel that the attributes and pages it caches of the
+ * committed paths' nodes, in every view of the branch, are stale.  Never
+ * waits for a FUSE request. */
+void fs_committed(void *arg, const char *repo, const char *branch, const char *const *paths,
+		  size_t n);
 
 /* The operations; the session's userdata is a struct fs. */
 extern const struct fuse_lowlevel_ops fs_ops;

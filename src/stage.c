@@ -110,6 +110,9 @@ struct stage {
 	struct http_client *http;
 	struct meta *meta;
 	int delay_ms;
+	void (*committed)(void *arg, const char *repo, const char *branch,
+			  const char *const *paths, size_t n);
+	void *committed_arg;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;	       /* the worker waits on it */
 	pthread_cond_t done;	       /* stage_sync() and stage_drain() wait on it */
@@ -1214,6 +1217,28 @@ static bool stage_in_folder(const struct stage_op *ops, size_t n, size_t i)
 	return false;
 }
 
+/* Tells the stage's user which paths of @rkey @branch the commit of @ops
+ * changed. */
+static void stage_tell_committed(struct stage *s, const char *rkey, const char *branch,
+				 const struct stage_op *ops, size_t n)
+{
+	const char **paths;
+	size_t np = 0;
+
+	if (!s->committed || n == 0)
+		return;
+	paths = calloc(2 * n, sizeof(*paths));
+	if (!paths)
+		return; /* the kernel's caches expire with the TTL */
+	for (size_t i = 0; i < n; i++) {
+		paths[np++] = ops[i].row->path;
+		if (ops[i].row->old_path)
+			paths[np++] = ops[i].row->old_path;
+	}
+	s->committed(s->committed_arg, rkey, branch, paths, np);
+	free(paths);
+}
+
 /* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
  * changed meanwhile: try again), -ESTALE (a conflict: rows kept, marked), or
  * the commit's -errno (rows marked FAILED). */
@@ -1440,6 +1465,7 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 	free(staged);
 	meta_forget_revision(s->meta, &repo, branch);
 	stage_forget_rows(s, rkey, branch, ids, n, base0, commit);
+	stage_tell_committed(s, rkey, branch, ops, n);
 	log_msg(LOG_NOTICE, "'%s@%s': %zu change%s committed as %s", rkey, branch, n,
 		n == 1 ? "" : "s", commit);
 	rc = 0;
@@ -1679,6 +1705,8 @@ struct stage *stage_new(const struct stage_config *cfg, int *err)
 	s->http = cfg->http;
 	s->meta = cfg->meta;
 	s->delay_ms = cfg->delay * 1000;
+	s->committed = cfg->committed;
+	s->committed_arg = cfg->committed_arg;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -40,6 +40,14 @@ struct stage_config {
 	struct http_client *http; /* borrowed */
 	struct meta *meta;	  /* borrowed */
 	int delay;		  /* seconds of quiet before a branch is committed */
+	/* Called by the commit worker after each commit, with no lock held:
+	 * the paths of @repo (a repo key) @branch whose content it changed
+	 * (added, replaced, deleted, moved from or to; a deleted folder's
+	 * path stands for everything under it), borrowed for the call.  May
+	 * be NULL. */
+	void (*committed)(void *arg, const char *repo, const char *branch,
+			  const char *const *paths, size_t n);
+	void *committed_arg;
 };
 
 struct stage;

@@ -134,6 +134,19 @@ def test_modify(hub, m):
     T.eq(downloaded(hub, "config.json"), new_cfg, "the Hub has the overwritten content")
     T.ok(cfg != new_cfg, "and it differs from before")
 
+    # the kernel caches the pages and size of what was read; an overwrite
+    # through another view of the branch must not leave them stale
+    pinned = "%s@main/" % REPO
+    old_gen = m.read(base + "docs/read me.md")
+    T.eq(m.read(pinned + "docs/read me.md"), old_gen, "a file is read through both views of main")
+    longer = old_gen + b"\n" + b"x" * 5000 + b"\n"
+    T.ok(write_file(m.p(pinned + "docs/read me.md"), longer) is None,
+         "overwritten through NS/REPO@main with longer content, fsync")
+    T.eq(sha256(m.read(base + "docs/read me.md")), sha256(longer),
+         "NS/REPO/main shows the committed bytes at once (not the cached old ones)")
+    T.eq(os.stat(m.p(base + "docs/read me.md")).st_size, len(longer), "and the new size")
+    T.eq(sha256(m.read(pinned + "docs/read me.md")), sha256(longer), "so does the view it was written through")
+
     T.ok(write_file(m.p(base + "README.md"), b"\nappended line\n", mode="ab") is None, "append and fsync")
     T.eq(downloaded(hub, "README.md"), readme + b"\nappended line\n", "the Hub has the appended content")
 
