@@ -813,6 +813,37 @@ static void stage_unhold(struct stage *s, const char *repo, const char *branch)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* After @w's path was renamed to @to: the open file is named @to now, so
+ * what is written through it later goes there (POSIX: an open file follows
+ * its renames).  No lock held. */
+static void stage_writer_move(struct stage_writer *w, const char *to)
+{
+	struct stage *s = w->s;
+	struct stage_entry *e;
+	char *path = strdup(to);
+
+	if (!path) {
+		log_msg(LOG_ERR, "out of memory: later writes to '%s' of '%s@%s' are lost", to,
+			w->repo, w->branch);
+		return;
+	}
+	pthread_mutex_lock(&w->lock);
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, w->repo, w->branch, to);
+	if (e && !e->wr) {
+		free(w->path);
+		w->path = path;
+		path = NULL;
+		w->unlinked = false;
+		memcpy(w->base, e->base, sizeof(w->base));
+		e->wr = w;
+		e->version = ++s->versions;
+	}
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&w->lock);
+	free(path);
+}
+
 int stage_rename(struct stage *s, const char *repo, const char *branch, const char *from,
 		 const char *to, const char *base, const char *sha256, uint64_t size,
 		 stage_fill_fn fill, void *arg)
@@ -968,6 +999,8 @@ int stage_rename(struct stage *s, const char *repo, const char *branch, const ch
 		e->moved_to = strdup(to);
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (w)
+		stage_writer_move(w, to);
 out:
 	if (fd >= 0) {
 		close(fd);

@@ -148,8 +148,9 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
  * branch (see stage.c).  The source is what the overlay has at @from, else
  * the tree's file: with @sha256 (64 hex digits, @size bytes) an LFS file,
  * moved by reference; otherwise its content is what @fill writes (@fill NULL:
- * empty).  An open writer of @from is journaled first and then lives on
- * detached, as after an unlink; so does one of @to.  Returns 0, -ENOENT
+ * empty).  An open writer of @from is journaled first and then names @to:
+ * what is written through it later goes to @to, as POSIX has it.  An open
+ * writer of the replaced @to lives on detached, as after an unlink.  Returns 0, -ENOENT
  * (@from is deleted), -EXDEV (a file moved back where it was before being
  * committed), -EAGAIN (the source changed meanwhile: try again), or -errno. */
 int stage_rename(struct stage *s, const char *repo, const char *branch, const char *from,

@@ -327,6 +327,25 @@ def test_rename(hub, m):
     T.ok(downloaded(hub, "batch-c.bin") == b"draft\n" and downloaded(hub, "draft.txt") is None,
          "the Hub has the content under the new name only")
 
+    # a file open for writing follows its rename: later writes land under the new name
+    def follow():
+        with open(m.p(base + "open-while-moved.txt"), "wb") as f:
+            f.write(b"before the rename\n")
+            f.flush()
+            os.rename(m.p(base + "open-while-moved.txt"), m.p(base + "moved-while-open.txt"))
+            f.write(b"after the rename\n")
+            f.flush()
+            os.fsync(f.fileno())
+    _, err = with_timeout(follow, FSYNC_TIMEOUT)
+    T.ok(err is None, "write, rename while open, write again, fsync", err)
+    T.eq(m.read(base + "moved-while-open.txt"), b"before the rename\nafter the rename\n",
+         "the view shows both writes under the new name")
+    T.ok(fsync_path(m.p(base)) is None, "fsync of the directory")
+    T.eq(downloaded(hub, "moved-while-open.txt"), b"before the rename\nafter the rename\n",
+         "the Hub has both writes under the new name")
+    T.ok(downloaded(hub, "open-while-moved.txt") is None and not os.path.exists(m.p(base + "open-while-moved.txt")),
+         "and nothing under the old name")
+
     # across branches and repos, and a missing source
     T.eq(errno_of(os.rename, m.p(base + "twice.txt"), m.p("%s/v1.0/twice.txt" % REPO)), errno.EXDEV,
          "rename into a tag view is EXDEV")
