@@ -290,6 +290,22 @@ void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup)
 	pthread_mutex_unlock(&t->lock);
 }
 
+uint64_t fs_inode_find(struct fs_inodes *t, uint64_t parent, const char *name)
+{
+	uint64_t ino = 0;
+
+	pthread_mutex_lock(&t->lock);
+	for (struct fs_node *n = t->by_name[fs_hash_name(parent, name) & (t->buckets - 1)]; n;
+	     n = n->next_name) {
+		if (n->parent == parent && !strcmp(n->name, name)) {
+			ino = n->ino;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	return ino;
+}
+
 int fs_inodes_collect(struct fs_inodes *t, bool (*match)(void *arg, const struct fs_node *n),
 		      void *arg, uint64_t **inos, size_t *n)
 {

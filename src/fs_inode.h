@@ -71,6 +71,10 @@ struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const
 /* The kernel forgot @nlookup lookups of @ino. */
 void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup);
 
+/* The inode number of the node that lookups of @name in @parent find, or 0
+ * when there is none. */
+uint64_t fs_inode_find(struct fs_inodes *t, uint64_t parent, const char *name);
+
 /* Calls @match(@arg, node) for every node, with the table's lock held
  * (@match must only read the node), and collects the inode numbers of the
  * nodes it returns true for into *@inos (the caller frees it with free()),

@@ -288,9 +288,127 @@ static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 	return 0;
 }
 
+/* A directory this mount renamed: node @ino is at @fullpath now. */
+struct fs_dir_move {
+	uint64_t ino;
+	char *fullpath;
+	struct fs_dir_move *next;
+};
+
+/* Records that directory node @ino is at @fullpath now.  Returns 0 or
+ * -ENOMEM. */
+static int fs_dir_moved(struct fs *fs, uint64_t ino, const char *fullpath)
+{
+	struct fs_dir_move *m;
+	char *copy = strdup(fullpath);
+	int rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	pthread_mutex_lock(&fs->moves_lock);
+	for (m = fs->moves; m && m->ino != ino; m = m->next)
+		;
+	if (!m && (m = calloc(1, sizeof(*m))) != NULL) {
+		m->ino = ino;
+		m->next = fs->moves;
+		fs->moves = m;
+	}
+	if (m) {
+		free(m->fullpath);
+		m->fullpath = copy;
+		copy = NULL;
+	} else {
+		rc = -ENOMEM;
+	}
+	pthread_mutex_unlock(&fs->moves_lock);
+	free(copy);
+	return rc;
+}
+
+/* Where this mount moved directory node @ino, or NULL (the caller frees). */
+static char *fs_dir_moved_to(struct fs *fs, uint64_t ino)
+{
+	char *path = NULL;
+
+	pthread_mutex_lock(&fs->moves_lock);
+	for (struct fs_dir_move *m = fs->moves; m; m = m->next) {
+		if (m->ino == ino) {
+			path = strdup(m->fullpath);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->moves_lock);
+	return path;
+}
+
+/* The directory that node @n stands for now: @n itself, or, when this mount
+ * renamed @n or a directory above it, @tmp, a copy of @n with the path it
+ * has now (the caller frees tmp->fullpath when it gets @tmp back).  On
+ * failure (no memory) @n. */
+static const struct fs_node *fs_dir_view(struct fs *fs, const struct fs_node *n,
+					 struct fs_node *tmp)
+{
+	struct fs_node *held = NULL, *up;
+	const struct fs_node *cur = n;
+	char *rel = NULL, *to = NULL, *full = NULL;
+	bool any;
+
+	pthread_mutex_lock(&fs->moves_lock);
+	any = fs->moves != NULL;
+	pthread_mutex_unlock(&fs->moves_lock);
+	if (!any || n->p.kind != FS_PATH_ENTRY)
+		return n;
+	for (int depth = 0; depth < HUB_PATH_MAX / 2; depth++) {
+		char *r;
+
+		to = fs_dir_moved_to(fs, cur->ino);
+		if (to || cur->p.kind != FS_PATH_ENTRY)
+			break;
+		if (asprintf(&r, "%s%s%s", cur->name, rel ? "/" : "", rel ? rel : "") < 0)
+			break;
+		free(rel);
+		rel = r;
+		up = fs_inode_get(fs->inodes, cur->parent);
+		fs_inode_put(fs->inodes, held);
+		held = up;
+		if (!up)
+			break;
+		cur = up;
+	}
+	fs_inode_put(fs->inodes, held);
+	if (to && asprintf(&full, "%s%s%s", to, rel ? "/" : "", rel ? rel : "") < 0)
+		full = NULL;
+	free(rel);
+	free(to);
+	if (!full)
+		return n;
+	*tmp = *n;
+	tmp->fullpath = full;
+	if (fs_path_parse(full, &tmp->p)) {
+		free(full);
+		return n;
+	}
+	return tmp;
+}
+
 /* Builds and checks the node that @name in @parent would be. */
+static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
+		       struct fs_node *proto);
+
 static int fs_child(struct fs *fs, const struct fs_node *parent, const char *name,
 		    struct fs_node *proto)
+{
+	struct fs_node tmp;
+	const struct fs_node *v = fs_dir_view(fs, parent, &tmp);
+	int rc = fs_child_at(fs, v, name, proto);
+
+	if (v == &tmp)
+		free(tmp.fullpath);
+	return rc;
+}
+
+static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
+		       struct fs_node *proto)
 {
 	struct hub_revision rev;
 	struct hub_repo repo;
@@ -798,25 +916,29 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		break;
 	case FS_PATH_REVISION:
 	case FS_PATH_ENTRY: {
-		struct fs_tree_list l = { .req = req, .d = d, .fs = fs, .n = n };
+		struct fs_node tmp;
+		const struct fs_node *v = fs_dir_view(fs, n, &tmp); /* renamed? */
+		struct fs_tree_list l = { .req = req, .d = d, .fs = fs, .n = v };
 		struct hub_repo repo;
 		struct hub_revision rev;
-		const char *commit = n->commit;
+		const char *commit = v->commit;
 
-		fs_repo_of(n, &repo);
-		fs_stage_key(n, l.key);
-		if (n->p.kind == FS_PATH_REVISION || fs->stage) {
+		fs_repo_of(v, &repo);
+		fs_stage_key(v, l.key);
+		if (v->p.kind == FS_PATH_REVISION || fs->stage) {
 			/* a branch view lists the branch's current head */
-			rc = fs_revision(fs, n, &rev);
+			rc = fs_revision(fs, v, &rev);
 			commit = rev.commit;
 		}
 		l.commit = commit;
 		if (!rc)
-			rc = meta_list(fs->meta, &repo, commit, n->p.path, fs_tree_entry, &l);
+			rc = meta_list(fs->meta, &repo, commit, v->p.path, fs_tree_entry, &l);
 		if (rc == -ENOENT && fs->stage)
 			rc = 0; /* a directory that only staged files make */
 		if (!rc && fs->stage)
-			rc = stage_list_dir(fs->stage, l.key, n->p.rev, n->p.path, fs_staged_entry, &l);
+			rc = stage_list_dir(fs->stage, l.key, v->p.rev, v->p.path, fs_staged_entry, &l);
+		if (v == &tmp)
+			free(tmp.fullpath);
 		break;
 	}
 	case FS_PATH_ME:
@@ -1662,17 +1784,44 @@ static int fs_empty_staged(void *arg, const char *name, bool is_dir)
 	return 1;
 }
 
+/* Whether directory @dir (an entry of a branch view) shows nothing; with
+ * *@in_tree whether the tree of @commit has it.  Returns 0 or -errno. */
+static int fs_dir_empty(struct fs *fs, const struct fs_node *dir, const char *commit, bool *empty,
+			bool *in_tree)
+{
+	struct fs_empty x = { .fs = fs, .empty = true };
+	struct hub_repo repo;
+	struct cache_entry e;
+	char key[STAGE_REPO_KEY_MAX];
+	int rc;
+
+	fs_repo_of(dir, &repo);
+	fs_stage_key(dir, key);
+	x.key = key;
+	x.rev = dir->p.rev;
+	rc = meta_list(fs->meta, &repo, commit, dir->p.path, fs_empty_tree, &x);
+	if (rc < 0 && rc != -ENOENT)
+		return rc;
+	if (x.empty)
+		stage_list_dir(fs->stage, key, dir->p.rev, dir->p.path, fs_empty_staged, &x);
+	*empty = x.empty;
+	*in_tree = false;
+	rc = meta_lookup(fs->meta, &repo, commit, dir->p.path, &e);
+	if (rc == 0) {
+		*in_tree = e.is_dir;
+		cache_entry_release(&e);
+	}
+	return rc == -ENOENT ? 0 : rc;
+}
+
 /* rmdir in a branch view: ENOTEMPTY unless the view shows nothing in the
  * directory; a folder of the tree becomes a DELETE_FOLDER change. */
 static int fs_branch_rmdir(struct fs *fs, const struct fs_node *parent, const char *name)
 {
 	struct fs_node proto;
-	struct fs_empty x = { .fs = fs, .empty = true };
 	struct hub_revision rev;
-	struct hub_repo repo;
-	struct cache_entry e;
 	char key[STAGE_REPO_KEY_MAX];
-	bool in_tree = false;
+	bool empty, in_tree;
 	int rc = fs_branch_child(fs, parent, name, &proto);
 
 	if (rc)
@@ -1682,28 +1831,15 @@ static int fs_branch_rmdir(struct fs *fs, const struct fs_node *parent, const ch
 		goto out;
 	}
 	rc = fs_revision(fs, &proto, &rev);
+	if (!rc)
+		rc = fs_dir_empty(fs, &proto, rev.commit, &empty, &in_tree);
 	if (rc)
 		goto out;
-	fs_repo_of(&proto, &repo);
-	fs_stage_key(&proto, key);
-	x.key = key;
-	x.rev = proto.p.rev;
-	rc = meta_list(fs->meta, &repo, rev.commit, proto.p.path, fs_empty_tree, &x);
-	if (rc < 0 && rc != -ENOENT)
-		goto out;
-	if (x.empty)
-		stage_list_dir(fs->stage, key, proto.p.rev, proto.p.path, fs_empty_staged, &x);
-	if (!x.empty) {
+	if (!empty) {
 		rc = -ENOTEMPTY;
 		goto out;
 	}
-	rc = meta_lookup(fs->meta, &repo, rev.commit, proto.p.path, &e);
-	if (rc == 0) {
-		in_tree = e.is_dir;
-		cache_entry_release(&e);
-	} else if (rc != -ENOENT) {
-		goto out;
-	}
+	fs_stage_key(&proto, key);
 	rc = stage_rmdir(fs->stage, key, proto.p.rev, proto.p.path, rev.commit, in_tree);
 out:
 	free(proto.fullpath);
@@ -1811,8 +1947,23 @@ static void fs_rmdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 /* The node @name of @parent would be, when @parent is a directory of a
  * branch view.  Returns 0 (the caller frees proto->fullpath), -EROFS, or
  * -errno. */
+static int fs_branch_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
+			      struct fs_node *proto);
+
 static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
 			   struct fs_node *proto)
+{
+	struct fs_node tmp;
+	const struct fs_node *v = fs_dir_view(fs, parent, &tmp);
+	int rc = fs_branch_child_at(fs, v, name, proto);
+
+	if (v == &tmp)
+		free(tmp.fullpath);
+	return rc;
+}
+
+static int fs_branch_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
+			      struct fs_node *proto)
 {
 	int rc;
 
@@ -1824,7 +1975,7 @@ static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const ch
 	rc = fs_is_branch(fs, parent);
 	if (rc <= 0)
 		return rc ? rc : -EROFS;
-	rc = fs_child(fs, parent, name, proto);
+	rc = fs_child_at(fs, parent, name, proto);
 	if (rc == -ENOENT) {
 		/* a new name: parse it all the same */
 		if (asprintf(&proto->fullpath, "%s/%s", parent->fullpath, name) < 0) {
@@ -1887,6 +2038,194 @@ static bool fs_same_view(const struct fs_node *a, const struct fs_node *b)
 	       !strcmp(a->p.rev, b->p.rev);
 }
 
+/* A file under a directory being renamed. */
+struct fs_mv_file {
+	char *path;		/* in the repo */
+	bool staged;		/* the overlay has its content */
+	struct cache_entry e;	/* otherwise the tree's entry (e.path NULL) */
+};
+
+struct fs_mv_walk {
+	struct fs *fs;
+	struct hub_repo repo;
+	const char *key, *rev, *commit;
+	struct fs_mv_file *files;
+	size_t n, cap;
+	char **dirs; /* to walk */
+	size_t ndirs, capdirs;
+	const char *dir; /* being walked */
+};
+
+static int fs_mv_add(struct fs_mv_walk *w, const char *path, bool staged,
+		     const struct cache_entry *e)
+{
+	struct fs_mv_file *f;
+
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? 2 * w->cap : 64;
+		struct fs_mv_file *v = realloc(w->files, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		w->files = v;
+		w->cap = cap;
+	}
+	f = &w->files[w->n];
+	memset(f, 0, sizeof(*f));
+	f->path = strdup(path);
+	if (!f->path)
+		return -ENOMEM;
+	f->staged = staged;
+	if (e) {
+		f->e.size = e->size;
+		memcpy(f->e.oid, e->oid, sizeof(f->e.oid));
+		memcpy(f->e.sha256, e->sha256, sizeof(f->e.sha256));
+	}
+	w->n++;
+	return 0;
+}
+
+static int fs_mv_push(struct fs_mv_walk *w, const char *path)
+{
+	if (w->ndirs == w->capdirs) {
+		size_t cap = w->capdirs ? 2 * w->capdirs : 16;
+		char **v = realloc(w->dirs, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		w->dirs = v;
+		w->capdirs = cap;
+	}
+	w->dirs[w->ndirs] = strdup(path);
+	return w->dirs[w->ndirs++] ? 0 : -ENOMEM;
+}
+
+/* A tree entry of the directory walked: what the view shows there. */
+static int fs_mv_tree(void *arg, const struct cache_entry *e)
+{
+	struct fs_mv_walk *w = arg;
+	struct stage_stat ss;
+
+	stage_stat(w->fs->stage, w->key, w->rev, e->path, &ss);
+	if (ss.what == STAGE_DELETED)
+		return 0;
+	if (ss.what == STAGE_FILE)
+		return fs_mv_add(w, e->path, true, NULL);
+	if (e->is_dir)
+		return fs_mv_push(w, e->path);
+	return fs_mv_add(w, e->path, false, e);
+}
+
+/* A name the overlay adds to the directory walked. */
+static int fs_mv_staged(void *arg, const char *name, bool is_dir)
+{
+	struct fs_mv_walk *w = arg;
+	struct cache_entry e;
+	char *path;
+	int rc;
+
+	if (asprintf(&path, "%s/%s", w->dir, name) < 0)
+		return -ENOMEM;
+	rc = meta_lookup(w->fs->meta, &w->repo, w->commit, path, &e);
+	if (rc == 0) {
+		cache_entry_release(&e); /* the tree walk saw it */
+	} else if (rc == -ENOENT) {
+		rc = is_dir ? fs_mv_push(w, path) : fs_mv_add(w, path, true, NULL);
+	}
+	free(path);
+	return rc;
+}
+
+/* Renames directory @src to @dst (not there: @rd -ENOENT; or there, @rd 0)
+ * within one branch view: every file under it is renamed, in ONE commit
+ * (the branch is held meanwhile).  A failure half-way leaves the files
+ * moved so far under @dst and the rest under @src: nothing is lost. */
+static int fs_rename_dir(struct fs *fs, const struct fs_node *src, const struct fs_node *dst,
+			 int rd, unsigned int flags)
+{
+	struct fs_mv_walk w = { .fs = fs };
+	struct hub_revision rev;
+	char key[STAGE_REPO_KEY_MAX];
+	size_t slen = strlen(src->p.path);
+	bool empty, in_tree;
+	int rc;
+
+	if (src->p.kind != FS_PATH_ENTRY)
+		return -EBUSY; /* a revision root */
+	if (!strncmp(dst->p.path, src->p.path, slen) && dst->p.path[slen] == '/')
+		return -EINVAL; /* into itself */
+	if (!strcmp(src->p.path, dst->p.path))
+		return 0;
+	rc = fs_revision(fs, src, &rev);
+	if (rc)
+		return rc;
+	fs_stage_key(src, key);
+	if (rd == 0) {
+		if (flags & RENAME_NOREPLACE)
+			return -EEXIST;
+		if (!dst->is_dir)
+			return -ENOTDIR;
+		rc = fs_dir_empty(fs, dst, rev.commit, &empty, &in_tree);
+		if (rc)
+			return rc;
+		if (!empty)
+			return -ENOTEMPTY;
+		/* an empty directory of the tree has its files deleted already */
+		if (!in_tree)
+			stage_rmdir(fs->stage, key, dst->p.rev, dst->p.path, rev.commit, false);
+	}
+	fs_repo_of(src, &w.repo);
+	w.key = key;
+	w.rev = src->p.rev;
+	w.commit = rev.commit;
+	rc = fs_mv_push(&w, src->p.path);
+	while (!rc && w.ndirs) {
+		char *dir = w.dirs[--w.ndirs];
+
+		w.dir = dir;
+		rc = meta_list(fs->meta, &w.repo, rev.commit, dir, fs_mv_tree, &w);
+		if (rc == -ENOENT)
+			rc = 0; /* only the overlay has it */
+		if (!rc)
+			rc = stage_list_dir(fs->stage, key, w.rev, dir, fs_mv_staged, &w);
+		free(dir);
+	}
+	if (!rc)
+		rc = stage_hold(fs->stage, key, w.rev);
+	if (rc)
+		goto out;
+	for (size_t i = 0; i < w.n && !rc; i++) {
+		struct fs_mv_file *f = &w.files[i];
+		struct fs_copy c = { .fs = fs, .n = src, .commit = rev.commit, .path = f->path };
+		bool regular = !f->staged && !f->e.sha256[0];
+		char *to;
+
+		if (asprintf(&to, "%s%s", dst->p.path, f->path + slen) < 0) {
+			rc = -ENOMEM;
+			break;
+		}
+		c.e = f->e;
+		rc = stage_rename(fs->stage, key, w.rev, f->path, to, rev.commit,
+				  f->staged ? NULL : f->e.sha256, f->e.size,
+				  regular ? fs_copy_in : NULL, &c);
+		if (rc)
+			log_msg(LOG_ERR, "cannot move '%s' to '%s': %s; %zu of %zu files moved",
+				f->path, to, strerror(-rc), i, w.n);
+		free(to);
+	}
+	if (!rc)
+		rc = stage_dir_moved(fs->stage, key, w.rev, src->p.path, dst->p.path);
+	stage_unhold(fs->stage, key, w.rev);
+out:
+	for (size_t i = 0; i < w.n; i++)
+		free(w.files[i].path);
+	free(w.files);
+	for (size_t i = 0; i < w.ndirs; i++)
+		free(w.dirs[i]);
+	free(w.dirs);
+	return rc;
+}
+
 /* One try of fs_rename(): fills @src and @dst (the caller frees their
  * fullpath).  Returns 0, -EAGAIN or -errno. */
 static int fs_rename_once(struct fs *fs, const struct fs_node *parent, const char *name,
@@ -1906,8 +2245,10 @@ static int fs_rename_once(struct fs *fs, const struct fs_node *parent, const cha
 	rd = fs_branch_child(fs, newparent, newname, dst);
 	if (rd && rd != -ENOENT)
 		return rd == -EROFS ? -EXDEV : rd;
-	if (!fs_same_view(src, dst) || src->is_dir)
+	if (!fs_same_view(src, dst))
 		return -EXDEV;
+	if (src->is_dir)
+		return fs_rename_dir(fs, src, dst, rd, flags);
 	if (rd == 0 && dst->is_dir)
 		return -EISDIR;
 	if (rd == 0 && (flags & RENAME_NOREPLACE))
@@ -1937,9 +2278,9 @@ static int fs_rename_once(struct fs *fs, const struct fs_node *parent, const cha
 	return rc;
 }
 
-/* Renames a file within one branch view: ONE commit with the add and the
- * delete (stage_rename()).  Across views: EXDEV, so that mv copies.
- * Directories are not moved yet: EXDEV too. */
+/* Renames a file or a directory within one branch view: ONE commit with
+ * the adds and the deletes (stage_rename()).  Across views: EXDEV, so that
+ * mv copies. */
 static void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name,
 		      fuse_ino_t newparent_ino, const char *newname, unsigned int flags)
 {
@@ -1968,6 +2309,15 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name,
 		free(dst.fullpath);
 		memset(&src, 0, sizeof(src));
 		memset(&dst, 0, sizeof(dst));
+	}
+	if (rc == 0 && src.is_dir && strcmp(src.fullpath, dst.fullpath)) {
+		/* the kernel keeps the directory's node: lookups in it must
+		 * find the new path */
+		uint64_t ino = fs_inode_find(fs->inodes, parent_ino, name);
+
+		if (ino && fs_dir_moved(fs, ino, dst.fullpath))
+			log_msg(LOG_ERR, "out of memory: '%s' may look empty until --ttl",
+				dst.fullpath);
 	}
 out:
 	free(src.fullpath);
@@ -2171,6 +2521,7 @@ static void fs_file_free_cb(void *ctx, void *obj)
 int fs_handles_init(struct fs *fs)
 {
 	pthread_mutex_init(&fs->notify_lock, NULL); /* lives as long as fs */
+	pthread_mutex_init(&fs->moves_lock, NULL);
 	fs->dirs = fs_handles_new(fs_dir_free_cb, fs);
 	fs->files = fs_handles_new(fs_file_free_cb, fs);
 	return fs->dirs && fs->files ? 0 : -ENOMEM;
@@ -2185,6 +2536,15 @@ void fs_set_session(struct fs *fs, struct fuse_session *se)
 
 void fs_handles_release(struct fs *fs)
 {
+	pthread_mutex_lock(&fs->moves_lock);
+	while (fs->moves) {
+		struct fs_dir_move *m = fs->moves;
+
+		fs->moves = m->next;
+		free(m->fullpath);
+		free(m);
+	}
+	pthread_mutex_unlock(&fs->moves_lock);
 	fs_handles_free(fs->dirs);
 	fs_handles_free(fs->files);
 	fs->dirs = fs->files = NULL;

@@ -47,6 +47,10 @@ struct fs {
 	 * ends (set with fs_set_session()). */
 	struct fuse_session *se;     /* protected by notify_lock */
 	pthread_mutex_t notify_lock; /* initialised by fs_handles_init() */
+	/* Directories this mount renamed, by inode: the kernel keeps naming
+	 * the new path by the old node until it looks the name up again. */
+	struct fs_dir_move *moves;  /* protected by moves_lock */
+	pthread_mutex_t moves_lock; /* initialised by fs_handles_init() */
 	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
 };
 

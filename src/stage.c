@@ -67,6 +67,8 @@ struct stage_entry {
 	bool deleted;			    /* a DELETE_FILE row */
 	char *from;			    /* a RENAME row's old path, or NULL */
 	bool localdir;			    /* made by mkdir: a directory, kept in memory only */
+	bool gone;			    /* a directory renamed away: deleted (no row) until
+					       the branch's next commit */
 	char *moved_to;			    /* deleted by a rename to this path, or NULL */
 	char sha256[65];		    /* a RENAME row's content */
 	char staged[CACHE_STAGE_NAME_SIZE]; /* an ADD row's staged file, or "" */
@@ -218,7 +220,7 @@ static void stage_entry_gc(struct stage *s, struct stage_entry *e)
 {
 	struct stage_entry **pe;
 
-	if (e->row || e->wr || e->localdir)
+	if (e->row || e->wr || e->localdir || e->gone)
 		return;
 	for (pe = &s->entries; *pe; pe = &(*pe)->next) {
 		if (*pe == e) {
@@ -797,8 +799,19 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
 	return 0;
 }
 
-/* Lets the worker commit @repo @branch again (s->lock not held). */
-static void stage_unhold(struct stage *s, const char *repo, const char *branch)
+int stage_hold(struct stage *s, const char *repo, const char *branch)
+{
+	struct stage_branch *b;
+
+	pthread_mutex_lock(&s->lock);
+	b = stage_branch_get(s, repo, branch);
+	if (b)
+		b->holds++;
+	pthread_mutex_unlock(&s->lock);
+	return b ? 0 : -ENOMEM;
+}
+
+void stage_unhold(struct stage *s, const char *repo, const char *branch)
 {
 	struct stage_branch *b;
 
@@ -1026,7 +1039,68 @@ int stage_mkdir(struct stage *s, const char *repo, const char *branch, const cha
 		rc = -ENOMEM;
 	} else {
 		e->localdir = true;
+		if (e->gone) {
+			e->gone = false;
+			e->deleted = false;
+			free(e->moved_to);
+			e->moved_to = NULL;
+		}
 		e->version = ++s->versions;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+int stage_dir_moved(struct stage *s, const char *repo, const char *branch, const char *from,
+		    const char *to)
+{
+	size_t flen = strlen(from);
+	struct stage_entry *e;
+	char *path;
+	int rc = 0;
+
+	pthread_mutex_lock(&s->lock);
+	/* directories made by mkdir move along */
+	for (e = s->entries; e && !rc; e = e->next) {
+		if (!e->localdir || strcmp(e->branch, branch) || strcmp(e->repo, repo) ||
+		    strncmp(e->path, from, flen) || (e->path[flen] != '/' && e->path[flen]))
+			continue;
+		if (asprintf(&path, "%s%s", to, e->path + flen) < 0) {
+			rc = -ENOMEM;
+			break;
+		}
+		e->localdir = false; /* e stays in the list: gc'ed below */
+		e->version = ++s->versions;
+		if (!stage_find(s, repo, branch, path)) {
+			struct stage_entry *m = stage_entry_new(s, repo, branch, path);
+
+			if (m) {
+				m->localdir = true;
+				m->version = ++s->versions;
+			} else {
+				rc = -ENOMEM;
+			}
+		} else {
+			stage_find(s, repo, branch, path)->localdir = true;
+		}
+		free(path);
+	}
+	e = stage_find(s, repo, branch, from);
+	if (!e)
+		e = stage_entry_new(s, repo, branch, from);
+	if (e && !e->row && !e->wr) {
+		e->gone = true;
+		e->deleted = true;
+		free(e->moved_to);
+		e->moved_to = strdup(to);
+		e->version = ++s->versions;
+	} else if (!e) {
+		rc = -ENOMEM;
+	}
+	/* free the entries of the directories that moved */
+	for (struct stage_entry *x = s->entries, *next; x; x = next) {
+		next = x->next;
+		stage_entry_gc(s, x);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return rc;
@@ -1202,6 +1276,18 @@ static void stage_forget_rows(struct stage *s, const char *repo, const char *bra
 			snprintf(e->wr->base, sizeof(e->wr->base), "%s", commit);
 		if (e->row && !strcmp(e->base, parent))
 			snprintf(e->base, sizeof(e->base), "%s", commit);
+	}
+	for (struct stage_entry *e = s->entries, *next; e; e = next) {
+		next = e->next;
+		if (e->gone && !strcmp(e->branch, branch) && !strcmp(e->repo, repo)) {
+			/* the commit moved its files: the tree has it no more */
+			e->gone = false;
+			e->deleted = false;
+			free(e->moved_to);
+			e->moved_to = NULL;
+			e->version = ++s->versions;
+			stage_entry_gc(s, e);
+		}
 	}
 	for (size_t i = 0; i < n; i++) {
 		for (struct stage_entry *e = s->entries; e; e = e->next) {

@@ -157,6 +157,20 @@ int stage_rename(struct stage *s, const char *repo, const char *branch, const ch
 		 const char *to, const char *base, const char *sha256, uint64_t size,
 		 stage_fill_fn fill, void *arg);
 
+/* Holds @repo @branch: the worker starts no commit of it until as many
+ * stage_unhold() calls, so that changes journaled meanwhile land in ONE
+ * commit (a directory rename).  Returns 0 or -ENOMEM. */
+int stage_hold(struct stage *s, const char *repo, const char *branch);
+void stage_unhold(struct stage *s, const char *repo, const char *branch);
+
+/* After every file under directory @from was renamed (stage_rename()) to
+ * the same place under @to: the directories made by mkdir under @from move
+ * too, and @from shows as deleted (STAGE_DELETED, moved_to @to) until the
+ * branch's next commit, which removes it from the tree.  Returns 0 or
+ * -ENOMEM. */
+int stage_dir_moved(struct stage *s, const char *repo, const char *branch, const char *from,
+		    const char *to);
+
 /* Makes directory @path of the view: it exists in memory only (nothing to
  * commit: the Hub has no empty folders) until a file lands in it.  Returns 0
  * or -ENOMEM. */

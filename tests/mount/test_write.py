@@ -15,6 +15,7 @@ deletes the folder, of a non-empty one is ENOTEMPTY.
 
 import errno
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -399,6 +400,76 @@ def test_dirs(hub):
         check_sanitizers(m, "directories")
 
 
+def test_dir_rename(hub):
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
+        base = "%s/main/" % REPO
+        big = os.urandom(2 * MiB)
+        os.makedirs(m.p(base + "models/v1/sub"))
+        T.ok(write_file(m.p(base + "models/v1/a.txt"), b"regular a\n", fsync=False) is None
+             and write_file(m.p(base + "models/v1/sub/b.txt"), b"regular b\n", fsync=False) is None
+             and write_file(m.p(base + "models/v1/big.bin"), big, fsync=False) is None,
+             "three files are written into models/v1")
+        T.ok(fsync_path(m.p(base)) is None, "and committed")
+        before = hub_tree(hub)
+        T.ok("lfs" in before.get("models/v1/big.bin", {}) and "lfs" not in before.get("models/v1/a.txt", {"lfs": 1}),
+             "the Hub has big.bin as LFS and a.txt as a regular file")
+        os.mkdir(m.p(base + "models/v1/empty"))
+        T.ok(write_file(m.p(base + "models/v1/staged.txt"), b"not committed yet\n", fsync=False) is None,
+             "a local empty directory and a staged file join them")
+
+        # a process whose working directory is the renamed directory
+        sh = subprocess.Popen(["sh", "-c", "sleep 1.5; ls; cat a.txt sub/b.txt staged.txt"],
+                              cwd=m.p(base + "models/v1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        n = len(commits(hub))
+        hub.clear_log()
+        err = rename(m.p(base + "models/v1"), m.p(base + "models/v2"))
+        T.ok(err is None, "rename of a directory", err)
+        try:
+            out, errout = sh.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            sh.kill()
+            out, errout = sh.communicate()
+        T.eq(out.split(b"\n"), [b"a.txt", b"big.bin", b"empty", b"staged.txt", b"sub",
+                                   b"regular a", b"regular b", b"not committed yet", b""],
+             "a process inside the directory lists and reads it after the rename")
+        T.eq(sorted(os.listdir(m.p(base + "models"))), ["v2"], "the parent lists the new name only")
+        T.ok(not os.path.exists(m.p(base + "models/v1")), "the old name is gone at once")
+        T.eq(sorted(os.listdir(m.p(base + "models/v2"))), ["a.txt", "big.bin", "empty", "staged.txt", "sub"],
+             "the new name lists every file and directory")
+        T.eq(m.read(base + "models/v2/sub/b.txt"), b"regular b\n", "a file in a subdirectory reads at its new path")
+        T.eq(sha256(m.read(base + "models/v2/big.bin")), sha256(big), "the LFS file reads at its new path")
+        T.ok(fsync_path(m.p(base)) is None, "fsync of the branch commits the rename")
+        T.eq(len(commits(hub)), n + 1, "a directory rename is ONE commit")
+        after = hub_tree(hub)
+        T.ok(not any(p.startswith("models/v1") for p in after), "the Hub's tree: models/v1 is gone")
+        T.eq(after.get("models/v2/big.bin", {}).get("lfs", {}).get("oid"), before["models/v1/big.bin"]["lfs"]["oid"],
+             "the LFS file moved with the same sha256")
+        T.eq(after.get("models/v2/sub/b.txt", {}).get("oid"), before["models/v1/sub/b.txt"]["oid"],
+             "a regular file moved with the same oid")
+        T.eq(downloaded(hub, "models/v2/staged.txt"), b"not committed yet\n", "the staged file landed at its new path")
+        T.eq([r["path"] for r in hub.log() if r["method"] == "PUT"], [], "the LFS file was not uploaded again")
+        T.ok(os.path.isdir(m.p(base + "models/v2/empty")), "the empty local directory moved too")
+
+        os.mkdir(m.p(base + "models/v3"))
+        T.ok(write_file(m.p(base + "models/v3/c.txt"), b"c\n", fsync=False) is None, "another directory with a file")
+        T.eq(errno_of(os.rename, m.p(base + "models/v2"), m.p(base + "models/v3")), errno.ENOTEMPTY,
+             "rename over a non-empty directory is ENOTEMPTY")
+        T.eq(errno_of(os.rename, m.p(base + "models/v2"), m.p(base + "models/v3/c.txt")), errno.ENOTDIR,
+             "rename over a file is ENOTDIR")
+        T.eq(errno_of(os.rename, m.p(base + "models/v2"), m.p(base + "models/v2/sub/inside")), errno.EINVAL,
+             "rename into itself is EINVAL")
+        T.eq(errno_of(os.rename, m.p(base + "models/v2"), m.p("alice/new-model/main/v2")), errno.EXDEV,
+             "rename into another repo is EXDEV")
+        os.mkdir(m.p(base + "models/v4"))
+        T.eq(errno_of(os.rename, m.p(base + "models/v3"), m.p(base + "models/v4")), 0,
+             "rename over an empty directory replaces it")
+        T.eq(m.read(base + "models/v4/c.txt"), b"c\n", "and the file shows under the new name")
+        T.ok(fsync_path(m.p(base)) is None and downloaded(hub, "models/v4/c.txt") == b"c\n"
+             and downloaded(hub, "models/v3/c.txt") is None, "committed under the new name only")
+        m.unmount()
+        check_sanitizers(m, "directory rename")
+
+
 def test_rename_resume(hub):
     cache = tempfile.mkdtemp(prefix="hubfs-write-cache-")
     sha = hub_tree(hub)["weights-renamed.bin"]["lfs"]["oid"]
@@ -515,6 +586,7 @@ def main():
         test_drain(hub)
         test_public_repos(hub)
         test_dirs(hub)
+        test_dir_rename(hub)
         test_rename_resume(hub)
         test_read_token(hub)
         test_conflict(hub)
