@@ -48,6 +48,7 @@ struct mount_opts {
 	char *ttl;
 	char *timeout;
 	char *commit_delay;
+	char *commit_message;
 	char *mountpoint;
 };
 
@@ -76,14 +77,16 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--timeout=%s", timeout),
 	MOUNT_OPT("--commit-delay %s", commit_delay),
 	MOUNT_OPT("--commit-delay=%s", commit_delay),
+	MOUNT_OPT("--commit-message %s", commit_message),
+	MOUNT_OPT("--commit-message=%s", commit_message),
 	FUSE_OPT_END,
 };
 
 static const char mount_usage[] =
 	"usage: hubfs mount [-f] [-d] [-o FUSE_OPTIONS] [--endpoint URL] [--token-file FILE]\n"
 	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
-	"                   [--timeout SECONDS] [--commit-delay SECONDS] [--public-repos]\n"
-	"                   [--offline] MOUNTPOINT\n"
+	"                   [--timeout SECONDS] [--commit-delay SECONDS]\n"
+	"                   [--commit-message TEXT] [--public-repos] [--offline] MOUNTPOINT\n"
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
@@ -98,6 +101,8 @@ static const char mount_usage[] =
 	"  --commit-delay SECONDS\n"
 	"                        quiet period after a change before the changes of a\n"
 	"                        branch are committed as one commit (default 2)\n"
+	"  --commit-message TEXT the message of every commit (default: \"Upload FILE\n"
+	"                        with hubfs\", \"Update N files with hubfs\")\n"
 	"  --public-repos        repos made with mkdir are public (default private)\n"
 	"  --offline             never contact the Hub; serve what is cached\n";
 
@@ -130,6 +135,7 @@ static void mount_opts_release(struct mount_opts *o)
 	free(o->ttl);
 	free(o->timeout);
 	free(o->commit_delay);
+	free(o->commit_message);
 	free(o->mountpoint);
 }
 
@@ -290,6 +296,11 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	    mount_parse_seconds("--timeout", o->timeout, 30, &timeout) ||
 	    mount_parse_seconds("--commit-delay", o->commit_delay, 2, &commit_delay))
 		return 1;
+	if (o->commit_message && !stage_message_valid(o->commit_message)) {
+		log_msg(LOG_ERR, "--commit-message: 1 to %d bytes of text on one line, please",
+			STAGE_MESSAGE_MAX);
+		return 1;
+	}
 	if (o->cache_size && (options_parse_size(o->cache_size, &cache_size) || cache_size == 0)) {
 		log_msg(LOG_ERR, "--cache-size '%s' is not a size (examples: 500M, 10G)", o->cache_size);
 		return 1;
@@ -397,6 +408,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		sc.http = m.http;
 		sc.meta = m.fs.meta;
 		sc.delay = commit_delay;
+		sc.message = o->commit_message;
 		sc.committed = fs_committed;
 		sc.committed_arg = &m.fs;
 		m.fs.stage = stage_new(&sc, &rc);

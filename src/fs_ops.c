@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -253,6 +254,23 @@ static int fs_current(struct fs *fs, const struct fs_node *n, struct cache_entry
 	return 1;
 }
 
+/* Whether the mode of @n shows write permission: what is in a branch view,
+ * and the namespaces where mkdir makes repos (the token's user and orgs). */
+static bool fs_writable(struct fs *fs, const struct fs_node *n)
+{
+	if (!fs->stage)
+		return false;
+	if (n->p.kind == FS_PATH_NAMESPACE) {
+		if (fs->me && !strcmp(n->p.ns, fs->me))
+			return true;
+		for (size_t i = 0; i < fs->orgs.n; i++)
+			if (!strcmp(fs->orgs.names[i], n->p.ns))
+				return true;
+		return false;
+	}
+	return n->p.kind >= FS_PATH_REVISION && fs_is_branch(fs, n) == 1;
+}
+
 /* The attributes of @n now. */
 static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 {
@@ -269,6 +287,8 @@ static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 		mtime = __atomic_load_n(&n->mtime, __ATOMIC_RELAXED);
 	}
 	fs_fill_stat(fs, n, mtime, st);
+	if (fs_writable(fs, n))
+		st->st_mode |= S_ISDIR(st->st_mode) ? 0755 : 0644;
 	if (n->p.kind == FS_PATH_ENTRY && !n->is_dir) {
 		struct stage_stat ss;
 		struct cache_entry e;
@@ -1519,6 +1539,32 @@ static void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 
 /* ---- extended attributes ---- */
 
+/* Whether the repo of node @n is private, as its default branch's info
+ * says ("main", else its first branch). */
+static int fs_repo_private(struct fs *fs, const struct fs_node *n, bool *priv)
+{
+	struct hub_revision rev;
+	struct hub_repo repo;
+	struct hub_refs refs;
+	int rc;
+
+	fs_repo_of(n, &repo);
+	rc = meta_revision(fs->meta, &repo, "main", &rev);
+	if (rc == -ENOENT) {
+		rc = meta_refs(fs->meta, &repo, &refs);
+		if (rc)
+			return rc;
+		rc = -ENODATA;
+		for (size_t i = 0; i < refs.n && rc == -ENODATA; i++)
+			if (refs.refs[i].kind == HUB_REF_BRANCH)
+				rc = meta_revision(fs->meta, &repo, refs.refs[i].name, &rev);
+		hub_refs_release(&refs);
+	}
+	if (!rc)
+		*priv = rev.private;
+	return rc;
+}
+
 /* The value of attribute @name of @n into @buf (size @size); returns the
  * length, or -ENODATA. */
 static int fs_xattr(struct fs *fs, const struct fs_node *n, const char *name, char *buf, size_t size)
@@ -1533,6 +1579,25 @@ static int fs_xattr(struct fs *fs, const struct fs_node *n, const char *name, ch
 		return snprintf(buf, size, "%s", fs->cache_dir);
 	if (n->p.kind == FS_PATH_ROOT && !strcmp(name, "user.hubfs.pid"))
 		return snprintf(buf, size, "%ld", (long)getpid());
+	if (n->p.kind == FS_PATH_REPO && !strcmp(name, "user.hub.private")) {
+		bool priv;
+		int rc = fs_repo_private(fs, n, &priv);
+
+		return rc ? rc : snprintf(buf, size, "%d", priv);
+	}
+	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.message")) {
+		char key[STAGE_REPO_KEY_MAX], *m;
+
+		if (!fs->stage)
+			return -ENODATA;
+		fs_stage_key(n, key);
+		m = stage_get_message(fs->stage, key, n->p.rev);
+		if (!m)
+			return -ENODATA;
+		len = snprintf(buf, size, "%s", m);
+		free(m);
+		return len;
+	}
 	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.commit")) {
 		int rc = fs_revision(fs, n, &rev);
 
@@ -1591,7 +1656,8 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	static const char *const names[] = { "user.hub.commit",	     "user.hub.oid",
 					     "user.hub.lfs",	     "user.hub.sha256",
-					     "user.hub.url",	     "user.hubfs.cache_dir",
+					     "user.hub.url",	     "user.hub.private",
+					     "user.hub.message",     "user.hubfs.cache_dir",
 					     "user.hubfs.pid" };
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
@@ -2489,22 +2555,110 @@ out:
 	fs_inode_put(fs->inodes, n);
 }
 
+/* A boolean xattr value: "1", "0", "true", "false" (a newline may end it). */
+static int fs_parse_bool(const char *value, size_t size, bool *out)
+{
+	if (size > 0 && value[size - 1] == '\n')
+		size--;
+	if ((size == 1 && value[0] == '1') || (size == 4 && !strncmp(value, "true", 4)))
+		*out = true;
+	else if ((size == 1 && value[0] == '0') || (size == 5 && !strncmp(value, "false", 5)))
+		*out = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/* Settable: user.hub.private of a repo directory (its visibility, through
+ * the settings API), user.hub.message of a branch's root (the message of
+ * its next commits).  Other hubfs attributes are facts (EPERM); other names
+ * have no place to go (ENOTSUP, which cp -a and rsync -X pass over). */
+static int fs_set_xattr(struct fs *fs, const struct fs_node *n, const char *name,
+			const char *value, size_t size, int flags)
+{
+	char key[STAGE_REPO_KEY_MAX], msg[STAGE_MESSAGE_MAX + 2], *old;
+	struct hub_repo repo;
+	bool priv;
+	int rc;
+
+	if (n->p.kind == FS_PATH_REPO && !strcmp(name, "user.hub.private")) {
+		if (flags & XATTR_CREATE)
+			return -EEXIST;
+		if (fs_parse_bool(value, size, &priv))
+			return -EINVAL;
+		if (!fs->stage)
+			return -EROFS; /* --offline */
+		fs_repo_of(n, &repo);
+		rc = hub_set_private(fs->http, &repo, priv);
+		if (rc)
+			return rc;
+		meta_forget_repo(fs->meta, &repo);
+		log_msg(LOG_NOTICE, "'%s' is %s now", n->fullpath, priv ? "private" : "public");
+		return 0;
+	}
+	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.message")) {
+		rc = fs_is_branch(fs, n);
+		if (rc <= 0)
+			return rc ? rc : -EROFS;
+		if (size > 0 && value[size - 1] == '\n')
+			size--;
+		if (size > STAGE_MESSAGE_MAX)
+			return -E2BIG;
+		memcpy(msg, value, size);
+		msg[size] = '\0';
+		if (!stage_message_valid(msg))
+			return -EINVAL;
+		fs_stage_key(n, key);
+		old = stage_get_message(fs->stage, key, n->p.rev);
+		free(old);
+		if ((flags & XATTR_CREATE) && old)
+			return -EEXIST;
+		if ((flags & XATTR_REPLACE) && !old)
+			return -ENODATA;
+		return stage_set_message(fs->stage, key, n->p.rev, msg);
+	}
+	if (!strncmp(name, "user.hub.", 9) || !strncmp(name, "user.hubfs.", 11))
+		return -EPERM;
+	return -ENOTSUP;
+}
+
 static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
-	(void)ino;
-	(void)name;
-	(void)value;
-	(void)size;
-	(void)flags;
-	fuse_reply_err(req, EROFS);
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	fuse_reply_err(req, -fs_set_xattr(fs, n, name, value, size, flags));
+	fs_inode_put(fs->inodes, n);
 }
 
 static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	(void)ino;
-	(void)name;
-	fuse_reply_err(req, EROFS);
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	char key[STAGE_REPO_KEY_MAX], *old;
+	int rc;
+
+	if (!n) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.message") && fs->stage) {
+		fs_stage_key(n, key);
+		old = stage_get_message(fs->stage, key, n->p.rev);
+		rc = old ? stage_set_message(fs->stage, key, n->p.rev, NULL) : -ENODATA;
+		free(old);
+	} else if (!strncmp(name, "user.hub.", 9) || !strncmp(name, "user.hubfs.", 11)) {
+		rc = -EPERM;
+	} else {
+		rc = -ENODATA;
+	}
+	fuse_reply_err(req, -rc);
+	fs_inode_put(fs->inodes, n);
 }
 
 static void fs_dir_free_cb(void *ctx, void *obj)

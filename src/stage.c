@@ -104,6 +104,7 @@ struct stage_branch {
 	uint64_t req;	   /* commit requests (stage_sync) */
 	uint64_t done;	   /* requests answered by a finished commit */
 	int rc;		   /* the result of the last commit */
+	char *message;	   /* the commit message set for it (user.hub.message), or NULL */
 	struct stage_branch *next;
 };
 
@@ -115,6 +116,7 @@ struct stage {
 	void (*committed)(void *arg, const char *repo, const char *branch,
 			  const char *const *paths, size_t n);
 	void *committed_arg;
+	char *message; /* --commit-message, or NULL */
 	pthread_mutex_t lock;
 	pthread_cond_t wake;	       /* the worker waits on it */
 	pthread_cond_t done;	       /* stage_sync() and stage_drain() wait on it */
@@ -1358,6 +1360,106 @@ static void stage_tell_committed(struct stage *s, const char *rkey, const char *
 	free(paths);
 }
 
+/* The commit message set for @rkey @branch (user.hub.message), else
+ * --commit-message, into @buf.  Returns whether there was one. */
+static bool stage_message(struct stage *s, const char *rkey, const char *branch, char *buf,
+			  size_t size)
+{
+	const char *m = s->message;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_branch *b = s->branches; b; b = b->next)
+		if (b->message && !strcmp(b->branch, branch) && !strcmp(b->repo, rkey))
+			m = b->message;
+	if (m)
+		snprintf(buf, size, "%s", m);
+	pthread_mutex_unlock(&s->lock);
+	return m != NULL;
+}
+
+bool stage_message_valid(const char *m)
+{
+	size_t len = strlen(m);
+
+	if (len == 0 || len > STAGE_MESSAGE_MAX)
+		return false;
+	for (; *m; m++)
+		if ((unsigned char)*m < 0x20 || *m == 0x7f)
+			return false;
+	return true;
+}
+
+int stage_set_message(struct stage *s, const char *repo, const char *branch, const char *message)
+{
+	struct stage_branch *b;
+	char *copy = NULL;
+
+	if (message && !(copy = strdup(message)))
+		return -ENOMEM;
+	pthread_mutex_lock(&s->lock);
+	b = stage_branch_get(s, repo, branch);
+	if (b) {
+		free(b->message);
+		b->message = copy;
+		copy = NULL;
+	}
+	pthread_mutex_unlock(&s->lock);
+	free(copy);
+	return b ? 0 : -ENOMEM;
+}
+
+char *stage_get_message(struct stage *s, const char *repo, const char *branch)
+{
+	char *m = NULL;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_branch *b = s->branches; b; b = b->next)
+		if (b->message && !strcmp(b->branch, branch) && !strcmp(b->repo, repo))
+			m = strdup(b->message);
+	pthread_mutex_unlock(&s->lock);
+	return m;
+}
+
+/* A README.md at the root is the repo's card: its metadata is checked with
+ * the Hub's validator before the commit, as the official clients do.
+ * Returns 0, -EINVAL (invalid: @err says why, logged), or -errno. */
+static int stage_check_card(struct stage *s, const struct hub_repo *repo, const char *rkey,
+			    const char *branch, const struct stage_op *ops, size_t n, char *err,
+			    size_t errsize)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct cache_stage_change *r = ops[i].row;
+		char *buf, *reason = NULL;
+		ssize_t got;
+		int rc;
+
+		if (r->kind != CACHE_STAGE_ADD || strcmp(r->path, "README.md") || ops[i].fd < 0 ||
+		    r->size > HUB_REGULAR_MAX)
+			continue;
+		buf = malloc(r->size + 1);
+		if (!buf)
+			return -ENOMEM;
+		got = pread(ops[i].fd, buf, r->size, 0);
+		if (got < 0 || (uint64_t)got != r->size) {
+			free(buf);
+			return got < 0 ? -errno : -EIO;
+		}
+		buf[got] = '\0';
+		rc = hub_validate_yaml(s->http, repo->type, buf, &reason);
+		free(buf);
+		if (rc == -EINVAL) {
+			snprintf(err, errsize, "invalid card metadata in README.md: %s",
+				 reason && *reason ? reason : "refused by the Hub");
+			log_msg(LOG_ERR, "'%s@%s': %s; the changes stay staged, not committed",
+				rkey, branch, err);
+		}
+		free(reason);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
  * changed meanwhile: try again), -ESTALE (a conflict: rows kept, marked), or
  * the commit's -errno (rows marked FAILED). */
@@ -1496,6 +1598,14 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 		if (!uploaded) {
 			bool content = false;
 
+			rc = stage_check_card(s, &repo, rkey, branch, ops, n, err, sizeof(err));
+			if (rc == -EINVAL) {
+				stage_mark(s, ids, n, CACHE_STAGE_FAILED, err, false);
+				goto out;
+			}
+			if (rc)
+				goto failed;
+
 			for (size_t i = 0; i < nh; i++)
 				if (hops[i].kind == HUB_OP_ADD && !hops[i].old_path)
 					content = true;
@@ -1516,7 +1626,9 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			uploaded = true;
 		}
 		stage_mark(s, ids, n, CACHE_STAGE_COMMITTING, NULL, false);
-		if (nh == 1 && hops[0].old_path)
+		if (stage_message(s, rkey, branch, summary, sizeof(summary)))
+			; /* the one set for the branch, or --commit-message */
+		else if (nh == 1 && hops[0].old_path)
 			snprintf(summary, sizeof(summary), "Rename %s to %s with hubfs",
 				 hops[0].old_path, hops[0].path);
 		else if (nh == 1)
@@ -1653,7 +1765,7 @@ static void *stage_worker(void *arg)
 		}
 		b->done = req;
 		b->rc = rc;
-		if (rc && rc != -ESTALE) {
+		if (rc && rc != -ESTALE && rc != -EINVAL) { /* a conflict, a refused card: kept */
 			b->failures++;
 			if (b->failures < STAGE_RETRIES && !b->due)
 				b->due = stage_now_ms() + stage_backoff_ms(b->failures);
@@ -1700,6 +1812,7 @@ int stage_sync(struct stage *s, const char *repo, const char *branch)
 	case -EACCES:
 	case -ENOSPC:
 	case -EDQUOT:
+	case -EINVAL:
 	case -ENOMEM:
 	case -ETIMEDOUT:
 		return rc;
@@ -1826,6 +1939,11 @@ struct stage *stage_new(const struct stage_config *cfg, int *err)
 	s->delay_ms = cfg->delay * 1000;
 	s->committed = cfg->committed;
 	s->committed_arg = cfg->committed_arg;
+	if (cfg->message && !(s->message = strdup(cfg->message))) {
+		free(s);
+		*err = -ENOMEM;
+		return NULL;
+	}
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1874,8 +1992,10 @@ void stage_free(struct stage *s)
 		s->branches = b->next;
 		free(b->repo);
 		free(b->branch);
+		free(b->message);
 		free(b);
 	}
+	free(s->message);
 	pthread_cond_destroy(&s->wake);
 	pthread_cond_destroy(&s->done);
 	pthread_mutex_destroy(&s->lock);

@@ -48,6 +48,8 @@ struct stage_config {
 	void (*committed)(void *arg, const char *repo, const char *branch,
 			  const char *const *paths, size_t n);
 	void *committed_arg;
+	const char *message; /* every commit's message (--commit-message), or NULL;
+				copied */
 };
 
 struct stage;
@@ -183,9 +185,24 @@ int stage_mkdir(struct stage *s, const char *repo, const char *branch, const cha
 int stage_rmdir(struct stage *s, const char *repo, const char *branch, const char *path,
 		const char *base, bool in_tree);
 
+/* The longest commit message (a one-line summary), in bytes. */
+#define STAGE_MESSAGE_MAX 400
+
+/* Whether @m can be a commit message: 1 to STAGE_MESSAGE_MAX bytes, no
+ * control characters (one line). */
+bool stage_message_valid(const char *m);
+
+/* Sets (@message NULL: clears) the message of the next commits of @repo
+ * @branch, kept in memory (user.hub.message).  Returns 0 or -ENOMEM. */
+int stage_set_message(struct stage *s, const char *repo, const char *branch, const char *message);
+
+/* The message set for @repo @branch (the caller frees it), or NULL. */
+char *stage_get_message(struct stage *s, const char *repo, const char *branch);
+
 /* Commits the pending changes of @repo @branch now and waits until the
  * commit is on the Hub.  Returns 0 (also when nothing was pending), or
- * -EACCES (no write rights), -EIO (a conflict, or the Hub refused), -ENOSPC,
+ * -EACCES (no write rights), -EINVAL (the Hub's validator refused the
+ * README.md card), -EIO (a conflict, or the Hub refused), -ENOSPC,
  * -ETIMEDOUT ...; the changes then stay staged. */
 int stage_sync(struct stage *s, const char *repo, const char *branch);
 

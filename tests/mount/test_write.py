@@ -515,6 +515,8 @@ def test_read_token(hub):
         T.ok(isinstance(err, OSError) and err.errno == errno.EACCES, "fsync with a read-only token is EACCES (%r)" % err)
         T.eq(m.read("%s/main/readonly.txt" % REPO), data, "the data stays, readable through the mount")
         T.ok(downloaded(hub, "readonly.txt") is None, "and the Hub does not have it")
+        T.eq(setx(m.p(REPO), "user.hub.private", b"1"), errno.EACCES,
+             "user.hub.private cannot be set with a read-only token: EACCES")
         m.unmount()
         check_sanitizers(m, "read-only token")
     with Mount(hub, token=ALICE_WRITE_TOKEN, cache_dir=cache, args=["--commit-delay", "1"]) as m:
@@ -555,6 +557,70 @@ def test_conflict(hub):
         check_sanitizers(m, "rebase")
 
 
+def getx(path, name):
+    try:
+        return os.getxattr(path, name)
+    except OSError as e:
+        return e.errno
+
+
+def setx(path, name, value, flags=0):
+    try:
+        os.setxattr(path, name, value, flags)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def test_metadata(hub):
+    msg_args = ["--commit-delay", "60", "--commit-message", "Nightly checkpoint"]
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=msg_args) as m:
+        base = "%s/main/" % REPO
+        repo_dir = m.p(REPO)
+        T.eq(getx(repo_dir, "user.hub.private"), b"0", "user.hub.private of a public repo reads 0")
+        T.eq(getx(m.p("acme-research/private-model"), "user.hub.private"), b"1", "of a private repo 1")
+        T.ok("user.hub.private" in os.listxattr(repo_dir), "listxattr names it")
+        T.eq(setx(repo_dir, "user.hub.private", b"1"), 0, "setting it to 1")
+        T.eq(repo_info(hub, "model", REPO)[1].get("private"), True, "makes the repo private on the Hub")
+        T.eq(getx(repo_dir, "user.hub.private"), b"1", "and reads back 1")
+        T.eq(setx(repo_dir, "user.hub.private", b"0"), 0, "setting it to 0")
+        T.eq(repo_info(hub, "model", REPO)[1].get("private"), False, "makes it public again")
+        T.eq(setx(repo_dir, "user.hub.private", b"maybe"), errno.EINVAL, "another value is EINVAL")
+        T.eq(setx(m.p(base + "config.json"), "user.hub.oid", b"x"), errno.EPERM, "a fact of the Hub is EPERM")
+        T.eq(setx(m.p(base + "config.json"), "user.mine", b"x"), errno.ENOTSUP, "another name is ENOTSUP")
+
+        n = len(commits(hub))
+        T.ok(write_file(m.p(base + "msg-1.txt"), b"one\n") is None, "a file with --commit-message")
+        T.eq(titles(hub)[0], "Nightly checkpoint", "the commit has the --commit-message")
+        root = m.p(base.rstrip("/"))
+        T.eq(getx(root, "user.hub.message"), errno.ENODATA, "user.hub.message is unset at first")
+        T.eq(setx(root, "user.hub.message", b"Fine-tune step 100\n"), 0, "set user.hub.message on the branch root")
+        T.eq(getx(root, "user.hub.message"), b"Fine-tune step 100", "it reads back")
+        T.eq(setx(root, "user.hub.message", b"x", os.XATTR_CREATE), errno.EEXIST, "XATTR_CREATE when set: EEXIST")
+        T.ok(write_file(m.p(base + "msg-2.txt"), b"two\n") is None and titles(hub)[0] == "Fine-tune step 100",
+             "the next commit has the branch's message")
+        T.eq(setx(root, "user.hub.message", b"two\nlines"), errno.EINVAL, "a message of two lines is EINVAL")
+        T.eq(setx(m.p("%s/v1.0" % REPO), "user.hub.message", b"x"), errno.EROFS, "on a tag: EROFS")
+        os.removexattr(root, "user.hub.message")
+        T.ok(write_file(m.p(base + "msg-3.txt"), b"three\n") is None and titles(hub)[0] == "Nightly checkpoint",
+             "after removexattr the --commit-message is back")
+        T.eq(len(commits(hub)), n + 3, "one commit per fsync")
+
+        good = downloaded(hub, "README.md")
+        bad = b"---\nlicense: [mit\n---\n# A card with broken metadata\n"
+        err = write_file(m.p(base + "README.md"), bad)
+        T.ok(isinstance(err, OSError) and err.errno == errno.EINVAL,
+             "fsync of a README.md with invalid card metadata fails with EINVAL (%r)" % err)
+        T.eq(downloaded(hub, "README.md"), good, "the Hub keeps the old card")
+        T.eq(m.read(base + "README.md"), bad, "the change stays staged")
+        fixed = b"---\nlicense: mit\n---\n# A card with good metadata\n"
+        T.ok(write_file(m.p(base + "README.md"), fixed) is None, "a fixed card commits")
+        T.eq(downloaded(hub, "README.md"), fixed, "the Hub has the fixed card")
+        m.unmount()
+        T.ok("unterminated flow collection" in m.stderr, "the log quotes the Hub's reason", m.stderr[-1500:])
+        check_sanitizers(m, "metadata")
+
+
 def test_drain(hub):
     with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
         n = len(commits(hub))
@@ -587,6 +653,7 @@ def main():
         test_public_repos(hub)
         test_dirs(hub)
         test_dir_rename(hub)
+        test_metadata(hub)
         test_rename_resume(hub)
         test_read_token(hub)
         test_conflict(hub)
