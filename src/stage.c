@@ -1460,6 +1460,44 @@ static int stage_check_card(struct stage *s, const struct hub_repo *repo, const 
 	return 0;
 }
 
+/* Whether the tree of @commit has every change of @ops already: each added
+ * or moved path with the content it is to get, each deleted path gone.
+ * Errors count as no. */
+static bool stage_landed(struct stage *s, const struct hub_repo *repo, const char *commit,
+			 const struct stage_op *ops, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct cache_stage_change *r = ops[i].row;
+		struct cache_entry e;
+		bool ok;
+		int rc = meta_lookup(s->meta, repo, commit, r->path, &e);
+
+		if (r->kind == CACHE_STAGE_DELETE_FILE || r->kind == CACHE_STAGE_DELETE_FOLDER) {
+			if (!rc)
+				cache_entry_release(&e);
+			if (rc != -ENOENT)
+				return false;
+			continue;
+		}
+		if (rc)
+			return false;
+		ok = !e.is_dir && e.size == r->size &&
+		     ((r->sha256[0] && !strcmp(e.sha256, r->sha256)) ||
+		      (r->kind == CACHE_STAGE_ADD && ops[i].git_id[0] && !strcmp(e.oid, ops[i].git_id)));
+		cache_entry_release(&e);
+		if (!ok)
+			return false;
+		if (r->kind == CACHE_STAGE_RENAME && r->old_path) {
+			rc = meta_lookup(s->meta, repo, commit, r->old_path, &e);
+			if (!rc)
+				cache_entry_release(&e);
+			if (rc != -ENOENT)
+				return false;
+		}
+	}
+	return true;
+}
+
 /* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
  * changed meanwhile: try again), -ESTALE (a conflict: rows kept, marked), or
  * the commit's -errno (rows marked FAILED). */
@@ -1644,6 +1682,16 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 		rc = meta_revision(s->meta, &repo, branch, &head);
 		if (rc)
 			goto failed;
+		if (stage_landed(s, &repo, head.commit, ops, n)) {
+			/* an earlier attempt made the commit but its answer was
+			 * lost (a reset, a crash): do not make it twice */
+			log_msg(LOG_NOTICE,
+				"'%s@%s': the Hub has these changes already (at %s): not sent again",
+				rkey, branch, head.commit);
+			memcpy(commit, head.commit, sizeof(head.commit));
+			rc = 0;
+			break;
+		}
 		for (size_t i = 0; i < n; i++) {
 			bool same = false;
 

@@ -621,6 +621,26 @@ def test_metadata(hub):
         check_sanitizers(m, "metadata")
 
 
+def test_lost_answer(hub):
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
+        base = "%s/main/" % REPO
+        data = b"the answer to this commit is lost\n"
+        n = len(commits(hub))
+        hub.set_faults([{"method": "POST", "path": "/commit/main", "action": "reset", "count": 1}])
+        err = write_file(m.p(base + "lost-answer.txt"), data)
+        hub.clear_faults()
+        # libcurl sends the request again at once when a reused connection
+        # dies; otherwise the fsync fails and the next one tries again
+        T.ok(err is None or (isinstance(err, OSError) and err.errno == errno.EIO),
+             "fsync when the connection drops after the Hub made the commit: 0 or EIO (%r)" % err)
+        T.ok(fsync_path(m.p(base)) is None, "an fsync after it succeeds")
+        T.eq(len(commits(hub)), n + 1, "without a second commit of the same change")
+        T.eq(downloaded(hub, "lost-answer.txt"), data, "the Hub has the bytes")
+        m.unmount()
+        T.ok("not sent again" in m.stderr, "the log says the change was found on the Hub", m.stderr[-1500:])
+        check_sanitizers(m, "lost answer")
+
+
 def test_drain(hub):
     with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
         n = len(commits(hub))
@@ -654,6 +674,7 @@ def main():
         test_dirs(hub)
         test_dir_rename(hub)
         test_metadata(hub)
+        test_lost_answer(hub)
         test_rename_resume(hub)
         test_read_token(hub)
         test_conflict(hub)
