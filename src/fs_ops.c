@@ -1098,6 +1098,16 @@ out:
 	return rc;
 }
 
+/* The fill of a source that the overlay had when the caller looked: asked
+ * only when the overlay has it no more (committed meanwhile), so that the
+ * caller looks again instead of starting from nothing. */
+static int fs_fill_again(void *arg, int fd)
+{
+	(void)arg;
+	(void)fd;
+	return -EAGAIN;
+}
+
 /* Opens the writer of file node @n (a branch view, checked by the caller). */
 static struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *n, bool trunc,
 					   int *err)
@@ -1110,35 +1120,46 @@ static struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *
 	struct stage_writer *w;
 	bool have = false;
 
-	*err = fs_revision(fs, n, &rev);
-	if (*err)
-		return NULL;
 	fs_repo_of(n, &repo);
 	fs_stage_key(n, key);
-	fs_staged(fs, n, &ss);
-	if (!trunc && ss.what == STAGE_NONE) {
-		*err = meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &c.e);
-		if (*err == 0 && c.e.is_dir) {
+	/* the overlay may commit the path meanwhile: look again then */
+	for (int i = 0; i < 3; i++) {
+		stage_fill_fn fill = NULL;
+
+		if (have)
 			cache_entry_release(&c.e);
-			*err = -EISDIR;
-			return NULL;
-		}
-		if (*err && *err != -ENOENT)
-			return NULL;
-		have = *err == 0;
-		c.commit = rev.commit;
-	} else if (!trunc && ss.what == STAGE_FILE && ss.from[0]) {
-		/* moved by reference: the content is the old path's */
-		*err = meta_lookup(fs->meta, &repo, ss.base, ss.from, &c.e);
+		have = false;
+		c.path = n->p.path;
+		*err = fs_revision(fs, n, &rev);
 		if (*err)
 			return NULL;
-		have = true;
-		c.commit = ss.base;
-		c.path = ss.from;
-	}
-	for (int i = 0; i < 3; i++) {
-		w = stage_writer_open(fs->stage, key, n->p.rev, n->p.path, rev.commit, trunc,
-				      have ? fs_copy_in : NULL, &c, err);
+		fs_staged(fs, n, &ss);
+		if (!trunc && ss.what == STAGE_NONE) {
+			*err = meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &c.e);
+			if (*err == 0 && c.e.is_dir) {
+				cache_entry_release(&c.e);
+				*err = -EISDIR;
+				return NULL;
+			}
+			if (*err && *err != -ENOENT)
+				return NULL;
+			have = *err == 0;
+			c.commit = rev.commit;
+		} else if (!trunc && ss.what == STAGE_FILE && ss.from[0]) {
+			/* moved by reference: the content is the old path's */
+			*err = meta_lookup(fs->meta, &repo, ss.base, ss.from, &c.e);
+			if (*err)
+				return NULL;
+			have = true;
+			c.commit = ss.base;
+			c.path = ss.from;
+		} else if (!trunc && ss.what == STAGE_FILE) {
+			fill = fs_fill_again;
+		}
+		if (have)
+			fill = fs_copy_in;
+		w = stage_writer_open(fs->stage, key, n->p.rev, n->p.path, rev.commit, trunc, fill,
+				      &c, err);
 		if (w || *err != -EAGAIN)
 			break;
 	}
@@ -1770,6 +1791,9 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	(void)userdata;
 	conn->max_read = FS_MAX_READ;
 	conn->max_readahead = FS_MAX_READ;
+	/* Writes of 1 MiB too (the default is 128 KiB): cp runs at ~230 MB/s
+	 * with 128 KiB requests. */
+	conn->max_write = FS_MAX_READ;
 	/* A file's attributes may change date without its content changing:
 	 * keep its pages (content is immutable per inode). */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
@@ -2175,7 +2199,7 @@ static int fs_mv_tree(void *arg, const struct cache_entry *e)
 	stage_stat(w->fs->stage, w->key, w->rev, e->path, &ss);
 	if (ss.what == STAGE_DELETED)
 		return 0;
-	if (ss.what == STAGE_FILE)
+	if (ss.what == STAGE_FILE && !ss.committed)
 		return fs_mv_add(w, e->path, true, NULL);
 	if (e->is_dir)
 		return fs_mv_push(w, e->path);
@@ -2273,7 +2297,7 @@ static int fs_rename_dir(struct fs *fs, const struct fs_node *src, const struct 
 		c.e = f->e;
 		rc = stage_rename(fs->stage, key, w.rev, f->path, to, rev.commit,
 				  f->staged ? NULL : f->e.sha256, f->e.size,
-				  regular ? fs_copy_in : NULL, &c);
+				  regular ? fs_copy_in : f->staged ? fs_fill_again : NULL, &c);
 		if (rc)
 			log_msg(LOG_ERR, "cannot move '%s' to '%s': %s; %zu of %zu files moved",
 				f->path, to, strerror(-rc), i, w.n);
@@ -2338,7 +2362,8 @@ static int fs_rename_once(struct fs *fs, const struct fs_node *parent, const cha
 	fs_stage_key(src, key);
 	rc = stage_rename(fs->stage, key, src->p.rev, src->p.path, dst->p.path, rev.commit,
 			  strncmp(src->oid, "staged:", 7) ? src->sha256 : NULL, src->size,
-			  have ? fs_copy_in : NULL, &c);
+			  have ? fs_copy_in : strncmp(src->oid, "staged:", 7) ? NULL : fs_fill_again,
+			  &c);
 	if (have)
 		cache_entry_release(&c.e);
 	return rc;

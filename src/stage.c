@@ -69,6 +69,8 @@ struct stage_entry {
 	bool localdir;			    /* made by mkdir: a directory, kept in memory only */
 	bool gone;			    /* a directory renamed away: deleted (no row) until
 					       the branch's next commit */
+	bool importing;			    /* committed (no row): staged is read until it is
+					       a cache blob */
 	char *moved_to;			    /* deleted by a rename to this path, or NULL */
 	char sha256[65];		    /* a RENAME row's content */
 	char staged[CACHE_STAGE_NAME_SIZE]; /* an ADD row's staged file, or "" */
@@ -222,7 +224,7 @@ static void stage_entry_gc(struct stage *s, struct stage_entry *e)
 {
 	struct stage_entry **pe;
 
-	if (e->row || e->wr || e->localdir || e->gone)
+	if (e->row || e->wr || e->localdir || e->gone || e->importing)
 		return;
 	for (pe = &s->entries; *pe; pe = &(*pe)->next) {
 		if (*pe == e) {
@@ -310,6 +312,7 @@ void stage_stat(struct stage *s, const char *repo, const char *branch, const cha
 				: e->size;
 		snprintf(out->version, sizeof(out->version), "staged:%llu",
 			 (unsigned long long)e->version);
+		out->committed = e->importing && !e->row && !(e->wr && !e->wr->unlinked);
 		if (!(e->wr && !e->wr->unlinked) && !e->staged[0] && e->from) {
 			snprintf(out->from, sizeof(out->from), "%s", e->from);
 			memcpy(out->sha256, e->sha256, sizeof(out->sha256));
@@ -1295,7 +1298,11 @@ static void stage_forget_rows(struct stage *s, const char *repo, const char *bra
 		for (struct stage_entry *e = s->entries; e; e = e->next) {
 			if (e->row == ids[i]) {
 				e->row = 0;
-				e->staged[0] = '\0';
+				/* the committed bytes are read from the staged
+				 * file until they are a cache blob */
+				e->importing = e->staged[0] && e->size > 0 && !e->deleted;
+				if (!e->importing)
+					e->staged[0] = '\0';
 				e->deleted = false;
 				free(e->from);
 				e->from = NULL;
@@ -1498,10 +1505,86 @@ static bool stage_landed(struct stage *s, const struct hub_repo *repo, const cha
 	return true;
 }
 
+/* The staged files of a commit, to become cache blobs once the commit's
+ * waiters have their answer (copying a big file into the cache takes
+ * seconds that fsync need not wait for).  Meanwhile the overlay reads them
+ * (entries `importing`). */
+struct stage_import {
+	char *repo, *branch;
+	struct {
+		char id[CACHE_ID_MAX];
+		int fd;
+	} *blobs;
+	size_t nblobs;
+	char (*staged)[CACHE_STAGE_NAME_SIZE]; /* to remove afterwards */
+	size_t nstaged;
+};
+
+static void stage_import_free(struct stage_import *im)
+{
+	if (!im)
+		return;
+	for (size_t i = 0; i < im->nblobs; i++)
+		if (im->blobs[i].fd >= 0)
+			close(im->blobs[i].fd);
+	free(im->blobs);
+	free(im->staged);
+	free(im->repo);
+	free(im->branch);
+	free(im);
+}
+
+/* The overlay stops reading the committed staged files of @repo @branch. */
+static void stage_forget_imports(struct stage *s, const char *repo, const char *branch)
+{
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries, *next; e; e = next) {
+		next = e->next;
+		if (e->importing && !strcmp(e->branch, branch) && !strcmp(e->repo, repo)) {
+			e->importing = false;
+			e->staged[0] = '\0';
+			e->version = ++s->versions;
+			stage_entry_gc(s, e);
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Turns the files of @im into cache blobs, then lets the overlay forget
+ * them and removes them.  Frees @im.  No lock held. */
+static void stage_import_run(struct stage *s, struct stage_import *im)
+{
+	for (size_t i = 0; i < im->nblobs; i++)
+		if (cache_blob_import(s->cache, im->blobs[i].id, im->blobs[i].fd))
+			log_msg(LOG_INFO, "a committed file of '%s@%s' is not kept in the cache",
+				im->repo, im->branch);
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries, *next; e; e = next) {
+		next = e->next;
+		if (!e->importing || strcmp(e->branch, im->branch) || strcmp(e->repo, im->repo))
+			continue;
+		for (size_t i = 0; i < im->nstaged; i++) {
+			if (!strcmp(e->staged, im->staged[i])) {
+				e->importing = false;
+				e->staged[0] = '\0';
+				e->version = ++s->versions;
+				stage_entry_gc(s, e);
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < im->nstaged; i++)
+		cache_stage_file_remove(s->cache, im->staged[i]);
+	stage_import_free(im);
+}
+
 /* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
  * changed meanwhile: try again), -ESTALE (a conflict: rows kept, marked), or
- * the commit's -errno (rows marked FAILED). */
-static int stage_commit_branch(struct stage *s, const char *rkey, const char *branch)
+ * the commit's -errno (rows marked FAILED).  After a commit, *@import is
+ * what stage_import_run() is to make cache blobs of (NULL otherwise). */
+static int stage_commit_branch(struct stage *s, const char *rkey, const char *branch,
+			       struct stage_import **import)
 {
 	struct cache_stage_change *rows = NULL;
 	struct stage_op *ops = NULL;
@@ -1512,11 +1595,13 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 	char buf[STAGE_REPO_KEY_MAX], parent[41], base0[41], commit[HUB_COMMIT_LEN + 1],
 	    summary[512];
 	char err[CACHE_STAGE_ERROR_MAX];
+	struct stage_import *im = NULL;
 	bool conflicts = false, uploaded = false;
 	struct hub_repo repo;
 	struct hub_revision head;
 	int rc;
 
+	*import = NULL;
 	rc = stage_repo_parse(rkey, buf, sizeof(buf), &repo);
 	if (rc) {
 		log_msg(LOG_ERR, "journal: '%s' is not a repo: its changes are kept", rkey);
@@ -1730,20 +1815,38 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			rkey, branch, commit, strerror(-rc));
 		goto out;
 	}
-	for (size_t i = 0; i < n; i++) {
-		struct cache_stage_change *r = ops[i].row;
-
-		if (r->kind != CACHE_STAGE_ADD)
-			continue;
-		if (r->size > 0 &&
-		    cache_blob_import(s->cache, ops[i].lfs ? r->sha256 : ops[i].git_id, ops[i].fd))
-			log_msg(LOG_INFO, "'%s' is committed but not kept in the cache", r->path);
+	im = calloc(1, sizeof(*im));
+	if (im) {
+		im->repo = strdup(rkey);
+		im->branch = strdup(branch);
+		im->blobs = calloc(n, sizeof(*im->blobs));
 	}
-	for (size_t i = 0; i < nstaged; i++)
-		cache_stage_file_remove(s->cache, staged[i]);
-	free(staged);
+	if (!im || !im->repo || !im->branch || !im->blobs) {
+		/* no memory: no blobs, the staged files go now */
+		stage_import_free(im);
+		im = NULL;
+		for (size_t i = 0; i < nstaged; i++)
+			cache_stage_file_remove(s->cache, staged[i]);
+		free(staged);
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			struct cache_stage_change *r = ops[i].row;
+
+			if (r->kind != CACHE_STAGE_ADD || r->size == 0)
+				continue;
+			snprintf(im->blobs[im->nblobs].id, CACHE_ID_MAX, "%s",
+				 ops[i].lfs ? r->sha256 : ops[i].git_id);
+			im->blobs[im->nblobs++].fd = ops[i].fd;
+			ops[i].fd = -1; /* the import closes it */
+		}
+		im->staged = staged;
+		im->nstaged = nstaged;
+	}
 	meta_forget_revision(s->meta, &repo, branch);
 	stage_forget_rows(s, rkey, branch, ids, n, base0, commit);
+	if (!im) /* nothing stays to be read from the staged files */
+		stage_forget_imports(s, rkey, branch);
+	*import = im;
 	stage_tell_committed(s, rkey, branch, ops, n);
 	log_msg(LOG_NOTICE, "'%s@%s': %zu change%s committed as %s", rkey, branch, n,
 		n == 1 ? "" : "s", commit);
@@ -1781,6 +1884,7 @@ static void *stage_worker(void *arg)
 	while (!s->stop) {
 		struct stage_branch *b, *next = NULL;
 		int64_t now = stage_now_ms();
+		struct stage_import *import = NULL;
 		uint64_t req;
 		int rc;
 
@@ -1804,7 +1908,7 @@ static void *stage_worker(void *arg)
 		b->first = 0;
 		req = b->req;
 		pthread_mutex_unlock(&s->lock);
-		rc = stage_commit_branch(s, b->repo, b->branch);
+		rc = stage_commit_branch(s, b->repo, b->branch, &import);
 		pthread_mutex_lock(&s->lock);
 		b->busy = false;
 		if (rc == -EAGAIN) {
@@ -1826,6 +1930,12 @@ static void *stage_worker(void *arg)
 			b->failures = 0;
 		}
 		pthread_cond_broadcast(&s->done);
+		if (import) {
+			/* the waiters have their answer: now the cache copies */
+			pthread_mutex_unlock(&s->lock);
+			stage_import_run(s, import);
+			pthread_mutex_lock(&s->lock);
+		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;

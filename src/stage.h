@@ -90,6 +90,9 @@ struct stage_stat {
 	char from[HUB_PATH_MAX + 1];
 	char sha256[65];
 	char base[41];
+	/* A STAGE_FILE whose content is committed (the tree of the branch's
+	 * head has it): read from the staged file until it is a cache blob. */
+	bool committed;
 	/* A STAGE_DELETED path renamed away: where it went ("" otherwise). */
 	char moved_to[HUB_PATH_MAX + 1];
 };
