@@ -1192,16 +1192,20 @@ struct stage_op {
 static int stage_hash(int fd, uint64_t size, char sha256[65], char git_id[CACHE_ID_MAX])
 {
 	struct cache_hasher *h1 = NULL, *h2 = NULL;
+	/* a file too big for a regular commit goes through LFS: its git id
+	 * is never needed (it saves a second hash of gigabytes) */
+	bool regular = size <= HUB_REGULAR_MAX;
 	char *buf = malloc(STAGE_COPY_BUF);
 	uint64_t off = 0;
 	int rc = 0;
 
+	git_id[0] = '\0';
 	if (!buf)
 		return -ENOMEM;
 	h1 = cache_hasher_new(CACHE_ID_SHA256, size, &rc);
-	if (h1)
+	if (h1 && regular)
 		h2 = cache_hasher_new(CACHE_ID_GIT_SHA1, size, &rc);
-	if (!h2)
+	if (!h1 || (regular && !h2))
 		goto out;
 	while (off < size && !rc) {
 		size_t want = size - off < STAGE_COPY_BUF ? (size_t)(size - off) : STAGE_COPY_BUF;
@@ -1212,7 +1216,7 @@ static int stage_hash(int fd, uint64_t size, char sha256[65], char git_id[CACHE_
 			break;
 		}
 		rc = cache_hasher_update(h1, buf, (size_t)n);
-		if (!rc)
+		if (!rc && h2)
 			rc = cache_hasher_update(h2, buf, (size_t)n);
 		off += (uint64_t)n;
 	}
@@ -1221,7 +1225,7 @@ static int stage_hash(int fd, uint64_t size, char sha256[65], char git_id[CACHE_
 
 		rc = cache_hasher_final(h1, hex);
 		memcpy(sha256, hex, 65);
-		if (!rc)
+		if (!rc && h2)
 			rc = cache_hasher_final(h2, git_id);
 	}
 out:
@@ -1832,7 +1836,8 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 		for (size_t i = 0; i < n; i++) {
 			struct cache_stage_change *r = ops[i].row;
 
-			if (r->kind != CACHE_STAGE_ADD || r->size == 0)
+			if (r->kind != CACHE_STAGE_ADD || r->size == 0 ||
+			    (!ops[i].lfs && !ops[i].git_id[0]))
 				continue;
 			snprintf(im->blobs[im->nblobs].id, CACHE_ID_MAX, "%s",
 				 ops[i].lfs ? r->sha256 : ops[i].git_id);
