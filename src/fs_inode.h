@@ -38,6 +38,8 @@ struct fs_node {
 	char sha256[65];
 	char commit[41];          /* the commit the entry was found in */
 	int64_t mtime;            /* the revision's date; atomic */
+	bool stale;               /* atomic: this mount committed a change of the
+				     path, so the content may differ now */
 	/* The rest is the table's. */
 	uint64_t nlookup;         /* protected by the table's lock */
 	uint64_t refs;            /* protected by the table's lock */

@@ -212,10 +212,9 @@ static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, 
 	st->st_ctim = st->st_mtim;
 }
 
-/* A file node of a view whose revision moved since the node was made (a
- * commit of this mount, or the branch's head after the TTL), or a node made
- * for a staged file that is committed now: the node's content may not be
- * the path's any more.  Returns 1 with @e (release it) the path's entry in
+/* A file node whose path a commit of this mount changed, or a node made for
+ * a staged file that is committed now: the node's content may not be the
+ * path's any more.  Returns 1 with @e (release it) the path's entry in
  * the tree of the revision now when its content differs from the node's,
  * and that revision's commit in @commit (may be NULL); 0 when it does not;
  * or -errno (-ENOENT: the path is gone). */
@@ -230,7 +229,11 @@ static int fs_current(struct fs *fs, const struct fs_node *n, struct cache_entry
 	if (n->p.kind != FS_PATH_ENTRY || n->is_dir)
 		return 0;
 	staged = !strncmp(n->oid, "staged:", 7);
-	if (!staged && n->p.pinned && hub_commit_id_valid(n->p.rev, false))
+	/* A change made elsewhere shows through a new node once the kernel
+	 * looks the name up again (--ttl): this node keeps its content for
+	 * who opened it.  A commit of this mount marks the nodes it made
+	 * stale at once (fs_committed()). */
+	if (!staged && !__atomic_load_n(&n->stale, __ATOMIC_ACQUIRE))
 		return 0;
 	rc = fs_revision(fs, n, &rev);
 	if (rc)
@@ -1745,6 +1748,13 @@ void fs_committed(void *arg, const char *repo, const char *branch, const char *c
 	/* Invalidating an inode waits for no request of ours (unlike an entry,
 	 * whose parent directory the kernel may hold locked during fsyncdir),
 	 * so holding notify_lock meanwhile is safe. */
+	for (size_t i = 0; i < k; i++) {
+		struct fs_node *node = fs_inode_get(fs->inodes, inos[i]);
+
+		if (node)
+			__atomic_store_n(&node->stale, true, __ATOMIC_RELEASE);
+		fs_inode_put(fs->inodes, node);
+	}
 	pthread_mutex_lock(&fs->notify_lock);
 	for (size_t i = 0; fs->se && i < k; i++)
 		fuse_lowlevel_notify_inval_inode(fs->se, inos[i], 0, 0);
