@@ -20,6 +20,9 @@
  * (journal_begin()): the WAL is fsync'ed at their commit, which makes them,
  * and every transaction before them, survive a power loss as well.  They are
  * a few per file written, not per chunk read, so the fsync costs little.
+ * The upload progress of a row (cache_index_stage_set_sent(), once a second
+ * per uploading file) is not synced: it is informative, and the next synced
+ * journal write carries it along.
  *
  * Lock order: write_lock and pool_lock are leaves, held for SQLite calls and
  * pool bookkeeping only; the callers hold no other cache lock.
@@ -87,6 +90,7 @@ enum index_stmt {
 	STMT_STAGE_COUNT,
 	STMT_STAGE_UPDATE,
 	STMT_STAGE_CONTENT,
+	STMT_STAGE_SENT,
 	STMT_STAGE_REBASE,
 	STMT_STAGE_REFERENCED,
 	STMT_COUNT
@@ -95,7 +99,7 @@ enum index_stmt {
 /* The columns read into a struct cache_stage_change, by stage_row(). */
 #define STAGE_COLUMNS                                                                              \
 	"id, repo, branch, kind, path, old_path, staged, size, sha256, base_commit, state, "       \
-	"error, attempts, created_at, updated_at, commit_id"
+	"error, attempts, created_at, updated_at, commit_id, sent"
 
 /* "Under" a directory D: the directories D/... of the tree (?2 <= path < ?3,
  * with ?2 = "D/" and ?3 = "D0", since '0' follows '/'; for the root, ?2 = ""
@@ -157,8 +161,8 @@ static const char *const index_sql[STMT_COUNT] = {
 	[STMT_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
 	[STMT_STAGE_INSERT] = "INSERT INTO stage (repo, branch, kind, path, old_path, staged, size, "
 			      "sha256, base_commit, state, error, attempts, created_at, updated_at, "
-			      "commit_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', '', "
-			      "0, ?10, ?10, '')",
+			      "commit_id, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', "
+			      "'', 0, ?10, ?10, '', 0)",
 	[STMT_STAGE_GET] = "SELECT " STAGE_COLUMNS " FROM stage WHERE id = ?1",
 	[STMT_STAGE_GET_PATH] = "SELECT " STAGE_COLUMNS " FROM stage "
 				"WHERE repo = ?1 AND branch = ?2 AND path = ?3",
@@ -172,7 +176,8 @@ static const char *const index_sql[STMT_COUNT] = {
 				"sum(state = 'failed'), "
 				"(SELECT error FROM stage e WHERE e.repo = s.repo AND "
 				"e.branch = s.branch AND e.error != '' "
-				"ORDER BY e.updated_at DESC, e.id DESC LIMIT 1) "
+				"ORDER BY e.updated_at DESC, e.id DESC LIMIT 1), "
+				"coalesce(sum(CASE kind WHEN 'add' THEN min(sent, size) ELSE 0 END), 0) "
 				"FROM stage s GROUP BY repo, branch ORDER BY repo, branch",
 	[STMT_STAGE_COUNT] = "SELECT count(*), "
 			     "coalesce(sum(CASE kind WHEN 'add' THEN size ELSE 0 END), 0) "
@@ -183,9 +188,11 @@ static const char *const index_sql[STMT_COUNT] = {
 			      "attempts = CASE WHEN ?2 & 4 THEN ?5 "
 			      "WHEN ?2 & 8 THEN attempts + 1 ELSE attempts END, "
 			      "commit_id = CASE WHEN ?2 & 16 THEN ?6 ELSE commit_id END, "
+			      "sent = CASE WHEN ?2 & 8 THEN 0 ELSE sent END, "
 			      "updated_at = ?7 WHERE id = ?1",
 	[STMT_STAGE_CONTENT] = "UPDATE stage SET size = ?2, sha256 = ?3, updated_at = ?4 "
 			       "WHERE id = ?1",
+	[STMT_STAGE_SENT] = "UPDATE stage SET sent = min(?2, size) WHERE id = ?1 AND kind = 'add'",
 	[STMT_STAGE_REBASE] = "UPDATE stage SET base_commit = ?4, updated_at = ?5 "
 			      "WHERE repo = ?1 AND branch = ?2 AND base_commit = ?3",
 	[STMT_STAGE_REFERENCED] = "SELECT 1 FROM stage WHERE staged = ?1",
@@ -240,6 +247,12 @@ static const char index_schema_v2[] =
     " updated_at INTEGER NOT NULL,"
     " commit_id TEXT NOT NULL,"
     " UNIQUE (repo, branch, path));";
+
+/* Version 3: the upload progress of a journal row (cache_stage_set_sent()).
+ * SQLite has no ADD COLUMN IF NOT EXISTS: index_migrate() skips the step
+ * when the column is there. */
+static const char index_schema_v3[] =
+    "ALTER TABLE stage ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;";
 
 struct index_conn {
 	sqlite3 *db;
@@ -485,20 +498,52 @@ static int index_check_version(struct cache_index *idx, int version)
 	return -EPROTO;
 }
 
+/* Whether @table has column @column: SQLITE_OK with *@has set, or an error. */
+static int index_has_column(sqlite3 *db, const char *table, const char *column, bool *has)
+{
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2", -1,
+				    &st, NULL);
+
+	*has = false;
+	if (rc != SQLITE_OK)
+		return rc;
+	sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, column, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	*has = rc == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* Brings the schema from @version (0: a new database) to
  * CACHE_INDEX_VERSION, inside the caller's transaction.  Each step is the
  * schema of one version on top of the previous one; an old cache keeps its
- * blobs and metadata. */
+ * blobs, metadata and journal.  A step that adds a column is skipped where
+ * the column exists (an index marked older than it is, as a test does). */
 static int index_migrate(struct cache_index *idx, int version)
 {
-	static const char *const steps[CACHE_INDEX_VERSION] = {index_schema, index_schema_v2};
+	static const struct {
+		const char *sql;
+		const char *table, *column; /* the column the step adds, or NULL */
+	} steps[CACHE_INDEX_VERSION] = {
+	    {index_schema, NULL, NULL},
+	    {index_schema_v2, NULL, NULL},
+	    {index_schema_v3, "stage", "sent"},
+	};
 	sqlite3 *db = idx->writer->db;
 	char pragma[64];
 	char *msg = NULL;
 	int rc = SQLITE_OK, err = 0;
 
-	for (int v = version; v < CACHE_INDEX_VERSION && rc == SQLITE_OK; v++)
-		rc = sqlite3_exec(db, steps[v], NULL, NULL, &msg);
+	for (int v = version; v < CACHE_INDEX_VERSION && rc == SQLITE_OK; v++) {
+		bool has = false;
+
+		if (steps[v].column)
+			rc = index_has_column(db, steps[v].table, steps[v].column, &has);
+		if (rc == SQLITE_OK && !has)
+			rc = sqlite3_exec(db, steps[v].sql, NULL, NULL, &msg);
+	}
 	if (rc == SQLITE_OK) {
 		snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", CACHE_INDEX_VERSION);
 		rc = sqlite3_exec(db, pragma, NULL, NULL, &msg);
@@ -1585,6 +1630,7 @@ static int stage_row(struct cache_index *idx, sqlite3_stmt *st, struct cache_sta
 	int state = text_lookup(stage_state_text, CACHE_STAGE_STATES, sqlite3_column_text(st, 10));
 	int64_t size = sqlite3_column_int64(st, 7);
 	int64_t attempts = sqlite3_column_int64(st, 12);
+	int64_t sent = sqlite3_column_int64(st, 16);
 	int err;
 
 	memset(out, 0, sizeof(*out));
@@ -1606,7 +1652,8 @@ static int stage_row(struct cache_index *idx, sqlite3_stmt *st, struct cache_sta
 		err = column_strdup(st, 11, false, &out->error);
 	if (!err)
 		err = column_copy(st, 15, out->commit_id, sizeof(out->commit_id));
-	if (!err && (kind < 0 || state < 0 || size < 0 || attempts < 0 || attempts > UINT32_MAX))
+	if (!err && (kind < 0 || state < 0 || size < 0 || attempts < 0 || attempts > UINT32_MAX ||
+		     sent < 0))
 		err = -EIO;
 	if (err) {
 		if (err == -EIO)
@@ -1619,6 +1666,7 @@ static int stage_row(struct cache_index *idx, sqlite3_stmt *st, struct cache_sta
 	out->state = (enum cache_stage_state)state;
 	out->size = (uint64_t)size;
 	out->attempts = (uint32_t)attempts;
+	out->sent = (uint64_t)sent;
 	out->created_at = sqlite3_column_int64(st, 13);
 	out->updated_at = sqlite3_column_int64(st, 14);
 	return 0;
@@ -1803,6 +1851,7 @@ static int stage_branch_row(sqlite3_stmt *st, struct cache_stage_branch *b)
 		err = column_strdup(st, 4 + CACHE_STAGE_STATES, false, &b->error);
 	else if (!err)
 		err = (b->error = strdup("")) ? 0 : -ENOMEM;
+	b->sent = (uint64_t)sqlite3_column_int64(st, 5 + CACHE_STAGE_STATES);
 	return err;
 }
 
@@ -1932,6 +1981,26 @@ int cache_index_stage_set_content(struct cache_index *idx, int64_t id, uint64_t 
 	if (!err && sqlite3_changes(conn->db) == 0)
 		err = -ENOENT;
 	return journal_end(idx, conn, err);
+}
+
+/* Progress only: synchronous=NORMAL (writer_begin()), no fsync. */
+int cache_index_stage_set_sent(struct cache_index *idx, int64_t id, uint64_t sent)
+{
+	struct index_conn *conn;
+	sqlite3_stmt *st;
+	int err = writer_begin(idx, &conn);
+
+	if (err)
+		return err;
+	err = conn_stmt(idx, conn, STMT_STAGE_SENT, &st);
+	if (!err) {
+		sqlite3_bind_int64(st, 1, id);
+		sqlite3_bind_int64(st, 2, (int64_t)sent);
+		err = stmt_done(idx, conn, st, "set journal upload progress");
+	}
+	if (!err && sqlite3_changes(conn->db) == 0)
+		err = -ENOENT;
+	return writer_end(idx, conn, err);
 }
 
 /* Forgets row @id if it belongs to @repo and @branch, appending its staged

@@ -13,7 +13,7 @@
  *   stage         the write journal (cache_stage.h), one row per change
  * The schema version is PRAGMA user_version; a newer one is refused, an
  * older one is upgraded in place when the index is opened (version 1 had no
- * journal).
+ * journal, version 2 no upload progress in it).
  *
  * A blob row is identified by its `row`, never reused (AUTOINCREMENT): a
  * handle updates its row by number, so once a row was deleted (the blob was
@@ -40,7 +40,7 @@
 #include "cache_stage.h"
 
 /* The schema version this code writes. */
-#define CACHE_INDEX_VERSION 2
+#define CACHE_INDEX_VERSION 3
 
 struct cache_index;
 
@@ -162,6 +162,8 @@ int cache_index_stage_update(struct cache_index *idx, const int64_t *ids, size_t
 			     const struct cache_stage_update *u, int64_t now, size_t *updated);
 int cache_index_stage_set_content(struct cache_index *idx, int64_t id, uint64_t size,
 				  const char *sha256, int64_t now);
+/* Not synced (synchronous=NORMAL): progress, see cache_stage_set_sent(). */
+int cache_index_stage_set_sent(struct cache_index *idx, int64_t id, uint64_t sent);
 int cache_index_stage_committed(struct cache_index *idx, const char *repo, const char *branch,
 				const int64_t *ids, size_t n, const char *parent,
 				const char *commit_id, int64_t now,

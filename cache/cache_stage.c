@@ -465,6 +465,13 @@ int cache_stage_set_content(struct cache *c, int64_t id, uint64_t size, const ch
 	return cache_index_stage_set_content(c->idx, id, size, sha256, cache_now_ms());
 }
 
+int cache_stage_set_sent(struct cache *c, int64_t id, uint64_t sent)
+{
+	if (sent > INT64_MAX)
+		return -EINVAL;
+	return cache_index_stage_set_sent(c->idx, id, sent);
+}
+
 int cache_stage_committed(struct cache *c, const char *repo, const char *branch, const int64_t *ids,
 			  size_t n, const char *parent, const char *commit_id,
 			  char (**staged)[CACHE_STAGE_NAME_SIZE], size_t *nstaged)

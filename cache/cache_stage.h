@@ -44,6 +44,11 @@
  *   Cost, measured on ext4 (virtio disk): an add 0.35-0.55 ms synced against
  *   0.05-0.07 ms with synchronous=NORMAL; a staged file create 0.7 ms with
  *   its directory fsync.  Paid once per file closed, not per write.
+ * - Upload progress (cache_stage_set_sent()) is the exception: it is written
+ *   with synchronous=NORMAL, not synced.  It survives a crash of the process;
+ *   a power failure may lose the last values (the next journal write syncs
+ *   them along).  It only informs `hubfs status`, and a new upload attempt
+ *   starts it from 0 anyway, so it is not worth an fsync a second per file.
  *
  * Repo keys and branches are opaque text, 1 to CACHE_STAGE_REPO_MAX and
  * CACHE_STAGE_BRANCH_MAX bytes, no control characters.  Paths are repo paths
@@ -106,6 +111,9 @@ struct cache_stage_change {
 	uint32_t attempts;		    /* set by the journal */
 	int64_t created_at, updated_at;	    /* ms since the epoch; set by the journal */
 	char commit_id[41];		    /* "" until cache_stage_update() records one */
+	uint64_t sent; /* set by the journal: ADD, bytes of the content sent to the
+			  Hub in the current upload attempt (cache_stage_set_sent());
+			  0 when added or replaced, and at each new attempt */
 };
 
 /* Frees the strings of @ch and clears it.  NULL is a no-op. */
@@ -187,6 +195,7 @@ struct cache_stage_branch {
 	char *branch;
 	uint64_t changes;		       /* rows */
 	uint64_t bytes;			       /* sum of the sizes of its ADD rows */
+	uint64_t sent;			       /* sum of the sent of its ADD rows (<= bytes) */
 	uint64_t by_state[CACHE_STAGE_STATES]; /* rows per enum cache_stage_state */
 	char *error;			       /* the error of its most recently updated row
 						  that has one, or "" */
@@ -211,7 +220,8 @@ enum {
 	CACHE_STAGE_SET_STATE = 1 << 0,
 	CACHE_STAGE_SET_ERROR = 1 << 1, /* NULL or "" clears it */
 	CACHE_STAGE_SET_ATTEMPTS = 1 << 2,
-	CACHE_STAGE_ADD_ATTEMPT = 1 << 3, /* attempts + 1 */
+	CACHE_STAGE_ADD_ATTEMPT = 1 << 3, /* attempts + 1, and sent back to 0: a new
+					     attempt uploads from the start */
 	CACHE_STAGE_SET_COMMIT = 1 << 4,  /* commit_id: "" or 40 hex */
 };
 
@@ -233,6 +243,15 @@ int cache_stage_update(struct cache *c, const int64_t *ids, size_t n,
 /* Records the content of row @id once it is known: its @size and @sha256
  * (64 lowercase hex digits).  Returns 0, -EINVAL, -ENOENT or -errno. */
 int cache_stage_set_content(struct cache *c, int64_t id, uint64_t size, const char *sha256);
+
+/* Records the upload progress of row @id: @sent bytes of its content have
+ * gone to the Hub in the current attempt (kept at most the row's size).
+ * Meant to be called about once a second per uploading file, from the
+ * uploading thread: one small write transaction (about 0.05 ms), not synced
+ * (see Durability), and updated_at is left alone (it orders the errors).
+ * Returns 0, -EINVAL (@sent over INT64_MAX), -ENOENT when @id has no ADD
+ * row (replaced or committed meanwhile: nothing to record), or -errno. */
+int cache_stage_set_sent(struct cache *c, int64_t id, uint64_t sent);
 
 /* The changes @ids[0..@n) of @repo and @branch are in commit @commit_id,
  * made on top of @parent: in one durable transaction, forgets their rows,

@@ -471,6 +471,8 @@ static size_t http_read_cb(char *buf, size_t size, size_t nmemb, void *arg)
 	return (size_t)n;
 }
 
+/* libcurl's progress tick: asks the request's cancel function, and reports
+ * the bytes of the body sent so far to its progress function. */
 static int http_progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 			    curl_off_t ulnow)
 {
@@ -479,11 +481,12 @@ static int http_progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow, cur
 	(void)dltotal;
 	(void)dlnow;
 	(void)ultotal;
-	(void)ulnow;
 	if (x->req->cancel && x->req->cancel(x->req->cancel_arg)) {
 		x->abort_rc = -EINTR;
 		return 1;
 	}
+	if (x->req->progress && ulnow >= 0)
+		x->req->progress(x->req->progress_arg, (uint64_t)ulnow);
 	return 0;
 }
 

@@ -126,6 +126,14 @@ struct http_request {
 	int (*on_headers)(void *arg, const struct http_response *resp);
 	http_cancel_fn cancel;
 	void *cancel_arg;
+	/* Or NULL.  Called with the bytes of the request body sent so far in
+	 * this hop (each hop and each attempt of http_perform_retry() starts
+	 * again from 0), at libcurl's progress ticks: often while bytes move,
+	 * and about once a second when they do not.  Called by the thread in
+	 * http_perform(), with no lock of this layer held; the transfer waits
+	 * for it, so it must return quickly. */
+	void (*progress)(void *arg, uint64_t sent);
+	void *progress_arg;
 };
 
 

@@ -706,10 +706,40 @@ int hub_preupload(struct http_client *http, const struct hub_repo *repo, const c
 	return rc;
 }
 
-/* PUTs [@off, @off+@len) of @fd to @url; the answer's raw ETag goes to
- * *@etag when asked (caller frees). */
+/* The progress of one LFS upload, summed over its parts, as op->progress
+ * sees it: the bytes of the parts done plus those of the part in flight
+ * (parts go one at a time), never going back (a retried part starts again
+ * from 0). */
+struct hub_progress {
+	const struct hub_op *op;
+	uint64_t done; /* bytes of the parts uploaded */
+	uint64_t last; /* the last value reported */
+};
+
+static void hub_progress_report(struct hub_progress *p, uint64_t sent)
+{
+	if (!p->op->progress)
+		return;
+	if (sent > p->op->size)
+		sent = p->op->size;
+	if (sent < p->last)
+		sent = p->last;
+	p->last = sent;
+	p->op->progress(p->op->progress_arg, sent);
+}
+
+/* The HTTP layer's progress of the part in flight. */
+static void hub_part_progress(void *arg, uint64_t sent)
+{
+	struct hub_progress *p = arg;
+
+	hub_progress_report(p, p->done + sent);
+}
+
+/* PUTs [@off, @off+@len) of @fd to @url, reporting to @prog; the answer's
+ * raw ETag goes to *@etag when asked (caller frees). */
 static int hub_put_part(struct http_client *http, const char *url, int fd, uint64_t off,
-			uint64_t len, char **etag)
+			uint64_t len, char **etag, struct hub_progress *prog)
 {
 	struct http_request req = {
 		.method = "PUT",
@@ -719,12 +749,18 @@ static int hub_put_part(struct http_client *http, const char *url, int fd, uint6
 		.body_fd_off = off,
 		.body_fd_len = len,
 		.max_body = 1 << 20,
+		.progress = prog->op->progress ? hub_part_progress : NULL,
+		.progress_arg = prog,
 	};
 	struct http_response resp;
 	int rc = http_perform_retry(http, &req, &resp);
 
 	if (!rc)
 		rc = http_status_errno(&resp);
+	if (!rc) {
+		prog->done += len;
+		hub_progress_report(prog, prog->done);
+	}
 	if (!rc && etag) {
 		*etag = resp.etag_raw ? strdup(resp.etag_raw) : NULL;
 		if (!*etag)
@@ -734,7 +770,8 @@ static int hub_put_part(struct http_client *http, const char *url, int fd, uint6
 	return rc;
 }
 
-static int hub_multipart(struct http_client *http, const struct hub_op *op, const cJSON *upload)
+static int hub_multipart(struct http_client *http, const struct hub_op *op, const cJSON *upload,
+			 struct hub_progress *prog)
 {
 	const cJSON *header = cJSON_GetObjectItemCaseSensitive(upload, "header"), *h;
 	const char *done_url = hub_json_string(upload, "href");
@@ -776,7 +813,8 @@ static int hub_multipart(struct http_client *http, const struct hub_op *op, cons
 			break;
 		}
 		rc = hub_put_part(http, url, op->fd, (i - 1) * chunk,
-				  i * chunk > op->size ? op->size - (i - 1) * chunk : chunk, &etag);
+				  i * chunk > op->size ? op->size - (i - 1) * chunk : chunk, &etag,
+				  prog);
 		if (rc)
 			break;
 		part = cJSON_CreateObject();
@@ -804,6 +842,7 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
 {
 	cJSON *body, *objects, *obj, *transfers, *ref, *answer = NULL;
 	const cJSON *o, *actions, *upload, *verify, *err;
+	struct hub_progress prog = { .op = op };
 	struct http_response resp;
 	char *url = NULL;
 	int rc;
@@ -849,12 +888,13 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
 	actions = cJSON_GetObjectItemCaseSensitive(o, "actions");
 	upload = cJSON_GetObjectItemCaseSensitive(actions, "upload");
 	if (!upload)
-		goto out; /* the Hub has it already */
+		goto done; /* the Hub has it already */
 	if (cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(upload, "header"),
 					     "chunk_size")) {
-		rc = hub_multipart(http, op, upload);
+		rc = hub_multipart(http, op, upload, &prog);
 	} else if (hub_json_string(upload, "href")) {
-		rc = hub_put_part(http, hub_json_string(upload, "href"), op->fd, 0, op->size, NULL);
+		rc = hub_put_part(http, hub_json_string(upload, "href"), op->fd, 0, op->size, NULL,
+				  &prog);
 	} else {
 		rc = hub_malformed("an LFS upload action without href");
 	}
@@ -874,6 +914,9 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
 		}
 		cJSON_Delete(v);
 	}
+done:
+	if (!rc)
+		hub_progress_report(&prog, op->size);
 out:
 	cJSON_Delete(answer);
 	cJSON_Delete(body);

@@ -132,6 +132,16 @@ struct hub_op {
 	uint64_t size;
 	char sha256[65];      /* of the content, computed by the caller */
 	bool lfs;             /* set by hub_preupload() */
+	/* Optional (NULL: none): hub_lfs_upload() reports the bytes of this
+	 * object sent so far, over all its parts; never less than the last
+	 * report, at most size.  Called often (at every progress tick of the
+	 * transfers, also about once a second while nothing moves), from the
+	 * thread in hub_lfs_upload(), with no hubfs lock held; the transfer
+	 * waits for it, so it must be cheap (throttle any I/O, such as a
+	 * journal write, to about once a second).  When the upload succeeds,
+	 * the last call says size, also when the Hub had the object already. */
+	void (*progress)(void *arg, uint64_t sent);
+	void *progress_arg;   /* passed to progress, borrowed */
 };
 
 /* Largest regular (non-LFS) file the Hub accepts in a commit. */
@@ -143,8 +153,9 @@ struct hub_op {
 int hub_preupload(struct http_client *http, const struct hub_repo *repo, const char *rev,
 		  struct hub_op *ops, size_t n);
 
-/* Uploads the content of @op (an LFS file) unless the Hub has it.
- * Returns 0, -EACCES, -EIO, or another -errno. */
+/* Uploads the content of @op (an LFS file) unless the Hub has it, reporting
+ * its progress to op->progress.  Returns 0, -EACCES, -EIO, or another
+ * -errno. */
 int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const char *rev,
 		   const struct hub_op *op);
 

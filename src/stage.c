@@ -1179,6 +1179,19 @@ int stage_open_read(struct stage *s, const char *repo, const char *branch, const
 
 /* ---- commits ---- */
 
+/* The upload progress of a row, recorded in the journal for hubfs status:
+ * the first bytes and the end at once, the rest at most once a second (a
+ * journal write each, not synced). */
+#define STAGE_PROGRESS_MS 1000
+
+struct stage_progress {
+	struct stage *s;
+	int64_t row;
+	uint64_t size;
+	uint64_t last;	 /* the bytes recorded last */
+	int64_t last_ms; /* when (monotonic ms), 0 for never */
+};
+
 /* The rows of a commit and what goes with them. */
 struct stage_op {
 	struct cache_stage_change *row;
@@ -1186,7 +1199,24 @@ struct stage_op {
 	char git_id[CACHE_ID_MAX];
 	bool skip; /* a deletion of what does not exist: nothing to send */
 	bool lfs;  /* preupload's decision */
+	struct stage_progress progress; /* of its upload */
 };
+
+/* hub_op.progress: called by hub_lfs_upload() in the worker, no lock held. */
+static void stage_progress(void *arg, uint64_t sent)
+{
+	struct stage_progress *p = arg;
+	int64_t now = stage_now_ms();
+
+	if (sent == p->last)
+		return;
+	if (sent < p->size && p->last_ms && now - p->last_ms < STAGE_PROGRESS_MS)
+		return;
+	p->last = sent;
+	p->last_ms = now;
+	/* -ENOENT: the row was replaced meanwhile; nothing to record */
+	cache_stage_set_sent(p->s->cache, p->row, sent);
+}
 
 /* Hashes @fd (@size bytes) into its sha256 and git blob id. */
 static int stage_hash(int fd, uint64_t size, char sha256[65], char git_id[CACHE_ID_MAX])
@@ -1715,6 +1745,12 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 				h->lfs = true;
 			}
 			memcpy(h->sha256, r->sha256, sizeof(h->sha256));
+			if (h->kind == HUB_OP_ADD && !h->old_path) {
+				ops[i].progress = (struct stage_progress){
+				    .s = s, .row = r->id, .size = r->size};
+				h->progress = stage_progress;
+				h->progress_arg = &ops[i].progress;
+			}
 			nh++;
 		}
 		if (nh == 0) {

@@ -8,7 +8,10 @@
  *   hub_commit_tool validate-yaml ENDPOINT TOKEN TYPE FILE
  *
  * Prints "commit ID" (or "ok") and exits 0, or "error ERRNO-NAME [reason]"
- * and exits 1.  Prints "lfs PATH" for every file preupload sent to LFS.
+ * and exits 1.  Prints "lfs PATH" for every file preupload sent to LFS, and
+ * with HUB_COMMIT_TOOL_PROGRESS=1 in the environment, after its upload,
+ * "progress PATH CALLS LAST SIZE monotonic|backwards" (what hub_op.progress
+ * saw).
  */
 #include "config.h"
 
@@ -23,6 +26,23 @@
 #include "cache_hash.h"
 #include "http.h"
 #include "hub_api.h"
+
+/* What hub_op.progress of one upload saw. */
+struct tool_progress {
+	unsigned long calls;
+	uint64_t last;
+	bool backwards;
+};
+
+static void tool_progress_cb(void *arg, uint64_t sent)
+{
+	struct tool_progress *p = arg;
+
+	if (p->calls && sent < p->last)
+		p->backwards = true;
+	p->calls++;
+	p->last = sent;
+}
 
 static int file_sha256(int fd, uint64_t size, char out[65])
 {
@@ -105,6 +125,8 @@ int main(int argc, char *argv[])
 	struct http_client *http;
 	struct hub_repo repo = { HUB_REPO_MODEL, NULL, NULL };
 	struct hub_op ops[64];
+	struct tool_progress progress[64];
+	bool show_progress = getenv("HUB_COMMIT_TOOL_PROGRESS") != NULL;
 	char *spec, *type, *commit_parent;
 	char commit[HUB_COMMIT_LEN + 1];
 	int n = 0, rc;
@@ -126,6 +148,7 @@ int main(int argc, char *argv[])
 		    : !strcmp(type, "space") ? HUB_REPO_SPACE : HUB_REPO_MODEL;
 	commit_parent = strcmp(argv[5], "-") ? argv[5] : NULL;
 	memset(ops, 0, sizeof(ops));
+	memset(progress, 0, sizeof(progress));
 	for (int i = 7; i < argc; i++, n++) {
 		struct hub_op *op = &ops[n];
 		char *arg = argv[i], *eq;
@@ -183,7 +206,15 @@ int main(int argc, char *argv[])
 		if (ops[i].kind != HUB_OP_ADD || !ops[i].lfs || ops[i].old_path)
 			continue;
 		printf("lfs %s\n", ops[i].path);
+		if (show_progress) {
+			ops[i].progress = tool_progress_cb;
+			ops[i].progress_arg = &progress[i];
+		}
 		rc = hub_lfs_upload(http, &repo, argv[4], &ops[i]);
+		if (show_progress)
+			printf("progress %s %lu %llu %llu %s\n", ops[i].path, progress[i].calls,
+			       (unsigned long long)progress[i].last, (unsigned long long)ops[i].size,
+			       progress[i].backwards ? "backwards" : "monotonic");
 	}
 	if (!rc)
 		rc = hub_commit(http, &repo, argv[4], argv[6], commit_parent, ops, (size_t)n, commit);

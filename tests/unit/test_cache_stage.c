@@ -1,7 +1,8 @@
 /* Unit tests: the write journal of the cache (cache/cache_stage.c and the
- * SQLite index): staged files, journal rows and their round trips, a SIGKILL
- * right after the adds return, orphans, clear, the upgrade of a version 1
- * index, and names and changes that must be refused. */
+ * SQLite index): staged files, journal rows and their round trips, upload
+ * progress, a SIGKILL right after the adds return, orphans, clear, the
+ * upgrade of a version 1 and of a version 2 index, and names and changes
+ * that must be refused. */
 #include "config.h"
 
 #include <errno.h>
@@ -20,6 +21,8 @@
 #include "tap.h"
 
 static char top[] = "/tmp/hubfs-test-cache-stage-XXXXXX";
+/* The schema version of the index (cache_index.h's CACHE_INDEX_VERSION). */
+enum { INDEX_VERSION = 3 };
 static unsigned dir_serial;
 
 static const char REPO[] = "model/alice/tiny";
@@ -437,6 +440,104 @@ static void test_rows(const char *dir)
 }
 
 /*
+ * Upload progress: sent per row, summed per branch, reset by a new attempt
+ * and by a replace.
+ */
+
+static void test_sent(const char *dir)
+{
+	char n1[CACHE_STAGE_NAME_SIZE], n2[CACHE_STAGE_NAME_SIZE], n3[CACHE_STAGE_NAME_SIZE];
+	char sha1[65], sha2[65], sha3[65];
+	struct cache_stage_change ch, old, row, *v = NULL;
+	struct cache_stage_update u = {0};
+	struct cache_stage_branch *b = NULL;
+	int64_t id1 = 0, id2 = 0, id3 = 0, idd = 0, at;
+	size_t n = 0, nb = 0;
+	struct cache *c = open_cache(dir);
+	int fd1, fd2, fd3, rc;
+	double t0, t1;
+	bool ok = true;
+
+	if (!c)
+		return;
+	fd1 = stage_bytes(c, 21, 3000, n1, sha1);
+	fd2 = stage_bytes(c, 22, 5000, n2, sha2);
+	fd3 = stage_bytes(c, 23, 100, n3, sha3);
+	ch = change(CACHE_STAGE_ADD, "a.bin", n1);
+	ch.size = 3000;
+	rc = cache_stage_add(c, &ch, &id1);
+	ch = change(CACHE_STAGE_ADD, "b.bin", n2);
+	ch.size = 5000;
+	rc = rc ? rc : cache_stage_add(c, &ch, &id2);
+	ch = change(CACHE_STAGE_DELETE_FILE, "gone.txt", NULL);
+	rc = rc ? rc : cache_stage_add(c, &ch, &idd);
+	rc = rc ? rc : cache_stage_get(c, id1, &row);
+	tap_ok(!rc && row.sent == 0, "a new row has sent 0");
+	at = row.updated_at;
+	cache_stage_change_release(&row);
+
+	usleep(2000); /* so that a changed updated_at would show */
+	rc = cache_stage_set_sent(c, id1, 1200);
+	rc = rc ? rc : cache_stage_get(c, id1, &row);
+	tap_ok(!rc && row.sent == 1200 && row.updated_at == at,
+	       "set sent: it reads back, updated_at is left alone");
+	cache_stage_change_release(&row);
+	rc = cache_stage_set_sent(c, id2, 99999);
+	rc = rc ? rc : cache_stage_get(c, id2, &row);
+	tap_ok(!rc && row.sent == 5000, "sent is kept at most the row's size");
+	cache_stage_change_release(&row);
+	tap_ok(cache_stage_set_sent(c, idd, 10) == -ENOENT,
+	       "a delete row has no progress: -ENOENT");
+	tap_ok(cache_stage_set_sent(c, 999999, 10) == -ENOENT, "a gone id: -ENOENT");
+	tap_ok(cache_stage_set_sent(c, id1, (uint64_t)INT64_MAX + 1) == -EINVAL,
+	       "sent over INT64_MAX: -EINVAL");
+
+	rc = cache_stage_branches(c, &b, &nb);
+	tap_ok(!rc && nb == 1 && b[0].changes == 3 && b[0].bytes == 8000 && b[0].sent == 6200,
+	       "the branch sums: 6200 of 8000 bytes sent");
+	cache_stage_branches_free(b, nb);
+
+	u.set = CACHE_STAGE_SET_STATE | CACHE_STAGE_SET_ERROR;
+	u.state = CACHE_STAGE_FAILED;
+	u.error = "commit failed: Connection reset by peer";
+	rc = cache_stage_update(c, &id1, 1, &u, NULL);
+	rc = rc ? rc : cache_stage_get(c, id1, &row);
+	tap_ok(!rc && row.sent == 1200, "a failed attempt keeps what it sent");
+	cache_stage_change_release(&row);
+	u.set = CACHE_STAGE_SET_STATE | CACHE_STAGE_ADD_ATTEMPT;
+	u.state = CACHE_STAGE_UPLOADING;
+	rc = cache_stage_update(c, &id1, 1, &u, NULL);
+	rc = rc ? rc : cache_stage_get(c, id1, &row);
+	tap_ok(!rc && row.sent == 0 && row.attempts == 1, "a new attempt starts from 0");
+	cache_stage_change_release(&row);
+
+	ch = change(CACHE_STAGE_ADD, "b.bin", n3);
+	ch.size = 100;
+	rc = cache_stage_replace(c, &ch, &id3, &old);
+	tap_ok(!rc && old.id == id2 && old.sent == 5000,
+	       "replace hands back the old row's progress");
+	cache_stage_change_release(&old);
+	rc = cache_stage_get(c, id3, &row);
+	tap_ok(!rc && row.sent == 0, "and the new row starts from 0");
+	cache_stage_change_release(&row);
+	rc = cache_stage_list(c, REPO, "main", &v, &n);
+	tap_ok(!rc && n == 3 && v[0].sent == 0 && v[2].id == id3 && v[2].sent == 0,
+	       "list reads sent");
+	cache_stage_changes_free(v, n);
+
+	t0 = now_s();
+	for (int i = 0; i < 200 && ok; i++)
+		ok = !cache_stage_set_sent(c, id3, (uint64_t)i);
+	t1 = now_s();
+	tap_ok(ok, "200 progress updates");
+	tap_diag("set sent: %.3f ms (not synced)", (t1 - t0) * 1e3 / 200);
+	close(fd1);
+	close(fd2);
+	close(fd3);
+	cache_close(c);
+}
+
+/*
  * Durability: a child adds changes and kills itself with SIGKILL as soon as
  * the last add returns; everything must be there.
  */
@@ -719,10 +820,133 @@ static void test_upgrade(const char *dir)
 	cache_stage_changes_free(v, n);
 	cache_close(c);
 	/* at close the WAL is checkpointed into the file */
-	tap_ok(pread(fd, version, 4, 60) == 4 && version[3] == 2, "and is now version 2");
+	tap_ok(pread(fd, version, 4, 60) == 4 && version[3] == INDEX_VERSION,
+	       "and is now version %d", INDEX_VERSION);
 	c = open_cache(dir);
 	tap_ok(c && !cache_stage_list(c, REPO, "main", &v, &n) && n == 1,
 	       "and is there after reopening");
+	cache_stage_changes_free(v, n);
+	cache_close(c);
+close_fd:
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
+ * Upgrade: an index of version 2 (a journal without upload progress) gets
+ * the column and keeps its rows.
+ */
+
+static const char schema_v2_stage[] =
+    "CREATE TABLE stage (id INTEGER PRIMARY KEY AUTOINCREMENT, repo TEXT NOT NULL,"
+    " branch TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('add', 'delete-file', 'delete-folder', 'rename')),"
+    " path TEXT NOT NULL, old_path TEXT, staged TEXT UNIQUE, size INTEGER NOT NULL,"
+    " sha256 TEXT NOT NULL, base_commit TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN"
+    "  ('pending', 'uploading', 'committing', 'conflict', 'failed')),"
+    " error TEXT NOT NULL, attempts INTEGER NOT NULL, created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL, commit_id TEXT NOT NULL, UNIQUE (repo, branch, path));"
+    "INSERT INTO stage (repo, branch, kind, path, old_path, staged, size, sha256, base_commit,"
+    " state, error, attempts, created_at, updated_at, commit_id) VALUES"
+    " ('model/alice/tiny', 'main', 'add', 'w.bin', NULL, '%s', 10, '', '', 'failed',"
+    " 'commit failed: Permission denied', 1, 5, 6, '');"
+    "PRAGMA user_version = 2;";
+
+/* Makes DIR/hubfs.db of version 2 holding a failed ADD row of staged file
+ * @name (10 bytes) with the sqlite3 shell, or (without one) journals that
+ * row in a new index and marks it version 2, which tests the upgrade step
+ * but not the column it adds. */
+static void make_v2(const char *dir, char name[CACHE_STAGE_NAME_SIZE])
+{
+	static const unsigned char v2[4] = {0, 0, 0, 2};
+	struct cache_stage_update u = {.set = CACHE_STAGE_SET_STATE | CACHE_STAGE_SET_ERROR |
+					      CACHE_STAGE_ADD_ATTEMPT,
+				       .state = CACHE_STAGE_FAILED,
+				       .error = "commit failed: Permission denied"};
+	char cmd[1400], path[600], sha[65], sql[sizeof(schema_v1) + sizeof(schema_v2_stage) + 64];
+	struct cache_stage_change ch;
+	struct cache *c;
+	bool shell;
+	int64_t id = 0;
+	FILE *p;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/hubfs.db", dir);
+	/* the staged file first: a cache made here makes a version 3 index */
+	c = open_cache(dir);
+	fd = c ? stage_bytes(c, 31, 10, name, sha) : -1;
+	if (fd >= 0)
+		close(fd);
+	shell = !system("command -v sqlite3 >/dev/null 2>&1");
+	if (shell) {
+		cache_close(c);
+		c = NULL;
+		unlink(path);
+		snprintf(cmd, sizeof(cmd), "rm -f '%s-wal' '%s-shm'", path, path);
+		if (system(cmd))
+			tap_diag("cannot remove the WAL");
+		snprintf(sql, sizeof(sql), "%.*s",
+			 (int)(strlen(schema_v1) - strlen("PRAGMA user_version = 1;")), schema_v1);
+		snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), schema_v2_stage, name);
+		snprintf(cmd, sizeof(cmd), "sqlite3 '%s' >/dev/null", path);
+		p = popen(cmd, "w");
+		if (p && fputs(sql, p) >= 0 && pclose(p) == 0)
+			return;
+		tap_diag("the sqlite3 shell failed: marking a new index as version 2");
+		c = open_cache(dir);
+	} else {
+		tap_diag("no sqlite3 shell: marking a new index as version 2");
+	}
+	ch = change(CACHE_STAGE_ADD, "w.bin", name);
+	ch.size = 10;
+	if (!c || cache_stage_add(c, &ch, &id) || cache_stage_update(c, &id, 1, &u, NULL))
+		tap_diag("cannot journal the row");
+	cache_close(c);
+	fd = open(path, O_RDWR);
+	if (fd >= 0) {
+		if (pwrite(fd, v2, 4, 60) != 4)
+			tap_diag("cannot write the version");
+		close(fd);
+	}
+}
+
+static void test_upgrade_v2(const char *dir)
+{
+	char path[600], name[CACHE_STAGE_NAME_SIZE] = "";
+	unsigned char version[4] = {0};
+	struct cache_stage_change *v = NULL;
+	struct cache_stage_branch *b = NULL;
+	size_t n = 0, nb = 0;
+	struct cache *c;
+	int fd, rc;
+
+	make_v2(dir, name);
+	snprintf(path, sizeof(path), "%s/hubfs.db", dir);
+	fd = open(path, O_RDONLY);
+	tap_ok(fd >= 0 && pread(fd, version, 4, 60) == 4 && version[3] == 2,
+	       "an index of version 2");
+	c = open_cache(dir);
+	tap_ok(c != NULL, "opens");
+	if (!c)
+		goto close_fd;
+	rc = cache_stage_list(c, REPO, "main", &v, &n);
+	tap_ok(!rc && n == 1 && !strcmp(v[0].path, "w.bin") && !strcmp(v[0].staged, name) &&
+		   v[0].state == CACHE_STAGE_FAILED && v[0].attempts == 1 && v[0].sent == 0 &&
+		   !strcmp(v[0].error, "commit failed: Permission denied"),
+	       "its row is kept, with sent 0");
+	tap_ok(!rc && n == 1 && !cache_stage_set_sent(c, v[0].id, 4), "progress can be set");
+	rc = cache_stage_branches(c, &b, &nb);
+	tap_ok(!rc && nb == 1 && b[0].bytes == 10 && b[0].sent == 4 &&
+		   b[0].by_state[CACHE_STAGE_FAILED] == 1,
+	       "and is summed");
+	cache_stage_branches_free(b, nb);
+	cache_stage_changes_free(v, n);
+	cache_close(c);
+	tap_ok(pread(fd, version, 4, 60) == 4 && version[3] == INDEX_VERSION,
+	       "and is now version %d", INDEX_VERSION);
+	c = open_cache(dir);
+	tap_ok(c && !cache_stage_list(c, REPO, "main", &v, &n) && n == 1 && v[0].sent == 4,
+	       "reopened: the row and its progress are there");
 	cache_stage_changes_free(v, n);
 	cache_close(c);
 close_fd:
@@ -791,6 +1015,10 @@ int main(void)
 	test_clear(dir);
 	new_dir(dir, sizeof(dir));
 	test_upgrade(dir);
+	new_dir(dir, sizeof(dir));
+	test_upgrade_v2(dir);
+	new_dir(dir, sizeof(dir));
+	test_sent(dir);
 	new_dir(dir, sizeof(dir));
 	test_cost(dir);
 	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
