@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -553,21 +554,209 @@ out:
 	return status;
 }
 
-int cmd_umount(int argc, char *argv[])
+/*
+ * hubfs umount: unmounts with fusermount3, then waits for the daemon, which
+ * commits what is pending before it exits (stage_drain(), at most
+ * MOUNT_DRAIN_SECONDS), and says what stays staged.
+ *
+ * The daemon is found through the xattrs of the mount's root (cmd.h): its
+ * pid, and its cache, whose journal tells what is left (read without a
+ * lock while the daemon still writes it, as hubfs status does).  Without
+ * them (an older daemon, a dead mount) it only unmounts.  The pid is
+ * checked against its start time, so a process that takes the pid later is
+ * not waited for; a zombie (a foreground daemon not yet reaped) has exited.
+ *
+ * Progress: on a terminal, one line rewritten about once a second; to a
+ * file or pipe, one line when the wait begins and one at its end, so logs
+ * and tests are not flooded.
+ */
+
+static const char umount_usage[] =
+	"usage: hubfs umount MOUNTPOINT\n"
+	"\n"
+	"Unmounts, then waits (at most 60 s) while the daemon commits the pending\n"
+	"changes, and says what stays staged.  Exit status: 0 when nothing is\n"
+	"left, 3 when unmounted but changes stay staged (the next mount on the same\n"
+	"cache commits them), 1 when the unmount failed, 2 for a usage error.\n";
+
+/* How long umount waits for the daemon: its drain and the commit in flight. */
+#define UMOUNT_WAIT_SECONDS (2 * MOUNT_DRAIN_SECONDS)
+/* The exit status when the unmount worked but changes stay staged. */
+#define UMOUNT_STAGED 3
+/* How often the daemon is looked for, and the journal read (progress). */
+#define UMOUNT_POLL_MS 100
+#define UMOUNT_PROGRESS_MS 1000
+
+static int64_t umount_now_ms(void)
 {
-	char *v[] = { (char *)"fusermount3", (char *)"-u", NULL, NULL };
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The state and start time (clock ticks after boot) of process @pid from
+ * /proc: 0, or -errno (-ENOENT when there is no such process). */
+static int umount_proc_stat(long pid, char *state, unsigned long long *start)
+{
+	char path[64], buf[1024], *p;
+	ssize_t len;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return len < 0 ? -errno : -ENOENT;
+	buf[len] = '\0';
+	/* PID (COMM) STATE ... with the start time the 22nd field; COMM may
+	 * hold anything, so fields are counted from its last ')'. */
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 1,
+			 " %c %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s "
+			 "%*s %*s %llu",
+			 state, start) != 2)
+		return -EIO;
+	return 0;
+}
+
+/* The daemon being waited for. */
+struct umount_daemon {
+	long pid;
+	bool proc;		  /* /proc tells its start time */
+	unsigned long long start; /* ticks after boot, when proc */
+};
+
+/* Whether the daemon still runs: not when the pid is gone, a zombie, or
+ * another process's. */
+static bool umount_running(const struct umount_daemon *d)
+{
+	unsigned long long start;
+	char state;
+
+	if (!d->proc)
+		return kill((pid_t)d->pid, 0) == 0 || errno == EPERM;
+	if (umount_proc_stat(d->pid, &state, &start))
+		return false;
+	return state != 'Z' && state != 'X' && start == d->start;
+}
+
+/* The journal's sums over every branch. */
+struct umount_left {
+	uint64_t changes, bytes, sent;
+};
+
+static int umount_sum(struct cache *c, struct umount_left *left)
+{
+	struct cache_stage_branch *b = NULL;
+	size_t n = 0;
+	int rc = cache_stage_branches(c, &b, &n);
+
+	memset(left, 0, sizeof(*left));
+	for (size_t i = 0; !rc && i < n; i++) {
+		left->changes += b[i].changes;
+		left->bytes += b[i].bytes;
+		left->sent += b[i].sent;
+	}
+	cache_stage_branches_free(b, n);
+	return rc;
+}
+
+/* "3 changes to commit, 12.0 MiB of 64.0 MiB uploaded" into @buf. */
+static void umount_progress_text(const struct umount_left *left, char *buf, size_t size)
+{
+	char sent[CMD_SIZE_TEXT], total[CMD_SIZE_TEXT];
+	int len = snprintf(buf, size, "%llu change%s to commit", (unsigned long long)left->changes,
+			   left->changes == 1 ? "" : "s");
+
+	if (left->bytes && len > 0 && (size_t)len < size)
+		snprintf(buf + len, size - (size_t)len, ", %s of %s uploaded",
+			 cmd_size_text(left->sent, sent), cmd_size_text(left->bytes, total));
+}
+
+/* Waits until the daemon exits or UMOUNT_WAIT_SECONDS pass, showing the
+ * progress of the journal of @c (may be NULL).  Returns whether the daemon
+ * still runs. */
+static bool umount_wait(const struct umount_daemon *d, struct cache *c)
+{
+	int64_t deadline = umount_now_ms() + UMOUNT_WAIT_SECONDS * 1000, next = 0;
+	struct timespec poll = { 0, UMOUNT_POLL_MS * 1000000L };
+	bool tty = isatty(STDERR_FILENO), shown = false, running;
+	struct umount_left left;
+	char text[160];
+
+	while ((running = umount_running(d)) && umount_now_ms() < deadline) {
+		if (c && umount_now_ms() >= next) {
+			next = umount_now_ms() + UMOUNT_PROGRESS_MS;
+			if (!umount_sum(c, &left) && left.changes) {
+				umount_progress_text(&left, text, sizeof(text));
+				if (tty)
+					fprintf(stderr, "\rhubfs: %s\033[K", text);
+				else if (!shown)
+					fprintf(stderr,
+						"hubfs: waiting at most %d s for the daemon: %s\n",
+						UMOUNT_WAIT_SECONDS, text);
+				shown = true;
+			}
+		}
+		nanosleep(&poll, NULL);
+	}
+	if (tty && shown)
+		fputs("\r\033[K", stderr);
+	return running;
+}
+
+/* Says what stays staged in the journal of @c (cache @dir).  Returns
+ * UMOUNT_STAGED when something does, 0 otherwise. */
+static int umount_report(struct cache *c, const char *dir, bool waited)
+{
+	char repo[CACHE_STAGE_REPO_MAX + 16], why[CACHE_STAGE_ERROR_MAX + 64];
+	struct cache_stage_branch *b = NULL;
+	uint64_t conflicts = 0;
+	size_t n = 0;
+	int rc = cache_stage_branches(c, &b, &n);
+
+	if (rc) {
+		log_msg(LOG_WARNING, "cannot read the write journal of '%s': %s", dir,
+			strerror(-rc));
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint64_t failed = b[i].by_state[CACHE_STAGE_FAILED];
+		uint64_t conflict = b[i].by_state[CACHE_STAGE_CONFLICT];
+
+		why[0] = '\0';
+		if (conflict || failed)
+			snprintf(why, sizeof(why), " (%s%s%s%s%s)", conflict ? "in conflict" : "",
+				 conflict && failed ? ", " : "", failed ? "failed" : "",
+				 b[i].error[0] ? ": " : "", b[i].error);
+		log_msg(LOG_WARNING, "%llu change%s of %s@%s %s still staged%s",
+			(unsigned long long)b[i].changes, b[i].changes == 1 ? "" : "s",
+			cmd_repo_text(b[i].repo, repo, sizeof(repo)), b[i].branch,
+			b[i].changes == 1 ? "is" : "are", why);
+		conflicts += conflict;
+	}
+	if (n)
+		log_msg(LOG_WARNING,
+			"they stay in the cache '%s': the next mount on it commits them%s "
+			"('hubfs status --cache-dir %s' shows them)",
+			dir, conflicts ? ", except those in conflict" : "", dir);
+	else if (waited)
+		fprintf(stderr, "hubfs: every change is on the Hub\n");
+	cache_stage_branches_free(b, n);
+	return n ? UMOUNT_STAGED : 0;
+}
+
+/* Runs fusermount3 -u @mountpoint: 0, or 1 (fusermount3 said why). */
+static int umount_fusermount(const char *mountpoint)
+{
+	char *v[] = { (char *)"fusermount3", (char *)"-u", (char *)mountpoint, NULL };
 	pid_t pid;
 	int st, rc;
 
-	if (argc == 2 && !strcmp(argv[1], "--help")) {
-		fputs("usage: hubfs umount MOUNTPOINT\n", stdout);
-		return 0;
-	}
-	if (argc != 2 || argv[1][0] == '-') {
-		fputs("usage: hubfs umount MOUNTPOINT\n", stderr);
-		return 2;
-	}
-	v[2] = argv[1];
 	rc = posix_spawnp(&pid, v[0], NULL, NULL, v, environ);
 	if (rc) {
 		log_msg(LOG_ERR, "cannot run 'fusermount3': %s", strerror(rc));
@@ -576,4 +765,51 @@ int cmd_umount(int argc, char *argv[])
 	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		return 1;
 	return 0;
+}
+
+int cmd_umount(int argc, char *argv[])
+{
+	struct cmd_mount_info info = { 0 };
+	struct umount_daemon d = { 0 };
+	struct umount_left left = { 0 };
+	struct cache *c = NULL;
+	bool running;
+	char state;
+	int rc, status;
+
+	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		fputs(umount_usage, stdout);
+		return 0;
+	}
+	if (argc != 2 || argv[1][0] == '-') {
+		fputs(umount_usage, stderr);
+		return 2;
+	}
+	/* Who serves the mount, before it goes; without the xattrs (an older
+	 * daemon, a dead mount, not hubfs) only the unmount is done. */
+	if (cmd_mount_info_read(argv[1], &info) == 0 && info.pid) {
+		d.pid = info.pid;
+		rc = umount_proc_stat(d.pid, &state, &d.start);
+		d.proc = rc == 0;
+		if (rc == -ENOENT)
+			d.pid = 0; /* not in our pid namespace: nothing to wait for */
+		c = cmd_cache_open_existing(info.cache_dir, &rc);
+		if (c)
+			umount_sum(c, &left);
+	}
+	status = umount_fusermount(argv[1]);
+	if (status || !d.pid)
+		goto out;
+	running = umount_wait(&d, c);
+	if (running)
+		log_msg(LOG_WARNING,
+			"the daemon (pid %ld) still runs after %d s: it goes on committing, "
+			"then exits",
+			d.pid, UMOUNT_WAIT_SECONDS);
+	if (c)
+		status = umount_report(c, info.cache_dir, left.changes > 0);
+out:
+	cache_close(c);
+	cmd_mount_info_release(&info);
+	return status;
 }

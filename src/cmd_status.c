@@ -1,17 +1,29 @@
 /*
  * hubfs status: what is staged and not yet on the Hub, per repo and branch,
- * read from the write journal of the cache.  Works while mounts use the
- * cache (it takes no lock) and after a crash (it shows what the next mount
- * will resume).
+ * read from the write journal of a cache: how many changes, in which
+ * states, how many of their bytes the current uploads have sent, and the
+ * last error.  Works while mounts use the cache (it takes no lock) and after
+ * a crash (it shows what the next mount will resume).
+ *
+ * The cache is the default one, --cache-dir's, or the one a mount uses: the
+ * daemon tells it through the xattr user.hubfs.cache_dir of the mount's
+ * root (and its pid through user.hubfs.pid).  hubfs umount reads the same
+ * through the helpers below (cmd.h).
  */
 #include "config.h"
 
 #include "cmd.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
 
 #include "cache.h"
 #include "cache_stage.h"
@@ -19,11 +31,12 @@
 #include "options.h"
 
 static const char status_usage[] =
-	"usage: hubfs status [MOUNTPOINT] [--cache-dir DIR]\n"
+	"usage: hubfs status [MOUNTPOINT | --cache-dir DIR]\n"
 	"\n"
-	"Pending changes per repo and branch: how many, the bytes to upload, their\n"
-	"state (pending, uploading, committing, conflict, failed) and the last error.\n"
-	"The cache is the one a mount uses by default, or --cache-dir's.\n";
+	"Pending changes per repo and branch: how many, their state (pending,\n"
+	"uploading, committing, conflict, failed), the bytes uploaded of those to\n"
+	"upload, and the last error.  The journal read is that of the cache of the\n"
+	"mount on MOUNTPOINT, of --cache-dir, or of the default cache of a mount.\n";
 
 static const char *const status_states[CACHE_STAGE_STATES] = {
 	[CACHE_STAGE_PENDING] = "pending",
@@ -33,19 +46,254 @@ static const char *const status_states[CACHE_STAGE_STATES] = {
 	[CACHE_STAGE_FAILED] = "failed",
 };
 
+/* The mount's type in /proc/self/mountinfo. */
+#define STATUS_FSTYPE "fuse.hubfs"
+
+/*
+ * Shared helpers (cmd.h).
+ */
+
+const char *cmd_size_text(uint64_t bytes, char buf[CMD_SIZE_TEXT])
+{
+	static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+	double v = (double)bytes;
+	int u = -1;
+
+	if (bytes < 1024) {
+		snprintf(buf, CMD_SIZE_TEXT, "%llu B", (unsigned long long)bytes);
+		return buf;
+	}
+	/* 1023.96 KiB would print as "1024.0 KiB": the next unit then */
+	while (u < 5 && (u < 0 || v >= 1023.95)) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(buf, CMD_SIZE_TEXT, "%.1f %s", v, units[u]);
+	return buf;
+}
+
+const char *cmd_repo_text(const char *key, char *buf, size_t size)
+{
+	static const struct {
+		const char *type, *prefix;
+	} types[] = { { "model/", "" }, { "dataset/", "datasets/" }, { "space/", "spaces/" } };
+
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		size_t len = strlen(types[i].type);
+
+		if (!strncmp(key, types[i].type, len)) {
+			snprintf(buf, size, "%s%s", types[i].prefix, key + len);
+			return buf;
+		}
+	}
+	snprintf(buf, size, "%s", key);
+	return buf;
+}
+
+/* Decodes the octal escapes (\040 for a space ...) of a mountinfo field in
+ * place. */
+static void status_unescape(char *s)
+{
+	char *w = s;
+
+	for (char *r = s; *r; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+		    r[3] >= '0' && r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+			r += 3;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+}
+
+/* Whether @path is the mountpoint of a hubfs mount in /proc/self/mountinfo
+ * (the newest mount on it decides). */
+static bool status_is_hubfs_mount(const char *path)
+{
+	char *real = realpath(path, NULL), *line = NULL;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	bool hubfs = false;
+	size_t cap = 0;
+
+	if (!real || !f)
+		goto out;
+	while (getline(&line, &cap, f) > 0) {
+		char *save = NULL, *mnt, *sep;
+
+		/* id parent major:minor root MOUNTPOINT options ... - FSTYPE source ... */
+		sep = strstr(line, " - ");
+		if (!sep)
+			continue;
+		*sep = '\0';
+		mnt = strtok_r(line, " ", &save);
+		for (int i = 0; mnt && i < 4; i++)
+			mnt = strtok_r(NULL, " ", &save);
+		if (!mnt)
+			continue;
+		status_unescape(mnt);
+		if (strcmp(mnt, real))
+			continue;
+		hubfs = !strncmp(sep + 3, STATUS_FSTYPE " ", sizeof(STATUS_FSTYPE));
+	}
+out:
+	free(line);
+	if (f)
+		fclose(f);
+	free(real);
+	return hubfs;
+}
+
+/* The value of xattr @name of @path, NUL-terminated, into @buf of @size
+ * bytes.  Returns its length or -errno (-ENODATA when absent, -EIO when it
+ * is too long or holds a NUL). */
+static ssize_t status_xattr(const char *path, const char *name, char *buf, size_t size)
+{
+	ssize_t len = getxattr(path, name, buf, size - 1);
+
+	if (len < 0)
+		return errno == ERANGE || errno == E2BIG ? -EIO : -errno;
+	buf[len] = '\0';
+	return strlen(buf) == (size_t)len ? len : -EIO;
+}
+
+int cmd_mount_info_read(const char *mountpoint, struct cmd_mount_info *info)
+{
+	char buf[PATH_MAX + 1], *end;
+	ssize_t len;
+	long pid;
+
+	memset(info, 0, sizeof(*info));
+	len = status_xattr(mountpoint, "user.hubfs.cache_dir", buf, sizeof(buf));
+	if (len == -ENODATA || len == -ENOTSUP) {
+		/* Not ours, or a hubfs that does not tell: mountinfo knows. */
+		return status_is_hubfs_mount(mountpoint) ? -EPROTO : -ENODATA;
+	}
+	if (len < 0)
+		return (int)len;
+	if (buf[0] != '/')
+		return -EIO;
+	info->cache_dir = strdup(buf);
+	if (!info->cache_dir)
+		return -ENOMEM;
+	len = status_xattr(mountpoint, "user.hubfs.pid", buf, sizeof(buf));
+	if (len == -ENODATA)
+		return 0;
+	if (len < 0) {
+		cmd_mount_info_release(info);
+		return (int)len;
+	}
+	errno = 0;
+	pid = strtol(buf, &end, 10);
+	if (errno || end == buf || *end || pid <= 0) {
+		cmd_mount_info_release(info);
+		return -EIO;
+	}
+	info->pid = pid;
+	return 0;
+}
+
+void cmd_mount_info_release(struct cmd_mount_info *info)
+{
+	if (!info)
+		return;
+	free(info->cache_dir);
+	memset(info, 0, sizeof(*info));
+}
+
 static void status_log(int level, const char *fmt, va_list ap)
 {
 	log_vmsg(level, fmt, ap);
 }
 
+struct cache *cmd_cache_open_existing(const char *dir, int *err)
+{
+	struct cache_config cc = { .dir = dir, .lock = CACHE_LOCK_NONE, .log = status_log };
+	char index[PATH_MAX + 16];
+	struct cache *c;
+	struct stat st;
+
+	/* The path comes from a filesystem's answer: open a cache that is
+	 * there, never make one. */
+	if (snprintf(index, sizeof(index), "%s/hubfs.db", dir) >= (int)sizeof(index)) {
+		*err = -ENAMETOOLONG;
+	} else if (lstat(index, &st)) {
+		*err = -errno;
+	} else if (!S_ISREG(st.st_mode)) {
+		*err = -ENOENT;
+	} else {
+		c = cache_open(&cc, err);
+		if (c)
+			return c;
+	}
+	log_msg(LOG_ERR, "cannot open the cache '%s': %s", dir,
+		*err == -EPROTO ? "written by a newer hubfs" : strerror(-*err));
+	return NULL;
+}
+
+/*
+ * hubfs status
+ */
+
+/* Says why @mountpoint gave no cache (@rc from cmd_mount_info_read()). */
+static void status_not_mount(const char *mountpoint, int rc)
+{
+	switch (rc) {
+	case -ENODATA:
+		log_msg(LOG_ERR, "'%s' is not a hubfs mount (no xattr user.hubfs.cache_dir)",
+			mountpoint);
+		break;
+	case -EPROTO:
+		log_msg(LOG_ERR,
+			"'%s' is mounted by an older hubfs that does not tell its cache: "
+			"use --cache-dir",
+			mountpoint);
+		break;
+	case -ENOTCONN:
+		log_msg(LOG_ERR,
+			"'%s' is a mount whose daemon is gone: unmount it with 'hubfs umount %s'; "
+			"its changes stay in its cache ('hubfs status --cache-dir DIR')",
+			mountpoint, mountpoint);
+		break;
+	default:
+		log_msg(LOG_ERR, "'%s': %s", mountpoint, strerror(-rc));
+		break;
+	}
+}
+
+/* Prints the pending changes of @b. */
+static void status_print_branch(const struct cache_stage_branch *b)
+{
+	char repo[CACHE_STAGE_REPO_MAX + 16], sent[CMD_SIZE_TEXT], total[CMD_SIZE_TEXT];
+	const char *sep = "";
+
+	printf("%s@%s: %llu change%s (", cmd_repo_text(b->repo, repo, sizeof(repo)), b->branch,
+	       (unsigned long long)b->changes, b->changes == 1 ? "" : "s");
+	for (int s = 0; s < CACHE_STAGE_STATES; s++) {
+		if (!b->by_state[s])
+			continue;
+		printf("%s%llu %s", sep, (unsigned long long)b->by_state[s], status_states[s]);
+		sep = ", ";
+	}
+	if (b->bytes)
+		printf("), %s of %s uploaded\n", cmd_size_text(b->sent, sent),
+		       cmd_size_text(b->bytes, total));
+	else
+		printf("), nothing to upload\n");
+	if (b->error && *b->error)
+		printf("    last error: %s\n", b->error);
+}
+
 int cmd_status(int argc, char *argv[])
 {
 	struct cache_config cc = { .lock = CACHE_LOCK_NONE, .log = status_log };
+	struct cmd_mount_info info = { 0 };
 	struct cache_stage_branch *b = NULL;
-	const char *dir_arg = NULL;
+	const char *dir_arg = NULL, *mountpoint = NULL;
 	struct cache *c;
 	size_t n = 0;
-	char *dir;
+	char *dir = NULL;
 	int rc;
 
 	for (int i = 1; i < argc; i++) {
@@ -56,41 +304,54 @@ int cmd_status(int argc, char *argv[])
 			dir_arg = argv[++i];
 		} else if (!strncmp(argv[i], "--cache-dir=", 12)) {
 			dir_arg = argv[i] + 12;
-		} else if (argv[i][0] == '-') {
+		} else if (argv[i][0] == '-' || mountpoint) {
 			fputs(status_usage, stderr);
 			return 2;
+		} else {
+			mountpoint = argv[i];
 		}
-		/* a MOUNTPOINT is accepted: its cache is the default one */
 	}
-	dir = options_cache_dir(dir_arg);
-	if (!dir) {
-		log_msg(LOG_ERR, "no cache directory: set --cache-dir or HOME");
-		return 1;
+	if (mountpoint && dir_arg) {
+		log_msg(LOG_ERR, "give a MOUNTPOINT or --cache-dir, not both");
+		return 2;
 	}
-	cc.dir = dir;
-	c = cache_open(&cc, &rc);
+	if (mountpoint) {
+		rc = cmd_mount_info_read(mountpoint, &info);
+		if (rc) {
+			status_not_mount(mountpoint, rc);
+			return 1;
+		}
+		if (info.pid)
+			printf("%s: hubfs mount (pid %ld), cache %s\n", mountpoint, info.pid,
+			       info.cache_dir);
+		else
+			printf("%s: hubfs mount, cache %s\n", mountpoint, info.cache_dir);
+		dir = info.cache_dir;
+		info.cache_dir = NULL;
+		c = cmd_cache_open_existing(dir, &rc);
+	} else {
+		dir = options_cache_dir(dir_arg);
+		if (!dir) {
+			log_msg(LOG_ERR, "no cache directory: set --cache-dir or HOME");
+			return 1;
+		}
+		cc.dir = dir;
+		c = cache_open(&cc, &rc);
+		if (!c)
+			log_msg(LOG_ERR, "cannot open the cache '%s': %s", dir,
+				rc == -EPROTO ? "written by a newer hubfs" : strerror(-rc));
+	}
 	if (!c) {
-		log_msg(LOG_ERR, "cannot open the cache '%s': %s", dir, strerror(-rc));
 		free(dir);
 		return 1;
 	}
 	rc = cache_stage_branches(c, &b, &n);
-	if (rc) {
+	if (rc)
 		log_msg(LOG_ERR, "cannot read the write journal of '%s': %s", dir, strerror(-rc));
-	} else if (n == 0) {
+	else if (n == 0)
 		printf("nothing pending: every change is on the Hub\n");
-	}
-	for (size_t i = 0; !rc && i < n; i++) {
-		printf("%s @ %s: %llu change%s, %.1f MiB to upload;", b[i].repo, b[i].branch,
-		       (unsigned long long)b[i].changes, b[i].changes == 1 ? "" : "s",
-		       (double)b[i].bytes / (1 << 20));
-		for (int s = 0; s < CACHE_STAGE_STATES; s++)
-			if (b[i].by_state[s])
-				printf(" %s %llu", status_states[s], (unsigned long long)b[i].by_state[s]);
-		printf("\n");
-		if (b[i].error && *b[i].error)
-			printf("    last error: %s\n", b[i].error);
-	}
+	for (size_t i = 0; !rc && i < n; i++)
+		status_print_branch(&b[i]);
 	cache_stage_branches_free(b, n);
 	cache_close(c);
 	free(dir);

@@ -28,6 +28,16 @@ check "status of an empty cache exits 0" test $rc -eq 0
 check "status of an empty cache says nothing is pending" grep -q "nothing pending" <<<"$out"
 err=$("$hubfs" status --bogus 2>&1); rc=$?
 check "status with a bad option exits 2" test $rc -eq 2
+err=$("$hubfs" status "$tmp" 2>&1); rc=$?
+check "status of a directory that is not a hubfs mount exits 1" test $rc -eq 1
+check "status says it is not a hubfs mount" grep -q "is not a hubfs mount" <<<"$err"
+err=$("$hubfs" status "$tmp" --cache-dir "$tmp/cache" 2>&1); rc=$?
+check "status with a mountpoint and --cache-dir exits 2" test $rc -eq 2
+out=$("$hubfs" umount --help); rc=$?
+check "umount --help exits 0" test $rc -eq 0
+check "umount --help tells exit status 3" grep -q "3 when unmounted but changes stay staged" <<<"$(tr '\n' ' ' <<<"$out" | tr -s ' ')"
+"$hubfs" umount >/dev/null 2>&1; rc=$?
+check "umount without a mountpoint exits 2" test $rc -eq 2
 err=$("$hubfs" frobnicate 2>&1); rc=$?
 check "an unknown command exits 2" test $rc -eq 2
 check "an unknown command is named in the error" grep -q "'frobnicate'" <<<"$err"
