@@ -189,6 +189,7 @@ static const char *const index_sql[STMT_COUNT] = {
 			      "WHEN ?2 & 8 THEN attempts + 1 ELSE attempts END, "
 			      "commit_id = CASE WHEN ?2 & 16 THEN ?6 ELSE commit_id END, "
 			      "sent = CASE WHEN ?2 & 8 THEN 0 ELSE sent END, "
+			      "base_commit = CASE WHEN ?2 & 32 THEN ?8 ELSE base_commit END, "
 			      "updated_at = ?7 WHERE id = ?1",
 	[STMT_STAGE_CONTENT] = "UPDATE stage SET size = ?2, sha256 = ?3, updated_at = ?4 "
 			       "WHERE id = ?1",
@@ -1951,6 +1952,7 @@ int cache_index_stage_update(struct cache_index *idx, const int64_t *ids, size_t
 		sqlite3_bind_int64(st, 5, u->attempts);
 		sqlite3_bind_text(st, 6, u->commit_id ? u->commit_id : "", -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 7, now);
+		sqlite3_bind_text(st, 8, u->base_commit ? u->base_commit : "", -1, SQLITE_STATIC);
 		err = stmt_done(idx, conn, st, "update journal row");
 		if (!err)
 			count += (size_t)sqlite3_changes(conn->db);

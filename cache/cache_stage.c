@@ -430,7 +430,7 @@ int cache_stage_update(struct cache *c, const int64_t *ids, size_t n,
 {
 	const unsigned known = CACHE_STAGE_SET_STATE | CACHE_STAGE_SET_ERROR |
 			       CACHE_STAGE_SET_ATTEMPTS | CACHE_STAGE_ADD_ATTEMPT |
-			       CACHE_STAGE_SET_COMMIT;
+			       CACHE_STAGE_SET_COMMIT | CACHE_STAGE_SET_BASE;
 	struct cache_stage_update cut;
 	size_t count = 0;
 	char *error;
@@ -441,7 +441,9 @@ int cache_stage_update(struct cache *c, const int64_t *ids, size_t n,
 	if (!u || (n && !ids) || (u->set & ~known) ||
 	    ((u->set & CACHE_STAGE_SET_ATTEMPTS) && (u->set & CACHE_STAGE_ADD_ATTEMPT)) ||
 	    ((u->set & CACHE_STAGE_SET_STATE) && (unsigned)u->state >= CACHE_STAGE_STATES) ||
-	    ((u->set & CACHE_STAGE_SET_COMMIT) && !commit_valid(u->commit_id)))
+	    ((u->set & CACHE_STAGE_SET_COMMIT) && !commit_valid(u->commit_id)) ||
+	    ((u->set & CACHE_STAGE_SET_BASE) &&
+	     (!commit_valid(u->base_commit) || !u->base_commit[0])))
 		return -EINVAL;
 	if (!n)
 		return 0;
@@ -500,4 +502,11 @@ int cache_stage_committed(struct cache *c, const char *repo, const char *branch,
 				  CACHE_STAGE_NAME_SIZE - 1, (*staged)[i]);
 	}
 	return 0;
+}
+
+int cache_stage_forget(struct cache *c, const char *repo, const char *branch, const int64_t *ids,
+		       size_t n, char (**staged)[CACHE_STAGE_NAME_SIZE], size_t *nstaged)
+{
+	/* a commit that rebases nothing */
+	return cache_stage_committed(c, repo, branch, ids, n, "", "", staged, nstaged);
 }

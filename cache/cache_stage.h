@@ -223,6 +223,7 @@ enum {
 	CACHE_STAGE_ADD_ATTEMPT = 1 << 3, /* attempts + 1, and sent back to 0: a new
 					     attempt uploads from the start */
 	CACHE_STAGE_SET_COMMIT = 1 << 4,  /* commit_id: "" or 40 hex */
+	CACHE_STAGE_SET_BASE = 1 << 5,	  /* base_commit: 40 hex */
 };
 
 struct cache_stage_update {
@@ -230,7 +231,8 @@ struct cache_stage_update {
 	enum cache_stage_state state;
 	const char *error; /* borrowed */
 	uint32_t attempts;
-	const char *commit_id; /* borrowed */
+	const char *commit_id;	 /* borrowed */
+	const char *base_commit; /* borrowed */
 };
 
 /* Applies @u to the rows @ids[0..@n) in one durable transaction, and sets
@@ -265,5 +267,12 @@ int cache_stage_set_sent(struct cache *c, int64_t id, uint64_t sent);
 int cache_stage_committed(struct cache *c, const char *repo, const char *branch, const int64_t *ids,
 			  size_t n, const char *parent, const char *commit_id,
 			  char (**staged)[CACHE_STAGE_NAME_SIZE], size_t *nstaged);
+
+/* Forgets the rows @ids[0..@n) of @repo and @branch without a commit (a
+ * change undone, or dropped by the user), in one durable transaction.
+ * Their staged files go to *@staged as with cache_stage_committed(); the
+ * caller removes them.  Returns 0, -EINVAL or -errno. */
+int cache_stage_forget(struct cache *c, const char *repo, const char *branch, const int64_t *ids,
+		       size_t n, char (**staged)[CACHE_STAGE_NAME_SIZE], size_t *nstaged);
 
 #endif

@@ -995,6 +995,63 @@ static void test_cost(const char *dir)
 	cache_close(c);
 }
 
+/* A change undone or dropped: its rows go without a commit; a conflicted
+ * row can be based on a new head. */
+static void test_forget(const char *dir)
+{
+	char n1[CACHE_STAGE_NAME_SIZE], sha1[65];
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	struct cache_stage_change ch, row, *v = NULL;
+	struct cache_stage_update u = {0};
+	int64_t id1 = 0, id2 = 0, id3 = 0, ids[2];
+	size_t n = 0, nv = 0;
+	struct cache *c = open_cache(dir);
+	int fd1, rc;
+
+	if (!c)
+		return;
+	fd1 = stage_bytes(c, 31, 1000, n1, sha1);
+	ch = change(CACHE_STAGE_ADD, "kept.bin", n1);
+	ch.size = 1000;
+	rc = cache_stage_add(c, &ch, &id1);
+	ch = change(CACHE_STAGE_DELETE_FILE, "old.txt", NULL);
+	rc = rc ? rc : cache_stage_add(c, &ch, &id2);
+	ch = change(CACHE_STAGE_DELETE_FILE, "other.txt", NULL);
+	rc = rc ? rc : cache_stage_add(c, &ch, &id3);
+	tap_ok(!rc, "three rows are journaled");
+
+	u.set = CACHE_STAGE_SET_STATE | CACHE_STAGE_SET_BASE | CACHE_STAGE_SET_ERROR;
+	u.state = CACHE_STAGE_PENDING;
+	u.base_commit = HEAD;
+	u.error = NULL;
+	rc = cache_stage_update(c, &id3, 1, &u, NULL);
+	rc = rc ? rc : cache_stage_get(c, id3, &row);
+	tap_ok(!rc && !strcmp(row.base_commit, HEAD) && row.state == CACHE_STAGE_PENDING,
+	       "SET_BASE bases a row on another head");
+	cache_stage_change_release(&row);
+	u.base_commit = "";
+	tap_ok(cache_stage_update(c, &id3, 1, &u, NULL) == -EINVAL, "SET_BASE of \"\": -EINVAL");
+	u.base_commit = "xyz";
+	tap_ok(cache_stage_update(c, &id3, 1, &u, NULL) == -EINVAL, "SET_BASE of a bad id: -EINVAL");
+
+	ids[0] = id1;
+	ids[1] = id2;
+	rc = cache_stage_forget(c, REPO, "other-branch", ids, 2, &staged, &n);
+	tap_ok(!rc && n == 0, "forget skips rows of another branch");
+	free(staged);
+	staged = NULL;
+	rc = cache_stage_forget(c, REPO, "main", ids, 2, &staged, &n);
+	tap_ok(!rc && n == 1 && !strcmp(staged[0], n1), "forget hands back the staged file");
+	free(staged);
+	rc = cache_stage_list(c, REPO, "main", &v, &nv);
+	tap_ok(!rc && nv == 1 && v[0].id == id3 && !strcmp(v[0].base_commit, HEAD),
+	       "the other row stays, not rebased");
+	cache_stage_changes_free(v, nv);
+	if (fd1 >= 0)
+		close(fd1);
+	cache_close(c);
+}
+
 int main(void)
 {
 	char dir[256];
@@ -1019,6 +1076,8 @@ int main(void)
 	test_upgrade_v2(dir);
 	new_dir(dir, sizeof(dir));
 	test_sent(dir);
+	new_dir(dir, sizeof(dir));
+	test_forget(dir);
 	new_dir(dir, sizeof(dir));
 	test_cost(dir);
 	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
