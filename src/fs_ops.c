@@ -2604,6 +2604,40 @@ static int fs_parse_bool(const char *value, size_t size, bool *out)
 	return 0;
 }
 
+/* user.hub.resolve on a file or a branch root: "ours" commits the changes
+ * in conflict on top of the branch's head, "theirs" drops the staged changes
+ * (stage_resolve()). */
+static int fs_resolve(struct fs *fs, const struct fs_node *n, const char *value, size_t size)
+{
+	char key[STAGE_REPO_KEY_MAX];
+	const char *path = n->p.kind == FS_PATH_ENTRY ? n->p.path : NULL;
+	struct hub_revision rev;
+	struct hub_repo repo;
+	bool ours;
+	int rc;
+
+	if (size > 0 && value[size - 1] == '\n')
+		size--;
+	if (size == 4 && !strncmp(value, "ours", 4))
+		ours = true;
+	else if (size == 6 && !strncmp(value, "theirs", 6))
+		ours = false;
+	else
+		return -EINVAL;
+	rc = fs_is_branch(fs, n);
+	if (rc <= 0)
+		return rc ? rc : -EROFS;
+	fs_repo_of(n, &repo);
+	fs_stage_key(n, key);
+	meta_forget_revision(fs->meta, &repo, n->p.rev); /* the head now */
+	rc = fs_revision(fs, n, &rev);
+	if (!rc)
+		rc = stage_resolve(fs->stage, key, n->p.rev, path, ours, rev.commit);
+	if (!rc && path)
+		fs_committed(fs, key, n->p.rev, &path, 1); /* the content shown changed */
+	return rc;
+}
+
 /* Settable: user.hub.private of a repo directory (its visibility, through
  * the settings API), user.hub.message of a branch's root (the message of
  * its next commits).  Other hubfs attributes are facts (EPERM); other names
@@ -2652,6 +2686,9 @@ static int fs_set_xattr(struct fs *fs, const struct fs_node *n, const char *name
 			return -ENODATA;
 		return stage_set_message(fs->stage, key, n->p.rev, msg);
 	}
+	if (!strcmp(name, "user.hub.resolve") &&
+	    (n->p.kind == FS_PATH_REVISION || (n->p.kind == FS_PATH_ENTRY && !n->is_dir)))
+		return fs_resolve(fs, n, value, size);
 	if (!strncmp(name, "user.hub.", 9) || !strncmp(name, "user.hubfs.", 11))
 		return -EPERM;
 	return -ENOTSUP;

@@ -848,6 +848,8 @@ static void stage_writer_move(struct stage_writer *w, const char *to)
 	pthread_mutex_lock(&w->lock);
 	pthread_mutex_lock(&s->lock);
 	e = stage_find(s, w->repo, w->branch, to);
+	if (!e)
+		e = stage_entry_new(s, w->repo, w->branch, to);
 	if (e && !e->wr) {
 		free(w->path);
 		w->path = path;
@@ -860,6 +862,67 @@ static void stage_writer_move(struct stage_writer *w, const char *to)
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_unlock(&w->lock);
 	free(path);
+}
+
+/* The file at @from, moved there from @to (a RENAME row) and not committed
+ * since, goes back: the move is undone.  @to's deletion is forgotten (the
+ * tree's file shows again) and @from gets a deletion (the commit skips it
+ * when the tree has no @from).  Returns 0, -EXDEV when @to's row is not the
+ * deletion of that move (the caller copies), or -errno. */
+static int stage_unmove(struct stage *s, const char *repo, const char *branch, const char *from,
+			const char *to, const char *base)
+{
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	struct cache_stage_change ch, old;
+	struct stage_entry *e;
+	int64_t tid = 0, id = 0;
+	size_t nstaged = 0;
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, to);
+	if (e && e->deleted && e->row && e->moved_to && !strcmp(e->moved_to, from) && !e->wr)
+		tid = e->row;
+	pthread_mutex_unlock(&s->lock);
+	if (!tid)
+		return -EXDEV;
+	memset(&ch, 0, sizeof(ch));
+	memset(&old, 0, sizeof(old));
+	ch.repo = (char *)repo;
+	ch.branch = (char *)branch;
+	ch.kind = CACHE_STAGE_DELETE_FILE;
+	ch.path = (char *)from;
+	snprintf(ch.base_commit, sizeof(ch.base_commit), "%s", base);
+	rc = cache_stage_replace(s->cache, &ch, &id, &old);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot journal the move of '%s' back to '%s' of '%s@%s': %s", from,
+			to, repo, branch, strerror(-rc));
+		return rc;
+	}
+	stage_deleted(s, repo, branch, from, id, base, &old);
+	rc = cache_stage_forget(s->cache, repo, branch, &tid, 1, &staged, &nstaged);
+	if (rc) {
+		/* the deletion of @to stays: the file is gone, not lost (the
+		 * Hub keeps it in the history) */
+		log_msg(LOG_ERR, "cannot undo the deletion of '%s' of '%s@%s': %s", to, repo,
+			branch, strerror(-rc));
+		return rc;
+	}
+	for (size_t i = 0; i < nstaged; i++)
+		cache_stage_file_remove(s->cache, staged[i]);
+	free(staged);
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, to);
+	if (e && e->row == tid) {
+		e->row = 0;
+		e->deleted = false;
+		free(e->moved_to);
+		e->moved_to = NULL;
+		e->version = ++s->versions;
+		stage_entry_gc(s, e);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return 0;
 }
 
 int stage_rename(struct stage *s, const char *repo, const char *branch, const char *from,
@@ -918,7 +981,9 @@ int stage_rename(struct stage *s, const char *repo, const char *branch, const ch
 	if (rc)
 		goto out;
 	if (moved && !strcmp(moved, to)) {
-		rc = -EXDEV; /* back where it was: the caller copies */
+		rc = stage_unmove(s, repo, branch, from, to, rbase);
+		if (!rc && w)
+			stage_writer_move(w, to);
 		goto out;
 	}
 
@@ -1829,7 +1894,9 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 				goto failed;
 			if (!same) {
 				snprintf(err, sizeof(err),
-					 "conflict: '%s' changed on the Hub (now at %s) since %s",
+					 "conflict: '%s' changed on the Hub (now at %s) since %s; "
+					 "to keep ours: setfattr -n user.hub.resolve -v ours FILE, "
+					 "to drop ours: -v theirs",
 					 ops[i].row->path, head.commit, parent);
 				log_msg(LOG_ERR, "'%s@%s': %s; the change is kept, not committed",
 					rkey, branch, err);
@@ -1980,6 +2047,110 @@ static void *stage_worker(void *arg)
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
+}
+
+int stage_resolve(struct stage *s, const char *repo, const char *branch, const char *path,
+		  bool ours, const char *head)
+{
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	struct cache_stage_change *rows = NULL;
+	struct cache_stage_update u = {0};
+	struct stage_branch *b;
+	size_t nrows = 0, n = 0, nstaged = 0;
+	int64_t *ids = NULL;
+	bool busy;
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	b = stage_branch_get(s, repo, branch);
+	busy = b && (b->busy || b->holds);
+	pthread_mutex_unlock(&s->lock);
+	if (!b)
+		return -ENOMEM;
+	if (busy)
+		return -EBUSY; /* a commit of it is under way */
+	rc = cache_stage_list(s->cache, repo, branch, &rows, &nrows);
+	if (rc)
+		return rc;
+	ids = calloc(2 * nrows + 1, sizeof(*ids));
+	if (!ids) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < nrows; i++) {
+		const struct cache_stage_change *r = &rows[i];
+
+		if (path && strcmp(r->path, path))
+			continue;
+		if (ours && r->state != CACHE_STAGE_CONFLICT)
+			continue;
+		ids[n++] = r->id;
+		/* dropping a move drops the deletion of its source too */
+		for (size_t j = 0; !ours && r->kind == CACHE_STAGE_RENAME && j < nrows; j++)
+			if (rows[j].kind == CACHE_STAGE_DELETE_FILE && r->old_path &&
+			    !strcmp(rows[j].path, r->old_path))
+				ids[n++] = rows[j].id;
+	}
+	if (n == 0) {
+		rc = -ENODATA;
+		goto out;
+	}
+	if (ours) {
+		/* our content goes on top of the Hub's head, as the user chose */
+		u.set = CACHE_STAGE_SET_STATE | CACHE_STAGE_SET_ERROR | CACHE_STAGE_SET_BASE;
+		u.state = CACHE_STAGE_PENDING;
+		u.error = NULL;
+		u.base_commit = head;
+		rc = cache_stage_update(s->cache, ids, n, &u, NULL);
+		if (rc)
+			goto out;
+		pthread_mutex_lock(&s->lock);
+		for (struct stage_entry *e = s->entries; e; e = e->next) {
+			for (size_t i = 0; i < n; i++) {
+				if (e->row == ids[i]) {
+					snprintf(e->base, sizeof(e->base), "%s", head);
+					if (e->wr)
+						snprintf(e->wr->base, sizeof(e->wr->base), "%s", head);
+				}
+			}
+		}
+		stage_queue(s, repo, branch);
+		pthread_mutex_unlock(&s->lock);
+		log_msg(LOG_NOTICE, "'%s@%s': %zu change%s in conflict go on top of %s", repo, branch,
+			n, n == 1 ? "" : "s", head);
+		goto out;
+	}
+	rc = cache_stage_forget(s->cache, repo, branch, ids, n, &staged, &nstaged);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries, *next; e; e = next) {
+		next = e->next;
+		for (size_t i = 0; i < n; i++) {
+			if (e->row != ids[i])
+				continue;
+			e->row = 0;
+			e->deleted = false;
+			e->staged[0] = '\0';
+			free(e->from);
+			e->from = NULL;
+			free(e->moved_to);
+			e->moved_to = NULL;
+			e->version = ++s->versions;
+			stage_entry_gc(s, e);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < nstaged; i++)
+		cache_stage_file_remove(s->cache, staged[i]);
+	free(staged);
+	log_msg(LOG_NOTICE, "'%s@%s': %zu staged change%s dropped: the Hub's version stands", repo,
+		branch, n, n == 1 ? "" : "s");
+out:
+	free(ids);
+	cache_stage_changes_free(rows, nrows);
+	return rc;
 }
 
 int stage_sync(struct stage *s, const char *repo, const char *branch)

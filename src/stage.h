@@ -155,9 +155,11 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
  * moved by reference; otherwise its content is what @fill writes (@fill NULL:
  * empty).  An open writer of @from is journaled first and then names @to:
  * what is written through it later goes to @to, as POSIX has it.  An open
- * writer of the replaced @to lives on detached, as after an unlink.  Returns 0, -ENOENT
- * (@from is deleted), -EXDEV (a file moved back where it was before being
- * committed), -EAGAIN (the source changed meanwhile: try again), or -errno. */
+ * writer of the replaced @to lives on detached, as after an unlink.  A file
+ * moved back where it came from before the move was committed undoes the
+ * move.  Returns 0, -ENOENT (@from is deleted), -EXDEV (a move back that
+ * cannot be undone: the caller copies), -EAGAIN (the source changed
+ * meanwhile: try again), or -errno. */
 int stage_rename(struct stage *s, const char *repo, const char *branch, const char *from,
 		 const char *to, const char *base, const char *sha256, uint64_t size,
 		 stage_fill_fn fill, void *arg);
@@ -201,6 +203,16 @@ int stage_set_message(struct stage *s, const char *repo, const char *branch, con
 
 /* The message set for @repo @branch (the caller frees it), or NULL. */
 char *stage_get_message(struct stage *s, const char *repo, const char *branch);
+
+/* Resolves the staged changes of @path (NULL: every path) of @repo @branch:
+ * with @ours, those in conflict are based on @head (the branch's head now,
+ * 40 hex digits) and committed on top of it, overwriting the Hub's change,
+ * as the user chose; otherwise every staged change of the path is dropped
+ * (the Hub's version shows again; a dropped move brings its source back).
+ * Returns 0, -ENODATA (nothing to resolve), -EBUSY (a commit of the branch
+ * is under way: try again), or -errno. */
+int stage_resolve(struct stage *s, const char *repo, const char *branch, const char *path,
+		  bool ours, const char *head);
 
 /* Commits the pending changes of @repo @branch now and waits until the
  * commit is on the Hub.  Returns 0 (also when nothing was pending), or

@@ -328,6 +328,19 @@ def test_rename(hub, m):
     T.ok(downloaded(hub, "batch-c.bin") == b"draft\n" and downloaded(hub, "draft.txt") is None,
          "the Hub has the content under the new name only")
 
+    # moved and moved back before the commit: nothing to commit, nothing uploaded
+    lfs = hub_tree(hub).get("weights-renamed.bin", {}).get("lfs", {}).get("oid")
+    n = len(commits(hub))
+    hub.clear_log()
+    T.ok(rename(m.p(base + "weights-renamed.bin"), m.p(base + "weights-away.bin")) is None
+         and rename(m.p(base + "weights-away.bin"), m.p(base + "weights-renamed.bin")) is None,
+         "an LFS file renamed and renamed back before the commit")
+    T.ok(not os.path.exists(m.p(base + "weights-away.bin")) and
+         sha256(m.read(base + "weights-renamed.bin")) == lfs, "the view shows it where it was, same bytes")
+    T.ok(fsync_path(m.p(base)) is None, "fsync of the directory")
+    T.eq(len(commits(hub)), n, "no commit: the move was undone")
+    T.eq([r["path"] for r in hub.log() if r["method"] == "PUT"], [], "and nothing uploaded")
+
     # a file open for writing follows its rename: later writes land under the new name
     def follow():
         with open(m.p(base + "open-while-moved.txt"), "wb") as f:
@@ -540,6 +553,20 @@ def test_conflict(hub):
         T.eq(downloaded(hub, "shared.txt"), b"theirs\n", "hubfs did not overwrite the other change")
         T.eq(len(commits(hub)), n, "and made no commit")
         T.eq(m.read(base + "shared.txt"), b"ours\n", "our data stays staged")
+        T.eq(setx(m.p(base + "shared.txt"), "user.hub.resolve", b"mine"), errno.EINVAL,
+             "user.hub.resolve takes ours or theirs only: EINVAL")
+        T.eq(setx(m.p(base + "shared.txt"), "user.hub.resolve", b"ours"), 0, "user.hub.resolve=ours on the file")
+        T.ok(fsync_path(m.p(base + "shared.txt")) is None, "then fsync commits it")
+        T.eq(downloaded(hub, "shared.txt"), b"ours\n", "on top of the other change, as chosen")
+        T.eq(len(commits(hub)), n + 1, "in one commit")
+        commit_files(hub, REPO, {"other.txt": b"other, theirs\n"}, summary="someone else's other change")
+        T.eq(setx(m.p(base + "other.txt"), "user.hub.resolve", b"theirs"), 0,
+             "user.hub.resolve=theirs on a file still in conflict")
+        T.eq(m.read(base + "other.txt"), b"other, theirs\n", "drops our staged change: the view shows the Hub's")
+        T.eq(setx(m.p(base + "other.txt"), "user.hub.resolve", b"theirs"), errno.ENODATA,
+             "nothing left to resolve: ENODATA")
+        T.ok(fsync_path(m.p(base)) is None and downloaded(hub, "other.txt") == b"other, theirs\n",
+             "and nothing of ours is committed")
         m.unmount()
         T.ok("conflict" in m.stderr, "the conflict is logged", m.stderr[-2000:])
         check_sanitizers(m, "conflict")
