@@ -1126,7 +1126,9 @@ int hub_create_repo(struct http_client *http, const struct hub_repo *repo, bool 
 	if (!body || !cJSON_AddStringToObject(body, "name", repo->name) ||
 	    !cJSON_AddStringToObject(body, "organization", repo->ns) ||
 	    !cJSON_AddStringToObject(body, "type", hub_type_word(repo->type)) ||
-	    !cJSON_AddStringToObject(body, "visibility", private ? "private" : "public")) {
+	    !cJSON_AddStringToObject(body, "visibility", private ? "private" : "public") ||
+	    /* the Hub wants a Space's SDK: a static Space runs on no hardware */
+	    (repo->type == HUB_REPO_SPACE && !cJSON_AddStringToObject(body, "sdk", "static"))) {
 		cJSON_Delete(body);
 		return -ENOMEM;
 	}

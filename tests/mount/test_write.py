@@ -252,6 +252,11 @@ def test_mkdir_repo(hub, m, public=False, suffix=""):
         T.eq(errno_of(os.rmdir, m.p(top + repo_id)), errno.EPERM, "%s: rmdir of a repo is EPERM" % repo_id)
         T.eq(repo_info(hub, rtype, repo_id)[0], 200, "%s: and the repo stays" % repo_id)
     T.eq(errno_of(os.mkdir, m.p(REPO)), errno.EEXIST, "mkdir of an existing repo is EEXIST")
+    space = "alice/new-space%s" % suffix
+    T.eq(errno_of(os.mkdir, m.p("spaces/" + space)), 0, "mkdir spaces/%s creates a Space" % space)
+    status, info = repo_info(hub, "space", space)
+    T.ok(status == 200 and info.get("sdk") == "static" and info.get("private") is (not public),
+         "%s: a static Space on the Hub, %s" % (space, vis), (status, info))
 
 
 def test_public_repos(hub):
