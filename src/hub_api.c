@@ -837,6 +837,27 @@ static int hub_multipart(struct http_client *http, const struct hub_op *op, cons
 	return rc;
 }
 
+/* Whether the LFS batch API (@url, request @body) says the Hub stores the
+ * object: an answer without an upload action. */
+static bool hub_lfs_stored(struct http_client *http, const char *url, const cJSON *body)
+{
+	struct http_response resp;
+	cJSON *answer = NULL;
+	const cJSON *o;
+	bool stored = false;
+	int rc = hub_post_json(http, url, "application/vnd.git-lfs+json", body, true, &answer, &resp);
+
+	if (!rc)
+		rc = http_status_errno(&resp);
+	http_response_release(&resp);
+	o = rc ? NULL : cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(answer, "objects"), 0);
+	if (o && !cJSON_GetObjectItemCaseSensitive(o, "error"))
+		stored = !cJSON_GetObjectItemCaseSensitive(
+		    cJSON_GetObjectItemCaseSensitive(o, "actions"), "upload");
+	cJSON_Delete(answer);
+	return stored;
+}
+
 int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const char *rev,
 		   const struct hub_op *op)
 {
@@ -892,6 +913,13 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
 	if (cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(upload, "header"),
 					     "chunk_size")) {
 		rc = hub_multipart(http, op, upload, &prog);
+		if (rc && rc != -ENOMEM && hub_lfs_stored(http, url, body)) {
+			/* the answer to the completion was lost (libcurl sends a
+			 * POST again on a fresh connection, and the Hub knows the
+			 * upload no more): the Hub has the object */
+			log_msg(LOG_INFO, "LFS object of '%s' is stored after all", op->path);
+			rc = 0;
+		}
 	} else if (hub_json_string(upload, "href")) {
 		rc = hub_put_part(http, hub_json_string(upload, "href"), op->fd, 0, op->size, NULL,
 				  &prog);

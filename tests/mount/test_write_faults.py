@@ -164,6 +164,20 @@ def test_multipart(hub, tmp):
              "multipart: one completion call")
         T.eq(len(commit_posts(log)), 1, "multipart: one commit call")
         T.eq(sha256(m.read(BASE + name)), sha256(data), "multipart: the file reads back through the mount")
+
+        # the answer to the completion is lost: the Hub has the object all the same
+        name2 = "multipart-lost-completion.bin"
+        data2 = os.urandom(12 * MiB)
+        src2 = local_file(tmp, name2, data2)
+        n = len(commits(hub))
+        hub.set_faults([{"method": "POST", "path": "^/api/complete_multipart$", "action": "reset", "count": 1}])
+        rc, err = cp(src2, m.p(BASE + name2))
+        err = err if rc else fsync_path(m.p(BASE + name2))
+        fired = [r for r in hub.faults_state() if r.get("fired")]
+        hub.clear_faults()
+        T.ok(err is None and fired, "multipart: a lost completion answer, yet the first fsync returns 0", err)
+        T.ok(len(commits(hub)) == n + 1 and hub_sha256(hub, name2) == (sha256(data2), len(data2)),
+             "multipart: one commit, the right bytes")
         m.unmount()
         check_sanitizers(m, "multipart")
 
