@@ -772,11 +772,12 @@ static void stage_deleted(struct stage *s, const char *repo, const char *branch,
 	cache_stage_change_release(old);
 }
 
-int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
-		 const char *base)
+/* Journals the deletion of @path (@kind: DELETE_FILE or DELETE_FOLDER),
+ * based on @base, and shows it in the overlay (stage_deleted()). */
+static int stage_journal_deletion(struct stage *s, const char *repo, const char *branch,
+				  const char *path, enum cache_stage_kind kind, const char *base)
 {
 	struct cache_stage_change ch, old;
-	struct stage_entry *e;
 	int64_t id = 0;
 	int rc;
 
@@ -784,24 +785,35 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
 	memset(&old, 0, sizeof(old));
 	ch.repo = (char *)repo;
 	ch.branch = (char *)branch;
-	ch.kind = CACHE_STAGE_DELETE_FILE;
+	ch.kind = kind;
 	ch.path = (char *)path;
 	snprintf(ch.base_commit, sizeof(ch.base_commit), "%s", base);
-	pthread_mutex_lock(&s->lock);
-	e = stage_find(s, repo, branch, path);
-	if (e && e->row)
-		memcpy(ch.base_commit, e->base, sizeof(ch.base_commit));
-	if (e && e->wr)
-		e->wr->unlinked = true;
-	pthread_mutex_unlock(&s->lock);
 	rc = cache_stage_replace(s->cache, &ch, &id, &old);
 	if (rc) {
-		log_msg(LOG_ERR, "cannot journal the deletion of '%s' of '%s@%s': %s", path, repo,
-			branch, strerror(-rc));
+		log_msg(LOG_ERR, "cannot journal the deletion of %s '%s' of '%s@%s': %s",
+			kind == CACHE_STAGE_DELETE_FOLDER ? "folder" : "file", path, repo, branch,
+			strerror(-rc));
 		return rc;
 	}
 	stage_deleted(s, repo, branch, path, id, ch.base_commit, &old);
 	return 0;
+}
+
+int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
+		 const char *base)
+{
+	struct stage_entry *e;
+	char rbase[41];
+
+	snprintf(rbase, sizeof(rbase), "%s", base);
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->row)
+		memcpy(rbase, e->base, sizeof(rbase));
+	if (e && e->wr)
+		e->wr->unlinked = true;
+	pthread_mutex_unlock(&s->lock);
+	return stage_journal_deletion(s, repo, branch, path, CACHE_STAGE_DELETE_FILE, rbase);
 }
 
 int stage_hold(struct stage *s, const char *repo, const char *branch)
@@ -873,9 +885,8 @@ static int stage_unmove(struct stage *s, const char *repo, const char *branch, c
 			const char *to, const char *base)
 {
 	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
-	struct cache_stage_change ch, old;
 	struct stage_entry *e;
-	int64_t tid = 0, id = 0;
+	int64_t tid = 0;
 	size_t nstaged = 0;
 	int rc;
 
@@ -886,20 +897,9 @@ static int stage_unmove(struct stage *s, const char *repo, const char *branch, c
 	pthread_mutex_unlock(&s->lock);
 	if (!tid)
 		return -EXDEV;
-	memset(&ch, 0, sizeof(ch));
-	memset(&old, 0, sizeof(old));
-	ch.repo = (char *)repo;
-	ch.branch = (char *)branch;
-	ch.kind = CACHE_STAGE_DELETE_FILE;
-	ch.path = (char *)from;
-	snprintf(ch.base_commit, sizeof(ch.base_commit), "%s", base);
-	rc = cache_stage_replace(s->cache, &ch, &id, &old);
-	if (rc) {
-		log_msg(LOG_ERR, "cannot journal the move of '%s' back to '%s' of '%s@%s': %s", from,
-			to, repo, branch, strerror(-rc));
+	rc = stage_journal_deletion(s, repo, branch, from, CACHE_STAGE_DELETE_FILE, base);
+	if (rc)
 		return rc;
-	}
-	stage_deleted(s, repo, branch, from, id, base, &old);
 	rc = cache_stage_forget(s->cache, repo, branch, &tid, 1, &staged, &nstaged);
 	if (rc) {
 		/* the deletion of @to stays: the file is gone, not lost (the
@@ -1179,10 +1179,7 @@ int stage_dir_moved(struct stage *s, const char *repo, const char *branch, const
 int stage_rmdir(struct stage *s, const char *repo, const char *branch, const char *path,
 		const char *base, bool in_tree)
 {
-	struct cache_stage_change ch, old;
 	struct stage_entry *e;
-	int64_t id = 0;
-	int rc;
 
 	if (!in_tree) {
 		pthread_mutex_lock(&s->lock);
@@ -1195,21 +1192,7 @@ int stage_rmdir(struct stage *s, const char *repo, const char *branch, const cha
 		pthread_mutex_unlock(&s->lock);
 		return 0;
 	}
-	memset(&ch, 0, sizeof(ch));
-	memset(&old, 0, sizeof(old));
-	ch.repo = (char *)repo;
-	ch.branch = (char *)branch;
-	ch.kind = CACHE_STAGE_DELETE_FOLDER;
-	ch.path = (char *)path;
-	snprintf(ch.base_commit, sizeof(ch.base_commit), "%s", base);
-	rc = cache_stage_replace(s->cache, &ch, &id, &old);
-	if (rc) {
-		log_msg(LOG_ERR, "cannot journal the deletion of folder '%s' of '%s@%s': %s", path,
-			repo, branch, strerror(-rc));
-		return rc;
-	}
-	stage_deleted(s, repo, branch, path, id, ch.base_commit, &old);
-	return 0;
+	return stage_journal_deletion(s, repo, branch, path, CACHE_STAGE_DELETE_FOLDER, base);
 }
 
 int stage_open_read(struct stage *s, const char *repo, const char *branch, const char *path)
