@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -706,20 +707,36 @@ int hub_preupload(struct http_client *http, const struct hub_repo *repo, const c
 	return rc;
 }
 
+/* Parts of a multipart upload in flight at once. */
+#define HUB_PARTS_PARALLEL 4
+
 /* The progress of one LFS upload, summed over its parts, as op->progress
- * sees it: the bytes of the parts done plus those of the part in flight
- * (parts go one at a time), never going back (a retried part starts again
- * from 0). */
+ * sees it: the bytes of the parts done plus those of the parts in flight,
+ * never going back (a retried part starts again from 0).  Parts go up in
+ * parallel: the calls are serialised by lock. */
 struct hub_progress {
 	const struct hub_op *op;
-	uint64_t done; /* bytes of the parts uploaded */
-	uint64_t last; /* the last value reported */
+	pthread_mutex_t lock;
+	uint64_t done;				 /* protected by lock: bytes of the parts uploaded */
+	uint64_t inflight[HUB_PARTS_PARALLEL]; /* protected by lock: per uploader */
+	uint64_t last;				 /* protected by lock: the last value reported */
 };
 
-static void hub_progress_report(struct hub_progress *p, uint64_t sent)
+/* One uploader's view of the progress. */
+struct hub_part_prog {
+	struct hub_progress *p;
+	unsigned slot;
+};
+
+/* Reports done + in flight.  p->lock held. */
+static void hub_progress_report_locked(struct hub_progress *p)
 {
+	uint64_t sent = p->done;
+
 	if (!p->op->progress)
 		return;
+	for (unsigned i = 0; i < HUB_PARTS_PARALLEL; i++)
+		sent += p->inflight[i];
 	if (sent > p->op->size)
 		sent = p->op->size;
 	if (sent < p->last)
@@ -728,18 +745,29 @@ static void hub_progress_report(struct hub_progress *p, uint64_t sent)
 	p->op->progress(p->op->progress_arg, sent);
 }
 
-/* The HTTP layer's progress of the part in flight. */
+static void hub_progress_report(struct hub_progress *p, uint64_t done)
+{
+	pthread_mutex_lock(&p->lock);
+	p->done = done;
+	hub_progress_report_locked(p);
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* The HTTP layer's progress of a part in flight. */
 static void hub_part_progress(void *arg, uint64_t sent)
 {
-	struct hub_progress *p = arg;
+	struct hub_part_prog *pp = arg;
 
-	hub_progress_report(p, p->done + sent);
+	pthread_mutex_lock(&pp->p->lock);
+	pp->p->inflight[pp->slot] = sent;
+	hub_progress_report_locked(pp->p);
+	pthread_mutex_unlock(&pp->p->lock);
 }
 
 /* PUTs [@off, @off+@len) of @fd to @url, reporting to @prog; the answer's
  * raw ETag goes to *@etag when asked (caller frees). */
 static int hub_put_part(struct http_client *http, const char *url, int fd, uint64_t off,
-			uint64_t len, char **etag, struct hub_progress *prog)
+			uint64_t len, char **etag, struct hub_part_prog *pp)
 {
 	struct http_request req = {
 		.method = "PUT",
@@ -749,18 +777,20 @@ static int hub_put_part(struct http_client *http, const char *url, int fd, uint6
 		.body_fd_off = off,
 		.body_fd_len = len,
 		.max_body = 1 << 20,
-		.progress = prog->op->progress ? hub_part_progress : NULL,
-		.progress_arg = prog,
+		.progress = pp->p->op->progress ? hub_part_progress : NULL,
+		.progress_arg = pp,
 	};
 	struct http_response resp;
 	int rc = http_perform_retry(http, &req, &resp);
 
 	if (!rc)
 		rc = http_status_errno(&resp);
-	if (!rc) {
-		prog->done += len;
-		hub_progress_report(prog, prog->done);
-	}
+	pthread_mutex_lock(&pp->p->lock);
+	pp->p->inflight[pp->slot] = 0;
+	if (!rc)
+		pp->p->done += len;
+	hub_progress_report_locked(pp->p);
+	pthread_mutex_unlock(&pp->p->lock);
 	if (!rc && etag) {
 		*etag = resp.etag_raw ? strdup(resp.etag_raw) : NULL;
 		if (!*etag)
@@ -770,6 +800,62 @@ static int hub_put_part(struct http_client *http, const char *url, int fd, uint6
 	return rc;
 }
 
+/* The parts of a multipart upload, sent by HUB_PARTS_PARALLEL uploaders
+ * (the caller's thread and helpers), each taking the next part. */
+struct hub_parts {
+	struct http_client *http;
+	const struct hub_op *op;
+	struct hub_progress *prog;
+	uint64_t chunk, nparts;
+	const char **urls; /* borrowed from the batch answer */
+	char **etags;	   /* filled by the uploaders */
+	pthread_mutex_t lock;
+	uint64_t next; /* protected by lock: the next part to send (0-based) */
+	int rc;	       /* protected by lock: the first error */
+	unsigned slots;	/* protected by lock: uploader slots handed out */
+};
+
+static void *hub_parts_run(void *arg)
+{
+	struct hub_parts *up = arg;
+	struct hub_part_prog pp = { .p = up->prog };
+	uint64_t i;
+	int rc;
+
+	pthread_mutex_lock(&up->lock);
+	pp.slot = up->slots++;
+	for (;;) {
+		if (up->rc || up->next >= up->nparts)
+			break;
+		i = up->next++;
+		pthread_mutex_unlock(&up->lock);
+		rc = hub_put_part(up->http, up->urls[i], up->op->fd, i * up->chunk,
+				  (i + 1) * up->chunk > up->op->size ? up->op->size - i * up->chunk
+								     : up->chunk,
+				  &up->etags[i], &pp);
+		pthread_mutex_lock(&up->lock);
+		if (rc && !up->rc)
+			up->rc = rc;
+	}
+	pthread_mutex_unlock(&up->lock);
+	return NULL;
+}
+
+/* Sends every part; returns 0 or the first error. */
+static int hub_parts_upload(struct hub_parts *up)
+{
+	pthread_t t[HUB_PARTS_PARALLEL - 1];
+	unsigned n = 0;
+
+	for (; n < HUB_PARTS_PARALLEL - 1 && n + 1 < up->nparts; n++)
+		if (pthread_create(&t[n], NULL, hub_parts_run, up))
+			break; /* fewer uploaders, not fewer parts */
+	hub_parts_run(up);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(t[i], NULL);
+	return up->rc;
+}
+
 static int hub_multipart(struct http_client *http, const struct hub_op *op, const cJSON *upload,
 			 struct hub_progress *prog)
 {
@@ -777,6 +863,7 @@ static int hub_multipart(struct http_client *http, const struct hub_op *op, cons
 	const char *done_url = hub_json_string(upload, "href");
 	const char *chunk_s = hub_json_string(header, "chunk_size");
 	uint64_t chunk = chunk_s ? strtoull(chunk_s, NULL, 10) : 0, nparts;
+	struct hub_parts up = { 0 };
 	cJSON *body = NULL, *parts;
 	struct http_response resp;
 	int rc = 0;
@@ -799,34 +886,42 @@ static int hub_multipart(struct http_client *http, const struct hub_op *op, cons
 		cJSON_Delete(body);
 		return -ENOMEM;
 	}
+	up.http = http;
+	up.op = op;
+	up.prog = prog;
+	up.chunk = chunk;
+	up.nparts = nparts;
+	up.urls = calloc(nparts, sizeof(*up.urls));
+	up.etags = calloc(nparts, sizeof(*up.etags));
+	pthread_mutex_init(&up.lock, NULL);
+	if (!up.urls || !up.etags)
+		rc = -ENOMEM;
 	for (uint64_t i = 1; !rc && i <= nparts; i++) {
-		const char *url = NULL;
-		char *etag = NULL;
-		cJSON *part;
-
 		cJSON_ArrayForEach(h, header)
 			if (h->string && strspn(h->string, "0123456789") == strlen(h->string) &&
 			    strtoull(h->string, NULL, 10) == i && cJSON_IsString(h))
-				url = h->valuestring;
-		if (!url) {
+				up.urls[i - 1] = h->valuestring;
+		if (!up.urls[i - 1])
 			rc = hub_malformed("a multipart upload misses a part URL");
-			break;
-		}
-		rc = hub_put_part(http, url, op->fd, (i - 1) * chunk,
-				  i * chunk > op->size ? op->size - (i - 1) * chunk : chunk, &etag,
-				  prog);
-		if (rc)
-			break;
-		part = cJSON_CreateObject();
-		if (!part || !cJSON_AddNumberToObject(part, "partNumber", (double)i) ||
-		    !cJSON_AddStringToObject(part, "etag", etag)) {
+	}
+	if (!rc)
+		rc = hub_parts_upload(&up);
+	for (uint64_t i = 0; !rc && i < nparts; i++) {
+		cJSON *part = cJSON_CreateObject();
+
+		if (!part || !cJSON_AddNumberToObject(part, "partNumber", (double)(i + 1)) ||
+		    !cJSON_AddStringToObject(part, "etag", up.etags[i])) {
 			cJSON_Delete(part);
 			rc = -ENOMEM;
 		} else {
 			cJSON_AddItemToArray(parts, part);
 		}
-		free(etag);
 	}
+	for (uint64_t i = 0; up.etags && i < nparts; i++)
+		free(up.etags[i]);
+	free(up.etags);
+	free(up.urls);
+	pthread_mutex_destroy(&up.lock);
 	if (!rc) {
 		rc = hub_post_json(http, done_url, "application/vnd.git-lfs+json", body, true, NULL, &resp);
 		if (!rc)
@@ -863,7 +958,8 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
 {
 	cJSON *body, *objects, *obj, *transfers, *ref, *answer = NULL;
 	const cJSON *o, *actions, *upload, *verify, *err;
-	struct hub_progress prog = { .op = op };
+	struct hub_progress prog = { .op = op, .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct hub_part_prog pp = { .p = &prog };
 	struct http_response resp;
 	char *url = NULL;
 	int rc;
@@ -922,7 +1018,7 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
 		}
 	} else if (hub_json_string(upload, "href")) {
 		rc = hub_put_part(http, hub_json_string(upload, "href"), op->fd, 0, op->size, NULL,
-				  &prog);
+				  &pp);
 	} else {
 		rc = hub_malformed("an LFS upload action without href");
 	}

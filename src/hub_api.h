@@ -136,8 +136,9 @@ struct hub_op {
 	 * object sent so far, over all its parts; never less than the last
 	 * report, at most size.  Called often (at every progress tick of the
 	 * transfers, also about once a second while nothing moves), from the
-	 * thread in hub_lfs_upload(), with no hubfs lock held; the transfer
-	 * waits for it, so it must be cheap (throttle any I/O, such as a
+	 * threads that send the parts (up to 4 at once for a multipart upload),
+	 * one call at a time: it must not call hub_lfs_upload().  The transfers
+	 * wait for it, so it must be cheap (throttle any I/O, such as a
 	 * journal write, to about once a second).  When the upload succeeds,
 	 * the last call says size, also when the Hub had the object already. */
 	void (*progress)(void *arg, uint64_t sent);
@@ -154,7 +155,9 @@ int hub_preupload(struct http_client *http, const struct hub_repo *repo, const c
 		  struct hub_op *ops, size_t n);
 
 /* Uploads the content of @op (an LFS file) unless the Hub has it, reporting
- * its progress to op->progress.  Returns 0, -EACCES, -EIO, or another
+ * its progress to op->progress.  The parts of a multipart upload go up to
+ * four at a time, each read from op->fd as it is sent (memory stays
+ * bounded).  Returns 0, -EACCES, -EIO, or another
  * -errno. */
 int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const char *rev,
 		   const struct hub_op *op);

@@ -165,6 +165,36 @@ def test_multipart(hub, tmp):
         T.eq(len(commit_posts(log)), 1, "multipart: one commit call")
         T.eq(sha256(m.read(BASE + name)), sha256(data), "multipart: the file reads back through the mount")
 
+        # parts in parallel: every part is held 5 s by the Hub; one at a time, a
+        # second part could not start within 5 s of the first
+        name3 = "multipart-parallel.bin"
+        data3 = os.urandom(16 * MiB)
+        src3 = local_file(tmp, name3, data3)
+        hub.set_faults([{"method": "PUT", "origin": "cdn", "path": "^/upload/[0-9a-f]{32}/", "action": "stall",
+                         "seconds": 5}])
+        rc, err = cp(src3, m.p(BASE + name3))
+        box = {}
+        t = threading.Thread(target=lambda: box.update(err=fsync_path(m.p(BASE + name3))), daemon=True)
+        t.start()
+        first = None
+        most = 0
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            fired = sum(r.get("fired", 0) for r in hub.faults_state())
+            now = time.time()
+            if fired >= 1 and first is None:
+                first = now
+            if first is not None and now < first + 4.5:
+                most = max(most, fired)
+            if first is not None and now >= first + 4.5:
+                break
+            time.sleep(0.05)
+        t.join(120)
+        hub.clear_faults()
+        T.ok(rc == 0 and most >= 2, "multipart: parts go up in parallel (%d held at once)" % most, err)
+        T.ok(box.get("err", "hung") is None and hub_sha256(hub, name3) == (sha256(data3), len(data3)),
+             "multipart: and land with the right bytes", box)
+
         # the answer to the completion is lost: the Hub has the object all the same
         name2 = "multipart-lost-completion.bin"
         data2 = os.urandom(12 * MiB)
