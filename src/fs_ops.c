@@ -2236,6 +2236,37 @@ static int fs_mv_staged(void *arg, const char *name, bool is_dir)
 	return rc;
 }
 
+/* Looks again at the source of @f (the overlay committed it, or staged it,
+ * since the walk).  Returns 0 or -errno. */
+static int fs_mv_refresh(struct fs_mv_walk *w, struct fs_mv_file *f)
+{
+	struct stage_stat ss;
+	struct cache_entry e;
+	int rc;
+
+	stage_stat(w->fs->stage, w->key, w->rev, f->path, &ss);
+	if (ss.what == STAGE_FILE && !ss.committed) {
+		f->staged = true;
+		return 0;
+	}
+	if (ss.what == STAGE_DELETED)
+		return -ENOENT;
+	rc = meta_lookup(w->fs->meta, &w->repo, w->commit, f->path, &e);
+	if (rc == -ENOENT && ss.what == STAGE_FILE) {
+		/* committed after the commit the walk saw: the overlay reads it */
+		f->staged = true;
+		return 0;
+	}
+	if (rc)
+		return rc;
+	f->staged = false;
+	f->e.size = e.size;
+	memcpy(f->e.oid, e.oid, sizeof(f->e.oid));
+	memcpy(f->e.sha256, e.sha256, sizeof(f->e.sha256));
+	cache_entry_release(&e);
+	return 0;
+}
+
 /* Renames directory @src to @dst (not there: @rd -ENOENT; or there, @rd 0)
  * within one branch view: every file under it is renamed, in ONE commit
  * (the branch is held meanwhile).  A failure half-way leaves the files
@@ -2304,10 +2335,20 @@ static int fs_rename_dir(struct fs *fs, const struct fs_node *src, const struct 
 			rc = -ENOMEM;
 			break;
 		}
-		c.e = f->e;
-		rc = stage_rename(fs->stage, key, w.rev, f->path, to, rev.commit,
-				  f->staged ? NULL : f->e.sha256, f->e.size,
-				  regular ? fs_copy_in : f->staged ? fs_fill_again : NULL, &c);
+		for (int attempt = 0;; attempt++) {
+			c.e = f->e;
+			rc = stage_rename(fs->stage, key, w.rev, f->path, to, rev.commit,
+					  f->staged ? NULL : f->e.sha256, f->e.size,
+					  regular ? fs_copy_in : f->staged ? fs_fill_again : NULL, &c);
+			if (rc != -EAGAIN || attempt == 3)
+				break;
+			/* committed meanwhile (or the reverse): look at it again,
+			 * here, since the files before it moved already */
+			rc = fs_mv_refresh(&w, f);
+			if (rc)
+				break;
+			regular = !f->staged && !f->e.sha256[0];
+		}
 		if (rc)
 			log_msg(LOG_ERR, "cannot move '%s' to '%s': %s; %zu of %zu files moved",
 				f->path, to, strerror(-rc), i, w.n);
