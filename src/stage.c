@@ -240,6 +240,23 @@ static void stage_entry_gc(struct stage *s, struct stage_entry *e)
 	free(e);
 }
 
+/* The overlay forgets @e's journal row (committed or dropped): the tree
+ * shows through again, or with @keep_staged the staged file (committed,
+ * until it is a cache blob).  s->lock held; @e may be freed. */
+static void stage_entry_forget_row(struct stage *s, struct stage_entry *e, bool keep_staged)
+{
+	e->row = 0;
+	if (!keep_staged)
+		e->staged[0] = '\0';
+	e->deleted = false;
+	free(e->from);
+	e->from = NULL;
+	free(e->moved_to);
+	e->moved_to = NULL;
+	e->version = ++s->versions;
+	stage_entry_gc(s, e);
+}
+
 static struct stage_branch *stage_branch_get(struct stage *s, const char *repo, const char *branch)
 {
 	struct stage_branch *b;
@@ -913,14 +930,8 @@ static int stage_unmove(struct stage *s, const char *repo, const char *branch, c
 	free(staged);
 	pthread_mutex_lock(&s->lock);
 	e = stage_find(s, repo, branch, to);
-	if (e && e->row == tid) {
-		e->row = 0;
-		e->deleted = false;
-		free(e->moved_to);
-		e->moved_to = NULL;
-		e->version = ++s->versions;
-		stage_entry_gc(s, e);
-	}
+	if (e && e->row == tid)
+		stage_entry_forget_row(s, e, false);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
@@ -1379,19 +1390,10 @@ static void stage_forget_rows(struct stage *s, const char *repo, const char *bra
 	for (size_t i = 0; i < n; i++) {
 		for (struct stage_entry *e = s->entries; e; e = e->next) {
 			if (e->row == ids[i]) {
-				e->row = 0;
 				/* the committed bytes are read from the staged
 				 * file until they are a cache blob */
 				e->importing = e->staged[0] && e->size > 0 && !e->deleted;
-				if (!e->importing)
-					e->staged[0] = '\0';
-				e->deleted = false;
-				free(e->from);
-				e->from = NULL;
-				free(e->moved_to);
-				e->moved_to = NULL;
-				e->version = ++s->versions;
-				stage_entry_gc(s, e);
+				stage_entry_forget_row(s, e, e->importing);
 				break;
 			}
 		}
@@ -2112,15 +2114,7 @@ int stage_resolve(struct stage *s, const char *repo, const char *branch, const c
 		for (size_t i = 0; i < n; i++) {
 			if (e->row != ids[i])
 				continue;
-			e->row = 0;
-			e->deleted = false;
-			e->staged[0] = '\0';
-			free(e->from);
-			e->from = NULL;
-			free(e->moved_to);
-			e->moved_to = NULL;
-			e->version = ++s->versions;
-			stage_entry_gc(s, e);
+			stage_entry_forget_row(s, e, false);
 			break;
 		}
 	}
