@@ -40,6 +40,8 @@ struct fs_node {
 	int64_t mtime;            /* the revision's date; atomic */
 	bool stale;               /* atomic: this mount committed a change of the
 				     path, so the content may differ now */
+	bool writable;            /* its mode shows write permission (set when the
+				     node is made: fs_ops.c, fs_child()) */
 	/* The rest is the table's. */
 	uint64_t nlookup;         /* protected by the table's lock */
 	uint64_t refs;            /* protected by the table's lock */

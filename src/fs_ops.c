@@ -257,12 +257,17 @@ static int fs_current(struct fs *fs, const struct fs_node *n, struct cache_entry
 	return 1;
 }
 
-/* Whether the mode of @n shows write permission: what is in a branch view,
- * and the namespaces where mkdir makes repos (the token's user and orgs). */
-static bool fs_writable(struct fs *fs, const struct fs_node *n)
+/* Whether the mode of node @n (a child of @parent) shows write permission:
+ * what is in a branch view, and the namespaces where mkdir makes repos (the
+ * token's user and orgs).  Asked once, when the node is made: an entry is
+ * writable when its parent is, so stat(2) of the files of a view costs no
+ * lookup of the repo's refs. */
+static bool fs_writable(struct fs *fs, const struct fs_node *parent, const struct fs_node *n)
 {
 	if (!fs->stage)
 		return false;
+	if (n->p.kind == FS_PATH_ENTRY)
+		return parent->writable;
 	if (n->p.kind == FS_PATH_NAMESPACE) {
 		if (fs->me && !strcmp(n->p.ns, fs->me))
 			return true;
@@ -290,7 +295,7 @@ static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 		mtime = __atomic_load_n(&n->mtime, __ATOMIC_RELAXED);
 	}
 	fs_fill_stat(fs, n, mtime, st);
-	if (fs_writable(fs, n))
+	if (n->writable)
 		st->st_mode |= S_ISDIR(st->st_mode) ? 0755 : 0644;
 	if (n->p.kind == FS_PATH_ENTRY && !n->is_dir) {
 		struct stage_stat ss;
@@ -414,6 +419,22 @@ static const struct fs_node *fs_dir_view(struct fs *fs, const struct fs_node *n,
 	return tmp;
 }
 
+typedef int (*fs_child_fn)(struct fs *fs, const struct fs_node *parent, const char *name,
+			   struct fs_node *proto);
+
+/* Calls @fn with the directory that @parent stands for now (fs_dir_view()). */
+static int fs_child_in_view(struct fs *fs, const struct fs_node *parent, const char *name,
+			    struct fs_node *proto, fs_child_fn fn)
+{
+	struct fs_node tmp;
+	const struct fs_node *v = fs_dir_view(fs, parent, &tmp);
+	int rc = fn(fs, v, name, proto);
+
+	if (v == &tmp)
+		free(tmp.fullpath);
+	return rc;
+}
+
 /* Builds and checks the node that @name in @parent would be. */
 static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 		       struct fs_node *proto);
@@ -421,13 +442,7 @@ static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *
 static int fs_child(struct fs *fs, const struct fs_node *parent, const char *name,
 		    struct fs_node *proto)
 {
-	struct fs_node tmp;
-	const struct fs_node *v = fs_dir_view(fs, parent, &tmp);
-	int rc = fs_child_at(fs, v, name, proto);
-
-	if (v == &tmp)
-		free(tmp.fullpath);
-	return rc;
+	return fs_child_in_view(fs, parent, name, proto, fs_child_at);
 }
 
 static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
@@ -523,8 +538,10 @@ static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *
 		break;
 	}
 	}
-	if (!rc)
+	if (!rc) {
+		proto->writable = fs_writable(fs, parent, proto);
 		return 0;
+	}
 fail:
 	free(proto->fullpath);
 	proto->fullpath = NULL;
@@ -652,6 +669,7 @@ static int fs_moved(struct fs *fs, const struct fs_node *n, struct fs_node *prot
 	memset(&parent, 0, sizeof(parent));
 	parent.fullpath = full;
 	parent.is_dir = true;
+	parent.writable = n->writable;
 	rc = fs_path_parse(full, &parent.p);
 	if (!rc)
 		rc = fs_child(fs, &parent, slash + 1, proto);
@@ -2053,13 +2071,7 @@ static int fs_branch_child_at(struct fs *fs, const struct fs_node *parent, const
 static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
 			   struct fs_node *proto)
 {
-	struct fs_node tmp;
-	const struct fs_node *v = fs_dir_view(fs, parent, &tmp);
-	int rc = fs_branch_child_at(fs, v, name, proto);
-
-	if (v == &tmp)
-		free(tmp.fullpath);
-	return rc;
+	return fs_child_in_view(fs, parent, name, proto, fs_branch_child_at);
 }
 
 static int fs_branch_child_at(struct fs *fs, const struct fs_node *parent, const char *name,

@@ -197,6 +197,16 @@ static struct stage_entry *stage_find(struct stage *s, const char *repo, const c
 	return NULL;
 }
 
+static void stage_entry_free(struct stage_entry *e)
+{
+	free(e->repo);
+	free(e->branch);
+	free(e->path);
+	free(e->from);
+	free(e->moved_to);
+	free(e);
+}
+
 static struct stage_entry *stage_entry_new(struct stage *s, const char *repo, const char *branch,
 					   const char *path)
 {
@@ -208,10 +218,7 @@ static struct stage_entry *stage_entry_new(struct stage *s, const char *repo, co
 	e->branch = strdup(branch);
 	e->path = strdup(path);
 	if (!e->repo || !e->branch || !e->path) {
-		free(e->repo);
-		free(e->branch);
-		free(e->path);
-		free(e);
+		stage_entry_free(e);
 		return NULL;
 	}
 	e->next = s->entries;
@@ -232,12 +239,7 @@ static void stage_entry_gc(struct stage *s, struct stage_entry *e)
 			break;
 		}
 	}
-	free(e->repo);
-	free(e->branch);
-	free(e->path);
-	free(e->from);
-	free(e->moved_to);
-	free(e);
+	stage_entry_free(e);
 }
 
 /* The overlay forgets @e's journal row (committed or dropped): the tree
@@ -1618,13 +1620,21 @@ static void stage_import_free(struct stage_import *im)
 	free(im);
 }
 
-/* The overlay stops reading the committed staged files of @repo @branch. */
-static void stage_forget_imports(struct stage *s, const char *repo, const char *branch)
+/* The overlay stops reading the committed staged files of @repo @branch:
+ * those named in @names[0..@n), or every one with @names NULL. */
+static void stage_forget_imports(struct stage *s, const char *repo, const char *branch,
+				 char (*names)[CACHE_STAGE_NAME_SIZE], size_t n)
 {
 	pthread_mutex_lock(&s->lock);
 	for (struct stage_entry *e = s->entries, *next; e; e = next) {
+		bool named = !names;
+
 		next = e->next;
-		if (e->importing && !strcmp(e->branch, branch) && !strcmp(e->repo, repo)) {
+		if (!e->importing || strcmp(e->branch, branch) || strcmp(e->repo, repo))
+			continue;
+		for (size_t i = 0; !named && i < n; i++)
+			named = !strcmp(e->staged, names[i]);
+		if (named) {
 			e->importing = false;
 			e->staged[0] = '\0';
 			e->version = ++s->versions;
@@ -1642,22 +1652,7 @@ static void stage_import_run(struct stage *s, struct stage_import *im)
 		if (cache_blob_import(s->cache, im->blobs[i].id, im->blobs[i].fd))
 			log_msg(LOG_INFO, "a committed file of '%s@%s' is not kept in the cache",
 				im->repo, im->branch);
-	pthread_mutex_lock(&s->lock);
-	for (struct stage_entry *e = s->entries, *next; e; e = next) {
-		next = e->next;
-		if (!e->importing || strcmp(e->branch, im->branch) || strcmp(e->repo, im->repo))
-			continue;
-		for (size_t i = 0; i < im->nstaged; i++) {
-			if (!strcmp(e->staged, im->staged[i])) {
-				e->importing = false;
-				e->staged[0] = '\0';
-				e->version = ++s->versions;
-				stage_entry_gc(s, e);
-				break;
-			}
-		}
-	}
-	pthread_mutex_unlock(&s->lock);
+	stage_forget_imports(s, im->repo, im->branch, im->staged, im->nstaged);
 	for (size_t i = 0; i < im->nstaged; i++)
 		cache_stage_file_remove(s->cache, im->staged[i]);
 	stage_import_free(im);
@@ -1938,7 +1933,7 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 	meta_forget_revision(s->meta, &repo, branch);
 	stage_forget_rows(s, rkey, branch, ids, n, base0, commit);
 	if (!im) /* nothing stays to be read from the staged files */
-		stage_forget_imports(s, rkey, branch);
+		stage_forget_imports(s, rkey, branch, NULL, 0);
 	*import = im;
 	stage_tell_committed(s, rkey, branch, ops, n);
 	log_msg(LOG_NOTICE, "'%s@%s': %zu change%s committed as %s", rkey, branch, n,
@@ -2326,12 +2321,7 @@ void stage_free(struct stage *s)
 		struct stage_entry *e = s->entries;
 
 		s->entries = e->next;
-		free(e->repo);
-		free(e->branch);
-		free(e->path);
-		free(e->from);
-		free(e->moved_to);
-		free(e);
+		stage_entry_free(e);
 	}
 	while (s->branches) {
 		struct stage_branch *b = s->branches;
