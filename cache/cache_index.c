@@ -200,6 +200,25 @@ static const char *const index_sql[STMT_COUNT] = {
 };
 /* clang-format on */
 
+/* Makes room in the array *@v (*@cap elements of @size bytes, @count used)
+ * for one more, doubling it (@first elements at first).  Returns 0 or
+ * -ENOMEM (*@v is left as it was). */
+static int index_grow(void **v, size_t *cap, size_t count, size_t size, size_t first)
+{
+	size_t ncap;
+	void *nv;
+
+	if (count < *cap)
+		return 0;
+	ncap = *cap ? 2 * *cap : first;
+	nv = realloc(*v, ncap * size);
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = ncap;
+	return 0;
+}
+
 static const char index_schema[] =
     "CREATE TABLE blobs ("
     " row INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -1478,17 +1497,9 @@ int cache_index_tree_list(struct cache_index *idx, const char *tree_key, const c
 		known = true;
 		if (!name)
 			continue; /* an empty directory */
-		if (count == cap) {
-			size_t ncap = cap ? 2 * cap : 64;
-			struct cache_entry *nv = realloc(v, ncap * sizeof(*v));
-
-			if (!nv) {
-				err = -ENOMEM;
-				break;
-			}
-			v = nv;
-			cap = ncap;
-		}
+		err = index_grow((void **)&v, &cap, count, sizeof(*v), 64);
+		if (err)
+			break;
 		err = entry_read(st, 2, dir, name, &v[count]);
 		if (err)
 			break;
@@ -1806,17 +1817,9 @@ int cache_index_stage_list(struct cache_index *idx, const char *repo, const char
 		goto put_reader;
 	bind_branch(st, repo, branch);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (count == cap) {
-			size_t ncap = cap ? 2 * cap : 16;
-			struct cache_stage_change *nv = realloc(v, ncap * sizeof(*v));
-
-			if (!nv) {
-				err = -ENOMEM;
-				break;
-			}
-			v = nv;
-			cap = ncap;
-		}
+		err = index_grow((void **)&v, &cap, count, sizeof(*v), 16);
+		if (err)
+			break;
 		err = stage_row(idx, st, &v[count]);
 		if (err)
 			break;
@@ -1874,17 +1877,9 @@ int cache_index_stage_branches(struct cache_index *idx, struct cache_stage_branc
 	if (err)
 		goto put_reader;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (count == cap) {
-			size_t ncap = cap ? 2 * cap : 8;
-			struct cache_stage_branch *nv = realloc(v, ncap * sizeof(*v));
-
-			if (!nv) {
-				err = -ENOMEM;
-				break;
-			}
-			v = nv;
-			cap = ncap;
-		}
+		err = index_grow((void **)&v, &cap, count, sizeof(*v), 8);
+		if (err)
+			break;
 		err = stage_branch_row(st, &v[count]);
 		count++; /* freed below even when half filled */
 		if (err)
