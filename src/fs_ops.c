@@ -339,7 +339,7 @@ static int fs_dir_moved(struct fs *fs, uint64_t ino, const char *fullpath)
 	if (!m && (m = calloc(1, sizeof(*m))) != NULL) {
 		m->ino = ino;
 		m->next = fs->moves;
-		fs->moves = m;
+		__atomic_store_n(&fs->moves, m, __ATOMIC_RELEASE);
 	}
 	if (m) {
 		free(m->fullpath);
@@ -379,12 +379,8 @@ static const struct fs_node *fs_dir_view(struct fs *fs, const struct fs_node *n,
 	struct fs_node *held = NULL, *up;
 	const struct fs_node *cur = n;
 	char *rel = NULL, *to = NULL, *full = NULL;
-	bool any;
-
-	pthread_mutex_lock(&fs->moves_lock);
-	any = fs->moves != NULL;
-	pthread_mutex_unlock(&fs->moves_lock);
-	if (!any || n->p.kind != FS_PATH_ENTRY)
+	/* the lookup hot path: no lock until this mount renamed a directory */
+	if (!__atomic_load_n(&fs->moves, __ATOMIC_ACQUIRE) || n->p.kind != FS_PATH_ENTRY)
 		return n;
 	for (int depth = 0; depth < HUB_PATH_MAX / 2; depth++) {
 		char *r;

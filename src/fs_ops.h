@@ -49,7 +49,7 @@ struct fs {
 	pthread_mutex_t notify_lock; /* initialised by fs_handles_init() */
 	/* Directories this mount renamed, by inode: the kernel keeps naming
 	 * the new path by the old node until it looks the name up again. */
-	struct fs_dir_move *moves;  /* protected by moves_lock */
+	struct fs_dir_move *moves;  /* protected by moves_lock; read atomically for NULL */
 	pthread_mutex_t moves_lock; /* initialised by fs_handles_init() */
 	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
 };
