@@ -173,7 +173,8 @@ static const char *const index_sql[STMT_COUNT] = {
 				"coalesce(sum(CASE kind WHEN 'add' THEN size ELSE 0 END), 0), "
 				"sum(state = 'pending'), sum(state = 'uploading'), "
 				"sum(state = 'committing'), sum(state = 'conflict'), "
-				"sum(state = 'failed'), "
+				"sum(state = 'failed'), sum(state = 'refused'), "
+				"sum(state = 'local'), "
 				"(SELECT error FROM stage e WHERE e.repo = s.repo AND "
 				"e.branch = s.branch AND e.error != '' "
 				"ORDER BY e.updated_at DESC, e.id DESC LIMIT 1), "
@@ -181,7 +182,7 @@ static const char *const index_sql[STMT_COUNT] = {
 				"FROM stage s GROUP BY repo, branch ORDER BY repo, branch",
 	[STMT_STAGE_COUNT] = "SELECT count(*), "
 			     "coalesce(sum(CASE kind WHEN 'add' THEN size ELSE 0 END), 0) "
-			     "FROM stage WHERE repo = ?1 AND branch = ?2",
+			     "FROM stage WHERE repo = ?1 AND branch = ?2 AND state != 'local'",
 	[STMT_STAGE_UPDATE] = "UPDATE stage SET "
 			      "state = CASE WHEN ?2 & 1 THEN ?3 ELSE state END, "
 			      "error = CASE WHEN ?2 & 2 THEN ?4 ELSE error END, "
@@ -273,6 +274,40 @@ static const char index_schema_v2[] =
  * when the column is there. */
 static const char index_schema_v3[] =
     "ALTER TABLE stage ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;";
+
+/* Version 4: the states 'refused' (set aside: the Hub refused the change,
+ * or its staged file is gone) and 'local' (a scratch file kept out of
+ * commits).  SQLite cannot change a CHECK constraint: the table is rebuilt,
+ * and its AUTOINCREMENT sequence carried over, so that no id is reused. */
+static const char index_schema_v4[] =
+    "CREATE TABLE stage_v4 ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " repo TEXT NOT NULL,"
+    " branch TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('add', 'delete-file', 'delete-folder', 'rename')),"
+    " path TEXT NOT NULL,"
+    " old_path TEXT,"
+    " staged TEXT UNIQUE,"
+    " size INTEGER NOT NULL,"
+    " sha256 TEXT NOT NULL,"
+    " base_commit TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN"
+    "  ('pending', 'uploading', 'committing', 'conflict', 'failed', 'refused', 'local')),"
+    " error TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " commit_id TEXT NOT NULL,"
+    " sent INTEGER NOT NULL DEFAULT 0,"
+    " UNIQUE (repo, branch, path));"
+    "INSERT INTO sqlite_sequence (name, seq)"
+    " SELECT 'stage_v4', coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'stage';"
+    "INSERT INTO stage_v4 (id, repo, branch, kind, path, old_path, staged, size, sha256,"
+    " base_commit, state, error, attempts, created_at, updated_at, commit_id, sent)"
+    " SELECT id, repo, branch, kind, path, old_path, staged, size, sha256, base_commit,"
+    " state, error, attempts, created_at, updated_at, commit_id, sent FROM stage;"
+    "DROP TABLE stage;"
+    "ALTER TABLE stage_v4 RENAME TO stage;";
 
 struct index_conn {
 	sqlite3 *db;
@@ -550,6 +585,7 @@ static int index_migrate(struct cache_index *idx, int version)
 	    {index_schema, NULL, NULL},
 	    {index_schema_v2, NULL, NULL},
 	    {index_schema_v3, "stage", "sent"},
+	    {index_schema_v4, NULL, NULL},
 	};
 	sqlite3 *db = idx->writer->db;
 	char pragma[64];
@@ -1563,7 +1599,8 @@ static const char *const stage_kind_text[] = {
 static const char *const stage_state_text[CACHE_STAGE_STATES] = {
     [CACHE_STAGE_PENDING] = "pending",	     [CACHE_STAGE_UPLOADING] = "uploading",
     [CACHE_STAGE_COMMITTING] = "committing", [CACHE_STAGE_CONFLICT] = "conflict",
-    [CACHE_STAGE_FAILED] = "failed",
+    [CACHE_STAGE_FAILED] = "failed",	     [CACHE_STAGE_REFUSED] = "refused",
+    [CACHE_STAGE_LOCAL] = "local",
 };
 
 /* The index of @text in @names[0..@n), or -1. */

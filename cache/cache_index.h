@@ -40,7 +40,7 @@
 #include "cache_stage.h"
 
 /* The schema version this code writes. */
-#define CACHE_INDEX_VERSION 3
+#define CACHE_INDEX_VERSION 4
 
 struct cache_index;
 

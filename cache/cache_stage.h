@@ -89,8 +89,12 @@ enum cache_stage_state {
 	CACHE_STAGE_COMMITTING, /* part of a commit request sent to the Hub */
 	CACHE_STAGE_CONFLICT,	/* the path changed remotely: kept, not retried */
 	CACHE_STAGE_FAILED,	/* the last attempt failed: error says why */
+	CACHE_STAGE_REFUSED,	/* set aside, not retried until the path changes again:
+				   the Hub refused it, or its staged file is gone
+				   (error says why) */
+	CACHE_STAGE_LOCAL,	/* a scratch file: kept, never committed */
 };
-#define CACHE_STAGE_STATES 5
+#define CACHE_STAGE_STATES 7
 
 /* One journal row.  Strings are owned by the struct when it was filled by
  * this library (release with cache_stage_change_release()); when the caller
@@ -210,8 +214,8 @@ int cache_stage_branches(struct cache *c, struct cache_stage_branch **branches, 
 /* Frees what cache_stage_branches() returned.  NULL is a no-op. */
 void cache_stage_branches_free(struct cache_stage_branch *v, size_t n);
 
-/* The rows of @repo and @branch into *@changes, the sum of the sizes of its
- * ADD rows into *@bytes (either may be NULL).  Returns 0 or -errno. */
+/* The rows of @repo and @branch that are to reach the Hub (every state but
+ * LOCAL) into *@changes, the sum of the sizes of their ADD rows into *@bytes (either may be NULL).  Returns 0 or -errno. */
 int cache_stage_count(struct cache *c, const char *repo, const char *branch, uint64_t *changes,
 		      uint64_t *bytes);
 

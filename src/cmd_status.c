@@ -34,7 +34,7 @@ static const char status_usage[] =
 	"usage: hubfs status [MOUNTPOINT | --cache-dir DIR]\n"
 	"\n"
 	"Pending changes per repo and branch: how many, their state (pending,\n"
-	"uploading, committing, conflict, failed), the bytes uploaded of those to\n"
+	"uploading, committing, conflict, failed, refused, local-only), the bytes uploaded of those to\n"
 	"upload, and the last error.  The journal read is that of the cache of the\n"
 	"mount on MOUNTPOINT, of --cache-dir, or of the default cache of a mount.\n";
 
@@ -44,6 +44,8 @@ static const char *const status_states[CACHE_STAGE_STATES] = {
 	[CACHE_STAGE_COMMITTING] = "committing",
 	[CACHE_STAGE_CONFLICT] = "conflict",
 	[CACHE_STAGE_FAILED] = "failed",
+	[CACHE_STAGE_REFUSED] = "refused",
+	[CACHE_STAGE_LOCAL] = "local-only",
 };
 
 /* The mount's type in /proc/self/mountinfo. */

@@ -22,7 +22,7 @@
 
 static char top[] = "/tmp/hubfs-test-cache-stage-XXXXXX";
 /* The schema version of the index (cache_index.h's CACHE_INDEX_VERSION). */
-enum { INDEX_VERSION = 3 };
+enum { INDEX_VERSION = 4 };
 static unsigned dir_serial;
 
 static const char REPO[] = "model/alice/tiny";
@@ -382,7 +382,7 @@ static void test_rows(const char *dir)
 	u.set = CACHE_STAGE_SET_ATTEMPTS | CACHE_STAGE_ADD_ATTEMPT;
 	rc = cache_stage_update(c, ids, 1, &u, NULL);
 	u.set = CACHE_STAGE_SET_STATE;
-	u.state = (enum cache_stage_state)5;
+	u.state = (enum cache_stage_state)CACHE_STAGE_STATES;
 	rc = rc == -EINVAL ? cache_stage_update(c, ids, 1, &u, NULL) : 0;
 	u.set = CACHE_STAGE_SET_COMMIT;
 	u.commit_id = "HEAD";
@@ -872,7 +872,7 @@ static void make_v2(const char *dir, char name[CACHE_STAGE_NAME_SIZE])
 	int fd;
 
 	snprintf(path, sizeof(path), "%s/hubfs.db", dir);
-	/* the staged file first: a cache made here makes a version 3 index */
+	/* the staged file first: a cache made here makes a version 4 index */
 	c = open_cache(dir);
 	fd = c ? stage_bytes(c, 31, 10, name, sha) : -1;
 	if (fd >= 0)
@@ -947,6 +947,14 @@ static void test_upgrade_v2(const char *dir)
 	c = open_cache(dir);
 	tap_ok(c && !cache_stage_list(c, REPO, "main", &v, &n) && n == 1 && v[0].sent == 4,
 	       "reopened: the row and its progress are there");
+	if (c && n == 1) {
+		struct cache_stage_change ch = change(CACHE_STAGE_DELETE_FILE, "x.txt", NULL);
+		int64_t id = 0, old = v[0].id;
+
+		tap_ok(!cache_stage_add(c, &ch, &id) && id > old,
+		       "a row added after the upgrade gets a new id (%lld > %lld)", (long long)id,
+		       (long long)old);
+	}
 	cache_stage_changes_free(v, n);
 	cache_close(c);
 close_fd:
@@ -1052,6 +1060,58 @@ static void test_forget(const char *dir)
 	cache_close(c);
 }
 
+/*
+ * The states of version 4: refused rows are set aside, local rows never
+ * count as changes to commit.
+ */
+static void test_states(const char *dir)
+{
+	struct cache_stage_update u = {.set = CACHE_STAGE_SET_STATE | CACHE_STAGE_SET_ERROR};
+	struct cache_stage_branch *b = NULL;
+	struct cache_stage_change ch, *v = NULL;
+	int64_t id1 = 0, id2 = 0, id3 = 0, id4 = 0;
+	uint64_t count = 0, bytes = 0;
+	size_t nb = 0, nv = 0;
+	struct cache *c = open_cache(dir);
+	int rc;
+
+	if (!c)
+		return;
+	ch = change(CACHE_STAGE_DELETE_FILE, "a.txt", NULL);
+	rc = cache_stage_add(c, &ch, &id1);
+	ch = change(CACHE_STAGE_DELETE_FILE, ".a.txt.swp", NULL);
+	rc = rc ? rc : cache_stage_add(c, &ch, &id2);
+	ch = change(CACHE_STAGE_DELETE_FOLDER, "gone", NULL);
+	rc = rc ? rc : cache_stage_add(c, &ch, &id3);
+	tap_ok(!rc, "three rows");
+	u.state = CACHE_STAGE_LOCAL;
+	rc = cache_stage_update(c, &id2, 1, &u, NULL);
+	u.state = CACHE_STAGE_REFUSED;
+	u.error = "refused: 404 EntryNotFound";
+	rc = rc ? rc : cache_stage_update(c, &id3, 1, &u, NULL);
+	tap_ok(!rc, "a row becomes local, another refused");
+	rc = cache_stage_count(c, REPO, "main", &count, NULL);
+	tap_ok(!rc && count == 2, "a local row is not a change to commit (count %llu)",
+	       (unsigned long long)count);
+	rc = cache_stage_branches(c, &b, &nb);
+	tap_ok(!rc && nb == 1 && b[0].changes == 3 && b[0].by_state[CACHE_STAGE_LOCAL] == 1 &&
+		   b[0].by_state[CACHE_STAGE_REFUSED] == 1 && b[0].by_state[CACHE_STAGE_PENDING] == 1 &&
+		   !strcmp(b[0].error, "refused: 404 EntryNotFound"),
+	       "branches: one pending, one refused with its reason, one local");
+	cache_stage_branches_free(b, nb);
+	cache_close(c);
+	c = open_cache(dir);
+	rc = c ? cache_stage_list(c, REPO, "main", &v, &nv) : -EIO;
+	tap_ok(!rc && nv == 3 && v[1].state == CACHE_STAGE_LOCAL &&
+		   v[2].state == CACHE_STAGE_REFUSED,
+	       "reopened: the states are kept");
+	cache_stage_changes_free(v, nv);
+	ch = change(CACHE_STAGE_DELETE_FILE, "b.txt", NULL);
+	tap_ok(c && !cache_stage_add(c, &ch, &id4) && id4 > id3, "ids still grow");
+	cache_close(c);
+	(void)bytes;
+}
+
 int main(void)
 {
 	char dir[256];
@@ -1078,6 +1138,8 @@ int main(void)
 	test_sent(dir);
 	new_dir(dir, sizeof(dir));
 	test_forget(dir);
+	new_dir(dir, sizeof(dir));
+	test_states(dir);
 	new_dir(dir, sizeof(dir));
 	test_cost(dir);
 	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
