@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "commit_plan.h"
 #include "log.h"
 
 /* Failed commits of a branch are retried this many times, with backoff. */
@@ -50,16 +51,6 @@ struct stage_progress {
 	uint64_t size;
 	uint64_t last;	 /* the bytes recorded last */
 	int64_t last_ms; /* when (monotonic ms), 0 for never */
-};
-
-/* The rows of a commit and what goes with them. */
-struct stage_op {
-	struct cache_stage_change *row;
-	int fd;
-	char git_id[CACHE_ID_MAX];
-	bool skip; /* a deletion of what does not exist: nothing to send */
-	bool lfs;  /* preupload's decision */
-	struct stage_progress progress; /* of its upload */
 };
 
 /* hub_op.progress: called by hub_lfs_upload() in the worker, no lock held. */
@@ -125,30 +116,6 @@ out:
 	return rc;
 }
 
-/* Whether @path is the same at commits @a and @b. */
-static int stage_path_same(struct stage *s, const struct hub_repo *repo, const char *a,
-			   const char *b, const char *path, bool *same)
-{
-	struct cache_entry ea, eb;
-	int ra = meta_lookup(s->meta, repo, a, path, &ea);
-	int rb = meta_lookup(s->meta, repo, b, path, &eb);
-
-	if ((ra && ra != -ENOENT) || (rb && rb != -ENOENT)) {
-		if (!ra)
-			cache_entry_release(&ea);
-		if (!rb)
-			cache_entry_release(&eb);
-		return ra && ra != -ENOENT ? ra : rb;
-	}
-	*same = ra == rb && (ra || (ea.is_dir == eb.is_dir && !strcmp(ea.oid, eb.oid) &&
-				    !strcmp(ea.sha256, eb.sha256)));
-	if (!ra)
-		cache_entry_release(&ea);
-	if (!rb)
-		cache_entry_release(&eb);
-	return 0;
-}
-
 static void stage_mark(struct stage *s, const int64_t *ids, size_t n, enum cache_stage_state state,
 		       const char *error, bool attempt)
 {
@@ -160,96 +127,6 @@ static void stage_mark(struct stage *s, const int64_t *ids, size_t n, enum cache
 	u.error = error;
 	if (cache_stage_update(s->cache, ids, n, &u, NULL))
 		log_msg(LOG_WARNING, "cannot record the state of a commit in the journal");
-}
-
-/* The overlay forgets the committed rows @ids; writers of the branch that
- * were based on @parent are based on @commit now (as the journal's rows). */
-static void stage_forget_rows(struct stage *s, const char *repo, const char *branch,
-			      const int64_t *ids, size_t n, const char *parent, const char *commit)
-{
-	pthread_mutex_lock(&s->lock);
-	for (struct stage_entry *e = s->entries; e; e = e->next) {
-		if (strcmp(e->branch, branch) || strcmp(e->repo, repo))
-			continue;
-		if (e->wr && !strcmp(e->wr->base, parent))
-			snprintf(e->wr->base, sizeof(e->wr->base), "%s", commit);
-		if (e->row && !strcmp(e->base, parent))
-			snprintf(e->base, sizeof(e->base), "%s", commit);
-	}
-	for (struct stage_entry *e = s->entries, *next; e; e = next) {
-		next = e->next;
-		if (e->gone && !strcmp(e->branch, branch) && !strcmp(e->repo, repo)) {
-			/* the commit moved its files: the tree has it no more */
-			e->gone = false;
-			e->deleted = false;
-			free(e->moved_to);
-			e->moved_to = NULL;
-			e->version = ++s->versions;
-			stage_entry_gc(s, e);
-		}
-	}
-	for (size_t i = 0; i < n; i++) {
-		for (struct stage_entry *e = s->entries; e; e = e->next) {
-			if (e->row == ids[i]) {
-				/* the committed bytes are read from the staged
-				 * file until they are a cache blob */
-				e->importing = e->staged[0] && e->size > 0 && !e->deleted;
-				stage_entry_forget_row(s, e, e->importing);
-				break;
-			}
-		}
-	}
-	pthread_mutex_unlock(&s->lock);
-}
-
-/* Whether a RENAME row among @ops moves @path away. */
-static bool stage_moved_away(const struct stage_op *ops, size_t n, const char *path)
-{
-	for (size_t i = 0; i < n; i++)
-		if (ops[i].row->kind == CACHE_STAGE_RENAME && ops[i].row->old_path &&
-		    !strcmp(ops[i].row->old_path, path))
-			return true;
-	return false;
-}
-
-/* Whether a later DELETE_FOLDER row among @ops covers the DELETE_FILE row
- * @ops[@i]: the Hub has no empty folders, so the folder deletion alone is
- * sent (deleting its files first would leave no folder to delete). */
-static bool stage_in_folder(const struct stage_op *ops, size_t n, size_t i)
-{
-	const char *path = ops[i].row->path;
-
-	for (size_t j = i + 1; j < n; j++) {
-		const struct cache_stage_change *r = ops[j].row;
-		size_t len = strlen(r->path);
-
-		if (r->kind == CACHE_STAGE_DELETE_FOLDER && !strncmp(path, r->path, len) &&
-		    path[len] == '/')
-			return true;
-	}
-	return false;
-}
-
-/* Tells the stage's user which paths of @rkey @branch the commit of @ops
- * changed. */
-static void stage_tell_committed(struct stage *s, const char *rkey, const char *branch,
-				 const struct stage_op *ops, size_t n)
-{
-	const char **paths;
-	size_t np = 0;
-
-	if (!s->committed || n == 0)
-		return;
-	paths = calloc(2 * n, sizeof(*paths));
-	if (!paths)
-		return; /* the kernel's caches expire with the TTL */
-	for (size_t i = 0; i < n; i++) {
-		paths[np++] = ops[i].row->path;
-		if (ops[i].row->old_path)
-			paths[np++] = ops[i].row->old_path;
-	}
-	s->committed(s->committed_arg, rkey, branch, paths, np);
-	free(paths);
 }
 
 /* The commit message set for @rkey @branch (user.hub.message), else
@@ -310,84 +187,6 @@ char *stage_get_message(struct stage *s, const char *repo, const char *branch)
 			m = strdup(b->message);
 	pthread_mutex_unlock(&s->lock);
 	return m;
-}
-
-/* A README.md at the root is the repo's card: its metadata is checked with
- * the Hub's validator before the commit, as the official clients do.
- * Returns 0, -EINVAL (invalid: @err says why, logged), or -errno. */
-static int stage_check_card(struct stage *s, const struct hub_repo *repo, const char *rkey,
-			    const char *branch, const struct stage_op *ops, size_t n, char *err,
-			    size_t errsize)
-{
-	for (size_t i = 0; i < n; i++) {
-		const struct cache_stage_change *r = ops[i].row;
-		char *buf, *reason = NULL;
-		ssize_t got;
-		int rc;
-
-		if (r->kind != CACHE_STAGE_ADD || strcmp(r->path, "README.md") || ops[i].fd < 0 ||
-		    r->size > HUB_REGULAR_MAX)
-			continue;
-		buf = malloc(r->size + 1);
-		if (!buf)
-			return -ENOMEM;
-		got = pread(ops[i].fd, buf, r->size, 0);
-		if (got < 0 || (uint64_t)got != r->size) {
-			free(buf);
-			return got < 0 ? -errno : -EIO;
-		}
-		buf[got] = '\0';
-		rc = hub_validate_yaml(s->http, repo->type, buf, &reason);
-		free(buf);
-		if (rc == -EINVAL) {
-			snprintf(err, errsize, "invalid card metadata in README.md: %s",
-				 reason && *reason ? reason : "refused by the Hub");
-			log_msg(LOG_ERR, "'%s@%s': %s; the changes stay staged, not committed",
-				rkey, branch, err);
-		}
-		free(reason);
-		if (rc)
-			return rc;
-	}
-	return 0;
-}
-
-/* Whether the tree of @commit has every change of @ops already: each added
- * or moved path with the content it is to get, each deleted path gone.
- * Errors count as no. */
-static bool stage_landed(struct stage *s, const struct hub_repo *repo, const char *commit,
-			 const struct stage_op *ops, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		const struct cache_stage_change *r = ops[i].row;
-		struct cache_entry e;
-		bool ok;
-		int rc = meta_lookup(s->meta, repo, commit, r->path, &e);
-
-		if (r->kind == CACHE_STAGE_DELETE_FILE || r->kind == CACHE_STAGE_DELETE_FOLDER) {
-			if (!rc)
-				cache_entry_release(&e);
-			if (rc != -ENOENT)
-				return false;
-			continue;
-		}
-		if (rc)
-			return false;
-		ok = !e.is_dir && e.size == r->size &&
-		     ((r->sha256[0] && !strcmp(e.sha256, r->sha256)) ||
-		      (r->kind == CACHE_STAGE_ADD && ops[i].git_id[0] && !strcmp(e.oid, ops[i].git_id)));
-		cache_entry_release(&e);
-		if (!ok)
-			return false;
-		if (r->kind == CACHE_STAGE_RENAME && r->old_path) {
-			rc = meta_lookup(s->meta, repo, commit, r->old_path, &e);
-			if (!rc)
-				cache_entry_release(&e);
-			if (rc != -ENOENT)
-				return false;
-		}
-	}
-	return true;
 }
 
 /* The staged files of a commit, to become cache blobs once the commit's
@@ -457,255 +256,437 @@ static void stage_import_run(struct stage *s, struct stage_import *im)
 	stage_import_free(im);
 }
 
-/* Commits the pending rows of @rkey @branch.  Returns 0, -EAGAIN (the rows
- * changed meanwhile: try again), -ESTALE (a conflict: rows kept, marked), or
- * the commit's -errno (rows marked FAILED).  After a commit, *@import is
- * what stage_import_run() is to make cache blobs of (NULL otherwise). */
-static int stage_commit_branch(struct stage *s, const char *rkey, const char *branch,
-			       struct stage_import **import)
-{
-	struct cache_stage_change *rows = NULL;
-	struct stage_op *ops = NULL;
-	struct hub_op *hops = NULL;
-	int64_t *ids = NULL;
-	size_t nrows = 0, n = 0, nh, nstaged = 0;
-	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
-	char buf[STAGE_REPO_KEY_MAX], parent[41], base0[41], commit[HUB_COMMIT_LEN + 1],
-	    summary[512];
-	char err[CACHE_STAGE_ERROR_MAX];
-	struct stage_import *im = NULL;
-	bool conflicts = false, uploaded = false;
+/* One pass of the worker over a branch: the rows it lists, and what it
+ * decided of them. */
+struct commit_pass {
+	struct stage *s;
+	const char *rkey, *branch;
 	struct hub_repo repo;
-	struct hub_revision head;
-	int rc;
+	char buf[STAGE_REPO_KEY_MAX];
+	struct cache_stage_change *rows;
+	size_t nrows;
+	struct commit_op *ops; /* the rows to commit, in journal order */
+	struct stage_progress *progress;
+	struct hub_op *hops;
+	size_t n;
+	char parent[41];
+	bool narrowed;	/* rows were left for the next pass */
+	bool changed;	/* a row was replaced while the pass read it */
+	int aside;	/* 0, or how rows of the branch are set aside: -ESTALE (a
+			   conflict), -EINVAL (refused) */
+	char err[CACHE_STAGE_ERROR_MAX];
+};
 
-	*import = NULL;
-	rc = stage_repo_parse(rkey, buf, sizeof(buf), &repo);
-	if (rc) {
-		log_msg(LOG_ERR, "journal: '%s' is not a repo: its changes are kept", rkey);
-		return -EIO;
+/* Sets row @id aside in @state (CONFLICT or REFUSED) with @why; the
+ * overlay's entry keeps @rc for stage_sync_path(). */
+static void pass_set_aside(struct commit_pass *p, struct commit_op *op,
+			   enum cache_stage_state state, const char *why, int rc)
+{
+	struct stage *s = p->s;
+
+	stage_mark(s, &op->row->id, 1, state, why, false);
+	op->out = true;
+	p->aside = p->aside == -EINVAL ? p->aside : rc;
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries; e; e = e->next) {
+		if (e->row == op->row->id) {
+			e->aside_row = e->row;
+			e->aside_err = rc;
+			break;
+		}
 	}
-	rc = cache_stage_list(s->cache, rkey, branch, &rows, &nrows);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Lists the rows of the branch that are to be committed now.  A row of a
+ * local-only path is marked LOCAL (and stays out); a LOCAL row whose path is
+ * no longer local-only (--local-only changed) is committed again. */
+static int pass_load(struct commit_pass *p)
+{
+	struct stage *s = p->s;
+	int rc = cache_stage_list(s->cache, p->rkey, p->branch, &p->rows, &p->nrows);
+	size_t m = p->nrows ? p->nrows : 1;
+
 	if (rc)
 		return rc;
-	ops = calloc(nrows ? nrows : 1, sizeof(*ops));
-	hops = calloc(nrows ? nrows : 1, sizeof(*hops));
-	ids = calloc(nrows ? nrows : 1, sizeof(*ids));
-	if (!ops || !hops || !ids) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < nrows; i++) {
-		struct cache_stage_change *r = &rows[i];
+	p->ops = calloc(m, sizeof(*p->ops));
+	p->hops = calloc(m, sizeof(*p->hops));
+	p->progress = calloc(m, sizeof(*p->progress));
+	if (!p->ops || !p->hops || !p->progress)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->nrows; i++) {
+		struct cache_stage_change *r = &p->rows[i];
+		bool local;
 
-		if (r->state == CACHE_STAGE_CONFLICT) {
-			conflicts = true;
-			continue;
-		}
 		if (r->kind != CACHE_STAGE_ADD && r->kind != CACHE_STAGE_DELETE_FILE &&
 		    r->kind != CACHE_STAGE_RENAME && r->kind != CACHE_STAGE_DELETE_FOLDER)
 			continue; /* not written by this version */
-		ops[n].row = r;
-		ops[n].fd = -1;
-		ids[n] = r->id;
-		n++;
+		if (r->state == CACHE_STAGE_CONFLICT || r->state == CACHE_STAGE_REFUSED) {
+			if (!p->aside || r->state == CACHE_STAGE_REFUSED)
+				p->aside = r->state == CACHE_STAGE_CONFLICT ? -ESTALE : -EINVAL;
+			continue;
+		}
+		local = r->kind != CACHE_STAGE_DELETE_FILE && r->kind != CACHE_STAGE_DELETE_FOLDER &&
+			stage_local_only(s, r->path);
+		if (local) {
+			if (r->state != CACHE_STAGE_LOCAL)
+				stage_mark(s, &r->id, 1, CACHE_STAGE_LOCAL, NULL, false);
+			continue;
+		}
+		p->ops[p->n].row = r;
+		p->ops[p->n].fd = -1;
+		p->n++;
 	}
-	if (n == 0) {
-		rc = conflicts ? -ESTALE : 0;
-		goto out;
-	}
-	snprintf(parent, sizeof(parent), "%s", ops[0].row->base_commit);
-	if (!hub_commit_id_valid(parent, false)) {
-		rc = meta_revision(s->meta, &repo, branch, &head);
-		if (rc)
-			goto failed;
-		memcpy(parent, head.commit, sizeof(parent));
-	}
-	for (size_t i = 0; i < n; i++) {
-		struct cache_stage_change *r = ops[i].row;
+	return 0;
+}
+
+/* Opens and hashes the staged files of the ADD rows.  A row whose staged file
+ * is gone or cut short is set aside (REFUSED): the rest of the branch
+ * commits without it.  Returns 0, -EAGAIN (a row was replaced meanwhile),
+ * or -errno. */
+static int pass_open(struct commit_pass *p)
+{
+	struct stage *s = p->s;
+
+	for (size_t i = 0; i < p->n; i++) {
+		struct commit_op *op = &p->ops[i];
+		struct cache_stage_change *r = op->row, now;
 		int64_t size;
+		int rc;
 
 		if (r->kind != CACHE_STAGE_ADD)
 			continue;
-		ops[i].fd = cache_stage_file_open(s->cache, r->staged, false);
-		if (ops[i].fd < 0) {
-			rc = ops[i].fd == -ENOENT ? -EAGAIN : ops[i].fd;
-			ops[i].fd = -1;
-			goto out;
+		op->fd = cache_stage_file_open(s->cache, r->staged, false);
+		if (op->fd == -ENOENT) {
+			op->fd = -1;
+			/* replaced meanwhile (its file went with its row), or lost */
+			rc = cache_stage_get(s->cache, r->id, &now);
+			if (rc == -ENOENT) {
+				p->changed = true;
+				return -EAGAIN;
+			}
+			if (rc)
+				return rc;
+			cache_stage_change_release(&now);
+			snprintf(p->err, sizeof(p->err),
+				 "lost: the staged file of '%s' is missing from the cache; "
+				 "to forget the change: setfattr -n user.hub.resolve -v theirs FILE",
+				 r->path);
+			log_msg(LOG_ERR, "'%s@%s': %s; the other changes are committed", p->rkey,
+				p->branch, p->err);
+			pass_set_aside(p, op, CACHE_STAGE_REFUSED, p->err, -EIO);
+			continue;
 		}
-		size = stage_fd_size(ops[i].fd);
+		if (op->fd < 0) {
+			rc = op->fd;
+			op->fd = -1;
+			return rc;
+		}
+		size = stage_fd_size(op->fd);
 		if (size < 0 || (uint64_t)size != r->size) {
-			log_msg(
-			    LOG_ERR, "staged '%s' of '%s@%s' has %lld bytes, the journal says %llu",
-			    r->path, rkey, branch, (long long)size, (unsigned long long)r->size);
-			rc = -EIO;
-			goto failed;
+			snprintf(p->err, sizeof(p->err),
+				 "lost: the staged file of '%s' has %lld bytes, the journal says %llu; "
+				 "to forget the change: setfattr -n user.hub.resolve -v theirs FILE",
+				 r->path, (long long)size, (unsigned long long)r->size);
+			log_msg(LOG_ERR, "'%s@%s': %s; the other changes are committed", p->rkey,
+				p->branch, p->err);
+			pass_set_aside(p, op, CACHE_STAGE_REFUSED, p->err, -EIO);
+			continue;
 		}
-		rc = stage_hash(ops[i].fd, r->size, r->sha256, ops[i].git_id);
+		rc = stage_hash(op->fd, r->size, r->sha256, op->git_id);
 		if (rc)
-			goto failed;
+			return rc;
 		cache_stage_set_content(s->cache, r->id, r->size, r->sha256);
 	}
-	stage_mark(s, ids, n, CACHE_STAGE_UPLOADING, NULL, true);
-	memcpy(base0, parent, sizeof(base0));
+	return 0;
+}
 
-	for (int round = 0;; round++) {
-		nh = 0;
-		for (size_t i = 0; i < n; i++) {
-			struct cache_stage_change *r = ops[i].row;
-			struct hub_op *h = &hops[nh];
-			struct cache_entry e;
+/* The ids of the ops of fate @a or @b into @ids; returns how many. */
+static size_t pass_ids(const struct commit_pass *p, enum commit_fate a, enum commit_fate b,
+		       int64_t *ids)
+{
+	size_t k = 0;
 
-			ops[i].skip = false;
-			if (r->kind == CACHE_STAGE_DELETE_FILE &&
-			    (stage_moved_away(ops, n, r->path) || stage_in_folder(ops, n, i))) {
-				ops[i].skip = true; /* a RENAME moves it, a folder deletion covers it */
-				continue;
-			}
-			if (r->kind == CACHE_STAGE_DELETE_FILE || r->kind == CACHE_STAGE_DELETE_FOLDER) {
-				/* a file that never reached the Hub has nothing to delete */
-				rc = meta_lookup(s->meta, &repo, parent, r->path, &e);
-				if (rc == -ENOENT) {
-					ops[i].skip = true;
-					continue;
-				}
-				if (rc)
-					goto failed;
-				cache_entry_release(&e);
-			}
-			memset(h, 0, sizeof(*h));
-			h->path = r->path;
-			h->fd = ops[i].fd;
-			if (r->kind == CACHE_STAGE_DELETE_FILE)
-				h->kind = HUB_OP_DELETE_FILE;
-			else if (r->kind == CACHE_STAGE_DELETE_FOLDER)
-				h->kind = HUB_OP_DELETE_FOLDER;
-			else
-				h->kind = HUB_OP_ADD;
-			h->size = r->size;
-			h->lfs = ops[i].lfs;
-			if (r->kind == CACHE_STAGE_RENAME) {
-				h->old_path = r->old_path; /* by reference: nothing to upload */
-				h->lfs = true;
-			}
-			memcpy(h->sha256, r->sha256, sizeof(h->sha256));
-			if (h->kind == HUB_OP_ADD && !h->old_path) {
-				ops[i].progress = (struct stage_progress){
-				    .s = s, .row = r->id, .size = r->size};
-				h->progress = stage_progress;
-				h->progress_arg = &ops[i].progress;
-			}
-			nh++;
-		}
-		if (nh == 0) {
-			memcpy(commit, parent, sizeof(commit)); /* nothing to send */
-			rc = 0;
-			break;
-		}
-		if (!uploaded) {
-			bool content = false;
+	for (size_t i = 0; i < p->n; i++)
+		if (!p->ops[i].out && (p->ops[i].fate == a || p->ops[i].fate == b))
+			ids[k++] = p->ops[i].row->id;
+	return k;
+}
 
-			rc = stage_check_card(s, &repo, rkey, branch, ops, n, err, sizeof(err));
-			if (rc == -EINVAL) {
-				stage_mark(s, ids, n, CACHE_STAGE_FAILED, err, false);
-				goto out;
-			}
-			if (rc)
-				goto failed;
+/* The hub_op lines of the SEND ops into p->hops; returns how many. */
+static size_t pass_lines(struct commit_pass *p)
+{
+	size_t nh = 0;
 
-			for (size_t i = 0; i < nh; i++)
-				if (hops[i].kind == HUB_OP_ADD && !hops[i].old_path)
-					content = true;
-			rc = content ? hub_preupload(s->http, &repo, branch, hops, nh) : 0;
-			if (rc)
-				goto failed;
-			for (size_t i = 0; i < nh; i++) {
-				if (hops[i].kind == HUB_OP_ADD && hops[i].lfs && !hops[i].old_path) {
-					rc = hub_lfs_upload(s->http, &repo, branch, &hops[i]);
-					if (rc)
-						goto failed;
-				}
-			}
-			/* the decisions hold for the next rounds: same files */
-			for (size_t i = 0, j = 0; i < n; i++)
-				if (!ops[i].skip)
-					ops[i].lfs = hops[j++].lfs;
-			uploaded = true;
-		}
-		stage_mark(s, ids, n, CACHE_STAGE_COMMITTING, NULL, false);
-		if (stage_message(s, rkey, branch, summary, sizeof(summary)))
-			; /* the one set for the branch, or --commit-message */
-		else if (nh == 1 && hops[0].old_path)
-			snprintf(summary, sizeof(summary), "Rename %s to %s with hubfs",
-				 hops[0].old_path, hops[0].path);
-		else if (nh == 1)
-			snprintf(summary, sizeof(summary), "%s %s with hubfs",
-				 hops[0].kind == HUB_OP_ADD ? "Upload" : "Delete", hops[0].path);
+	for (size_t i = 0; i < p->n; i++) {
+		struct commit_op *op = &p->ops[i];
+		struct cache_stage_change *r = op->row;
+		struct hub_op *h = &p->hops[nh];
+
+		if (op->fate != COMMIT_SEND)
+			continue;
+		memset(h, 0, sizeof(*h));
+		h->path = r->path;
+		h->fd = op->fd;
+		if (r->kind == CACHE_STAGE_DELETE_FILE)
+			h->kind = HUB_OP_DELETE_FILE;
+		else if (r->kind == CACHE_STAGE_DELETE_FOLDER)
+			h->kind = HUB_OP_DELETE_FOLDER;
 		else
-			snprintf(summary, sizeof(summary), "Update %zu files with hubfs", nh);
-		rc = hub_commit(s->http, &repo, branch, summary, parent, hops, nh, commit);
-		if (rc != -ESTALE)
-			break;
-		/* the branch moved: go on only if none of our paths changed */
-		meta_forget_revision(s->meta, &repo, branch);
-		rc = meta_revision(s->meta, &repo, branch, &head);
-		if (rc)
-			goto failed;
-		if (stage_landed(s, &repo, head.commit, ops, n)) {
-			/* an earlier attempt made the commit but its answer was
-			 * lost (a reset, a crash): do not make it twice */
-			log_msg(LOG_NOTICE,
-				"'%s@%s': the Hub has these changes already (at %s): not sent again",
-				rkey, branch, head.commit);
-			memcpy(commit, head.commit, sizeof(head.commit));
-			rc = 0;
-			break;
+			h->kind = HUB_OP_ADD;
+		h->size = r->size;
+		h->lfs = op->lfs;
+		if (r->kind == CACHE_STAGE_RENAME) {
+			h->old_path = r->old_path; /* by reference: nothing to upload */
+			h->lfs = true;
 		}
-		for (size_t i = 0; i < n; i++) {
-			bool same = false;
+		memcpy(h->sha256, r->sha256, sizeof(h->sha256));
+		if (h->kind == HUB_OP_ADD && !h->old_path) {
+			p->progress[i] = (struct stage_progress){.s = p->s, .row = r->id,
+								 .size = r->size};
+			h->progress = stage_progress;
+			h->progress_arg = &p->progress[i];
+		}
+		op->line = h;
+		nh++;
+	}
+	return nh;
+}
 
-			rc =
-			    stage_path_same(s, &repo, parent, head.commit, ops[i].row->path, &same);
-			if (!rc && same && ops[i].row->old_path)
-				rc = stage_path_same(s, &repo, parent, head.commit,
-						     ops[i].row->old_path, &same);
-			if (rc)
-				goto failed;
-			if (!same) {
-				snprintf(err, sizeof(err),
-					 "conflict: '%s' changed on the Hub (now at %s) since %s; "
-					 "to keep ours: setfattr -n user.hub.resolve -v ours FILE, "
-					 "to drop ours: -v theirs",
-					 ops[i].row->path, head.commit, parent);
-				log_msg(LOG_ERR, "'%s@%s': %s; the change is kept, not committed",
-					rkey, branch, err);
-				stage_mark(s, ids, n, CACHE_STAGE_CONFLICT, err, false);
-				rc = -ESTALE;
-				goto out;
+/* A README.md at the root is the repo's card: its metadata is checked with
+ * the Hub's validator before the commit, as the official clients do.  An
+ * invalid card is set aside (REFUSED, -EINVAL, the Hub's reason logged);
+ * the rest commits.  Returns 0 or -errno. */
+static int pass_check_card(struct commit_pass *p, struct commit_op *op)
+{
+	const struct cache_stage_change *r = op->row;
+	char *buf, *reason = NULL;
+	ssize_t got;
+	int rc;
+
+	if (r->kind != CACHE_STAGE_ADD || strcmp(r->path, "README.md") || op->fd < 0 ||
+	    r->size > HUB_REGULAR_MAX)
+		return 0;
+	buf = malloc(r->size + 1);
+	if (!buf)
+		return -ENOMEM;
+	got = pread(op->fd, buf, r->size, 0);
+	if (got < 0 || (uint64_t)got != r->size) {
+		free(buf);
+		return got < 0 ? -errno : -EIO;
+	}
+	buf[got] = '\0';
+	rc = hub_validate_yaml(p->s->http, p->repo.type, buf, &reason);
+	free(buf);
+	if (rc == -EINVAL) {
+		snprintf(p->err, sizeof(p->err), "invalid card metadata in README.md: %s",
+			 reason && *reason ? reason : "refused by the Hub");
+		log_msg(LOG_ERR, "'%s@%s': %s; the change stays staged, not committed", p->rkey,
+			p->branch, p->err);
+		pass_set_aside(p, op, CACHE_STAGE_REFUSED, p->err, -EINVAL);
+		rc = 0;
+	}
+	free(reason);
+	return rc;
+}
+
+/* Validates the card, asks preupload and uploads the LFS objects of the
+ * SEND ops not uploaded yet.  Returns 0, -EAGAIN (a card was set aside:
+ * plan again), or -errno. */
+static int pass_upload(struct commit_pass *p, bool *uploaded)
+{
+	size_t nh;
+	bool content = false, aside = false;
+	int rc;
+
+	for (size_t i = 0; i < p->n; i++) {
+		if (p->ops[i].fate != COMMIT_SEND || uploaded[i])
+			continue;
+		rc = pass_check_card(p, &p->ops[i]);
+		if (rc)
+			return rc;
+		aside |= p->ops[i].out;
+	}
+	if (aside)
+		return -EAGAIN;
+	nh = pass_lines(p);
+	for (size_t i = 0; i < p->n; i++) {
+		struct hub_op *h = p->ops[i].line;
+
+		if (p->ops[i].fate == COMMIT_SEND && !uploaded[i] && h->kind == HUB_OP_ADD &&
+		    !h->old_path)
+			content = true;
+	}
+	if (!content)
+		return 0;
+	/* preupload asks of every file line: the decisions are the same */
+	rc = hub_preupload(p->s->http, &p->repo, p->branch, p->hops, nh);
+	for (size_t i = 0; !rc && i < p->n; i++) {
+		struct hub_op *h = p->ops[i].line;
+
+		if (p->ops[i].fate != COMMIT_SEND || uploaded[i])
+			continue;
+		if (h->kind == HUB_OP_ADD && h->lfs && !h->old_path)
+			rc = hub_lfs_upload(p->s->http, &p->repo, p->branch, h);
+		if (!rc) {
+			p->ops[i].lfs = h->lfs;
+			uploaded[i] = true;
+		}
+	}
+	return rc;
+}
+
+/* Whether an op sent in the commit of @ops changes @path. */
+static bool commit_touches(const struct commit_op *ops, size_t n, const char *path)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct cache_stage_change *r = ops[i].row;
+
+		if (ops[i].out || ops[i].fate != COMMIT_SEND)
+			continue;
+		if (!strcmp(r->path, path) || (r->old_path && !strcmp(r->old_path, path)))
+			return true;
+		if (r->kind == CACHE_STAGE_DELETE_FOLDER && !strncmp(path, r->path, strlen(r->path)) &&
+		    path[strlen(r->path)] == '/')
+			return true;
+	}
+	return false;
+}
+
+/* After commit @commit on @parent: the overlay forgets the committed rows
+ * @ids, and every row and writer of the branch that was based on @parent,
+ * or that touches a path the commit changed, is based on @commit now (what
+ * the commit made is what they derive from): hubfs never conflicts with its
+ * own commits.  Without @linear (a commit found on the Hub, which others may
+ * have committed on top of) only the rows of its paths are. */
+static void pass_forget(struct commit_pass *p, const int64_t *ids, size_t n, const char *commit,
+			bool linear)
+{
+	struct stage *s = p->s;
+	const char *repo = p->rkey, *branch = p->branch;
+	struct cache_stage_change *rows = NULL;
+	size_t nrows = 0, k = 0;
+	int64_t *rebase = NULL;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_entry *e = s->entries; e; e = e->next) {
+		bool touched;
+
+		if (strcmp(e->branch, branch) || strcmp(e->repo, repo))
+			continue;
+		touched = commit_touches(p->ops, p->n, e->path);
+		if (e->wr && (touched || (linear && !strcmp(e->wr->base, p->parent))))
+			snprintf(e->wr->base, sizeof(e->wr->base), "%s", commit);
+		if (e->row && (touched || (linear && !strcmp(e->base, p->parent))))
+			snprintf(e->base, sizeof(e->base), "%s", commit);
+	}
+	for (struct stage_entry *e = s->entries, *next; e; e = next) {
+		next = e->next;
+		if (e->gone && !strcmp(e->branch, branch) && !strcmp(e->repo, repo)) {
+			/* the commit moved its files: the tree has it no more */
+			e->gone = false;
+			e->deleted = false;
+			free(e->moved_to);
+			e->moved_to = NULL;
+			e->version = ++s->versions;
+			stage_entry_gc(s, e);
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		for (struct stage_entry *e = s->entries; e; e = e->next) {
+			if (e->row == ids[i]) {
+				/* the committed bytes are read from the staged
+				 * file until they are a cache blob; a writer
+				 * opened meanwhile derives from this commit */
+				e->importing = e->staged[0] && e->size > 0 && !e->deleted;
+				snprintf(e->base, sizeof(e->base), "%s", commit);
+				stage_entry_forget_row(s, e, e->importing);
+				break;
 			}
 		}
-		if (round + 1 >= STAGE_REBASES) {
-			rc = -EIO;
-			goto failed;
-		}
-		log_msg(LOG_INFO, "'%s@%s' moved to %s; committing on top of it", rkey, branch,
-			head.commit);
-		memcpy(parent, head.commit, sizeof(parent));
 	}
-	if (rc)
-		goto failed;
-	rc =
-	    cache_stage_committed(s->cache, rkey, branch, ids, n, base0, commit, &staged, &nstaged);
+	pthread_mutex_unlock(&s->lock);
+
+	/* the journal's rows of the paths it changed (written again meanwhile) */
+	if (cache_stage_list(s->cache, repo, branch, &rows, &nrows))
+		return;
+	rebase = calloc(nrows ? nrows : 1, sizeof(*rebase));
+	for (size_t i = 0; rebase && i < nrows; i++)
+		if (strcmp(rows[i].base_commit, commit) &&
+		    rows[i].state != CACHE_STAGE_CONFLICT &&
+		    commit_touches(p->ops, p->n, rows[i].path))
+			rebase[k++] = rows[i].id;
+	if (k) {
+		struct cache_stage_update u = {.set = CACHE_STAGE_SET_BASE, .base_commit = commit};
+
+		if (cache_stage_update(s->cache, rebase, k, &u, NULL))
+			log_msg(LOG_WARNING, "'%s@%s': cannot rebase %zu staged changes on %s",
+				repo, branch, k, commit);
+	}
+	free(rebase);
+	cache_stage_changes_free(rows, nrows);
+}
+
+/* Tells the stage's user which paths the commit changed. */
+static void pass_tell(struct commit_pass *p)
+{
+	struct stage *s = p->s;
+	const char **paths;
+	size_t np = 0;
+
+	if (!s->committed || p->n == 0)
+		return;
+	paths = calloc(2 * p->n, sizeof(*paths));
+	if (!paths)
+		return; /* the kernel's caches expire with the TTL */
+	for (size_t i = 0; i < p->n; i++) {
+		if (p->ops[i].out || p->ops[i].fate != COMMIT_SEND)
+			continue;
+		paths[np++] = p->ops[i].row->path;
+		if (p->ops[i].row->old_path)
+			paths[np++] = p->ops[i].row->old_path;
+	}
+	if (np)
+		s->committed(s->committed_arg, p->rkey, p->branch, paths, np);
+	free(paths);
+}
+
+/* The commit is @commit (made now, or found on the Hub with @made false):
+ * the journal and the overlay forget its rows and those it made needless,
+ * and its staged files are to become cache blobs (*@import). */
+static int pass_done(struct commit_pass *p, const char *commit, bool made,
+		     struct stage_import **import)
+{
+	struct stage *s = p->s;
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	struct stage_import *im = NULL;
+	size_t nstaged = 0, nsent, nids;
+	int64_t *ids = calloc(p->n ? p->n : 1, sizeof(*ids));
+	int rc;
+
+	if (!ids)
+		return -ENOMEM;
+	nsent = pass_ids(p, COMMIT_SEND, COMMIT_SEND, ids);
+	nids = pass_ids(p, COMMIT_SEND, COMMIT_SKIP, ids);
+	if (nids == 0) {
+		free(ids);
+		return 0;
+	}
+	/* rows based on the parent are based on the commit now, when it is
+	 * the commit's parent for sure */
+	rc = cache_stage_committed(s->cache, p->rkey, p->branch, ids, nids,
+				   made ? p->parent : commit, commit, &staged, &nstaged);
 	if (rc) {
 		log_msg(LOG_ERR, "'%s@%s' is committed (%s) but the journal cannot forget it: %s",
-			rkey, branch, commit, strerror(-rc));
-		goto out;
+			p->rkey, p->branch, commit, strerror(-rc));
+		free(ids);
+		return rc;
 	}
 	im = calloc(1, sizeof(*im));
 	if (im) {
-		im->repo = strdup(rkey);
-		im->branch = strdup(branch);
-		im->blobs = calloc(n, sizeof(*im->blobs));
+		im->repo = strdup(p->rkey);
+		im->branch = strdup(p->branch);
+		im->blobs = calloc(p->n ? p->n : 1, sizeof(*im->blobs));
 	}
 	if (!im || !im->repo || !im->branch || !im->blobs) {
 		/* no memory: no blobs, the staged files go now */
@@ -715,42 +696,222 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			cache_stage_file_remove(s->cache, staged[i]);
 		free(staged);
 	} else {
-		for (size_t i = 0; i < n; i++) {
-			struct cache_stage_change *r = ops[i].row;
+		for (size_t i = 0; i < p->n; i++) {
+			struct commit_op *op = &p->ops[i];
+			struct cache_stage_change *r = op->row;
 
-			if (r->kind != CACHE_STAGE_ADD || r->size == 0 ||
-			    (!ops[i].lfs && !ops[i].git_id[0]))
+			if (op->out || op->fate != COMMIT_SEND || r->kind != CACHE_STAGE_ADD ||
+			    r->size == 0 || (!op->lfs && !op->git_id[0]))
 				continue;
 			snprintf(im->blobs[im->nblobs].id, CACHE_ID_MAX, "%s",
-				 ops[i].lfs ? r->sha256 : ops[i].git_id);
-			im->blobs[im->nblobs++].fd = ops[i].fd;
-			ops[i].fd = -1; /* the import closes it */
+				 op->lfs ? r->sha256 : op->git_id);
+			im->blobs[im->nblobs++].fd = op->fd;
+			op->fd = -1; /* the import closes it */
 		}
 		im->staged = staged;
 		im->nstaged = nstaged;
 	}
-	meta_forget_revision(s->meta, &repo, branch);
-	stage_forget_rows(s, rkey, branch, ids, n, base0, commit);
+	meta_forget_revision(s->meta, &p->repo, p->branch);
+	pass_forget(p, ids, nids, commit, made || !strcmp(commit, p->parent));
 	if (!im) /* nothing stays to be read from the staged files */
-		stage_forget_imports(s, rkey, branch, NULL, 0);
+		stage_forget_imports(s, p->rkey, p->branch, NULL, 0);
 	*import = im;
-	stage_tell_committed(s, rkey, branch, ops, n);
-	log_msg(LOG_NOTICE, "'%s@%s': %zu change%s committed as %s", rkey, branch, n,
-		n == 1 ? "" : "s", commit);
-	rc = 0;
-	goto out;
-failed:
-	snprintf(err, sizeof(err), "commit failed: %s", strerror(-rc));
-	log_msg(LOG_WARNING, "'%s@%s': %s; the changes stay staged", rkey, branch, err);
-	stage_mark(s, ids, n, CACHE_STAGE_FAILED, err, false);
-out:
-	for (size_t i = 0; ops && i < n; i++)
-		if (ops[i].fd >= 0)
-			close(ops[i].fd);
-	free(ops);
-	free(hops);
+	if (nsent)
+		pass_tell(p);
+	if (made)
+		log_msg(LOG_NOTICE, "'%s@%s': committed as %s (%zu change%s sent, %zu needless)",
+			p->rkey, p->branch, commit, nsent, nsent == 1 ? "" : "s", nids - nsent);
+	else
+		log_msg(LOG_INFO, "'%s@%s': %zu change%s needed no commit (at %s)", p->rkey,
+			p->branch, nids, nids == 1 ? "" : "s", commit);
 	free(ids);
-	cache_stage_changes_free(rows, nrows);
+	return 0;
+}
+
+/* Leaves the second half of the SEND ops out of this commit: the Hub refused
+ * a commit of them all, and one of them is why.  Halving finds it in a few
+ * commits, and the others land meanwhile. */
+static void pass_narrow(struct commit_pass *p, size_t nsend, int64_t *ids)
+{
+	size_t k = 0, nids = 0;
+
+	for (size_t i = 0; i < p->n; i++) {
+		if (p->ops[i].out || p->ops[i].fate != COMMIT_SEND)
+			continue;
+		if (k++ >= nsend / 2) {
+			p->ops[i].out = true;
+			ids[nids++] = p->ops[i].row->id;
+		}
+	}
+	stage_mark(p->s, ids, nids, CACHE_STAGE_PENDING, NULL, false);
+	p->narrowed = true;
+}
+
+/* Commits the pending rows of @rkey @branch (see commit_plan.h for what
+ * decides the parent and the rows).  Returns 0; -EINPROGRESS (some rows
+ * committed, others left for a pass right after: the Hub refused a commit
+ * of them together); -EAGAIN (the rows changed meanwhile: try again);
+ * -ESTALE or -EINVAL (rows of the branch are set aside as a conflict or
+ * refused; the rest is committed); or the commit's -errno (rows marked
+ * FAILED, retried with backoff).  After a commit, *@import is what
+ * stage_import_run() is to make cache blobs of (NULL otherwise). */
+static int stage_commit_branch(struct stage *s, const char *rkey, const char *branch,
+			       struct stage_import **import)
+{
+	struct commit_pass pass = {.s = s, .rkey = rkey, .branch = branch}, *p = &pass;
+	char commit[HUB_COMMIT_LEN + 1], summary[512], why[1024];
+	struct hub_revision head;
+	bool *uploaded = NULL, made = false;
+	int64_t *ids = NULL;
+	int rc, rounds = 0;
+
+	*import = NULL;
+	if (stage_repo_parse(rkey, p->buf, sizeof(p->buf), &p->repo)) {
+		log_msg(LOG_ERR, "journal: '%s' is not a repo: its changes are kept", rkey);
+		return -EIO;
+	}
+	rc = pass_load(p);
+	if (rc || p->n == 0)
+		goto out;
+	uploaded = calloc(p->n, sizeof(*uploaded));
+	ids = calloc(p->n, sizeof(*ids));
+	if (!uploaded || !ids) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = pass_open(p);
+	if (rc)
+		goto out_failed;
+	/* the parent: the head as meta knows it; looked up again when a row
+	 * was based on another (it may be newer than what meta holds) */
+	rc = meta_revision(s->meta, &p->repo, branch, &head);
+	for (size_t i = 0; !rc && i < p->n; i++) {
+		if (!p->ops[i].out && hub_commit_id_valid(p->ops[i].row->base_commit, false) &&
+		    strcmp(p->ops[i].row->base_commit, head.commit)) {
+			meta_forget_revision(s->meta, &p->repo, branch);
+			rc = meta_revision(s->meta, &p->repo, branch, &head);
+			break;
+		}
+	}
+	if (rc)
+		goto out_failed;
+	memcpy(p->parent, head.commit, sizeof(p->parent));
+	stage_mark(s, ids, pass_ids(p, COMMIT_SEND, COMMIT_SEND, ids), CACHE_STAGE_UPLOADING,
+		   NULL, true);
+
+	for (;;) {
+		size_t nsend = 0;
+
+		rc = commit_plan(s->meta, &p->repo, p->parent, p->ops, p->n);
+		if (rc)
+			goto out_failed;
+		for (size_t i = 0; i < p->n; i++) {
+			struct commit_op *op = &p->ops[i];
+
+			if (op->out)
+				continue;
+			if (op->fate == COMMIT_CONFLICT) {
+				snprintf(p->err, sizeof(p->err),
+					 "conflict: '%s' changed on the Hub (now at %s) since %s; "
+					 "to keep ours: setfattr -n user.hub.resolve -v ours FILE, "
+					 "to drop ours: -v theirs",
+					 op->row->path, p->parent, op->row->base_commit);
+				log_msg(LOG_ERR, "'%s@%s': %s; the change is kept, not committed",
+					rkey, branch, p->err);
+				pass_set_aside(p, op, CACHE_STAGE_CONFLICT, p->err, -ESTALE);
+			} else if (op->fate == COMMIT_SEND) {
+				nsend++;
+			}
+		}
+		if (nsend == 0) {
+			memcpy(commit, p->parent, sizeof(commit)); /* nothing to send */
+			break;
+		}
+		rc = pass_upload(p, uploaded);
+		if (rc == -EAGAIN)
+			continue; /* a card was set aside: plan again */
+		if (rc)
+			goto out_failed;
+		stage_mark(s, ids, pass_ids(p, COMMIT_SEND, COMMIT_SEND, ids),
+			   CACHE_STAGE_COMMITTING, NULL, false);
+		if (!stage_message(s, rkey, branch, summary, sizeof(summary)))
+			commit_title(s->meta, &p->repo, p->parent, p->ops, p->n, summary,
+				     sizeof(summary));
+		why[0] = '\0';
+		rc = hub_commit(s->http, &p->repo, branch, summary, p->parent, p->hops,
+				pass_lines(p), commit, why, sizeof(why));
+		if (rc == 0) {
+			made = true;
+			break;
+		}
+		if (rc == -EINVAL) {
+			/* the Hub refused what the commit does */
+			if (nsend > 1) {
+				log_msg(LOG_WARNING,
+					"'%s@%s': the Hub refused a commit of %zu changes (%s): "
+					"committing them in parts",
+					rkey, branch, nsend, why);
+				pass_narrow(p, nsend, ids);
+				continue;
+			}
+			for (size_t i = 0; i < p->n; i++) {
+				if (p->ops[i].out || p->ops[i].fate != COMMIT_SEND)
+					continue;
+				snprintf(p->err, sizeof(p->err), "refused by the Hub: %s",
+					 why[0] ? why : "400");
+				log_msg(LOG_ERR, "'%s@%s': '%s' %s; set aside, not retried", rkey,
+					branch, p->ops[i].row->path, p->err);
+				pass_set_aside(p, &p->ops[i], CACHE_STAGE_REFUSED, p->err,
+					       -EINVAL);
+			}
+			continue;
+		}
+		if (rc != -ESTALE)
+			goto out_failed;
+		/* the branch moved: plan again on its new head */
+		meta_forget_revision(s->meta, &p->repo, branch);
+		rc = meta_revision(s->meta, &p->repo, branch, &head);
+		if (rc)
+			goto out_failed;
+		if (commit_landed(s->meta, &p->repo, head.commit, p->ops, p->n)) {
+			/* an earlier attempt made the commit but its answer was
+			 * lost (a reset, a crash): do not make it twice */
+			log_msg(LOG_NOTICE,
+				"'%s@%s': the Hub has these changes already (at %s): not sent again",
+				rkey, branch, head.commit);
+			memcpy(commit, head.commit, sizeof(head.commit));
+			break;
+		}
+		if (++rounds >= STAGE_REBASES) {
+			rc = -EIO;
+			goto out_failed;
+		}
+		log_msg(LOG_INFO, "'%s@%s' moved to %s; committing on top of it", rkey, branch,
+			head.commit);
+		memcpy(p->parent, head.commit, sizeof(p->parent));
+	}
+	rc = pass_done(p, commit, made, import);
+	if (!rc)
+		rc = p->narrowed ? -EINPROGRESS : p->aside;
+	goto out;
+out_failed:
+	if (p->changed)
+		goto out; /* -EAGAIN: the worker looks again soon */
+	snprintf(p->err, sizeof(p->err), "commit failed: %s", strerror(-rc));
+	log_msg(LOG_WARNING, "'%s@%s': %s; the changes stay staged", rkey, branch, p->err);
+	if (ids)
+		stage_mark(s, ids, pass_ids(p, COMMIT_SEND, COMMIT_LATER, ids), CACHE_STAGE_FAILED,
+			   p->err, false);
+out:
+	for (size_t i = 0; p->ops && i < p->n; i++)
+		if (p->ops[i].fd >= 0)
+			close(p->ops[i].fd);
+	free(p->ops);
+	free(p->hops);
+	free(p->progress);
+	free(uploaded);
+	free(ids);
+	cache_stage_changes_free(p->rows, p->nrows);
 	return rc;
 }
 
@@ -799,8 +960,23 @@ void *stage_worker(void *arg)
 		pthread_mutex_lock(&s->lock);
 		b->busy = false;
 		if (rc == -EAGAIN) {
-			b->due = stage_now_ms() + 100; /* a row was replaced meanwhile */
+			/* a row was replaced meanwhile: look again soon, a
+			 * little later each time */
+			unsigned k = b->changed < 6 ? b->changed : 6;
+
+			b->changed++;
+			if (!b->due)
+				b->due = stage_now_ms() + (100ll << k);
 			continue;
+		}
+		b->changed = 0;
+		if (rc == -EINPROGRESS) {
+			/* committed a part, the rest right after: the waiters
+			 * are answered when it is all done */
+			b->failures = 0;
+			b->due = 1;
+			pthread_cond_broadcast(&s->done);
+			goto imported;
 		}
 		b->done = req;
 		b->rc = rc;
@@ -817,6 +993,7 @@ void *stage_worker(void *arg)
 			b->failures = 0;
 		}
 		pthread_cond_broadcast(&s->done);
+imported:
 		if (import) {
 			/* the waiters have their answer: now the cache copies */
 			pthread_mutex_unlock(&s->lock);
@@ -924,9 +1101,13 @@ out:
 	return rc;
 }
 
-int stage_sync(struct stage *s, const char *repo, const char *branch)
+/* Waits for a pass of the worker over @repo @branch that began after the
+ * call; answers its result, or for @path (non-NULL) that of @path's row. */
+static int stage_wait_pass(struct stage *s, const char *repo, const char *branch,
+			   const char *path)
 {
 	struct stage_branch *b;
+	struct stage_entry *e;
 	struct timespec ts;
 	uint64_t my;
 	int rc = 0;
@@ -943,10 +1124,19 @@ int stage_sync(struct stage *s, const char *repo, const char *branch)
 	pthread_cond_signal(&s->wake);
 	while (b->done < my && !rc && !s->stop)
 		rc = pthread_cond_timedwait(&s->done, &s->lock, &ts);
-	if (b->done >= my)
-		rc = b->rc;
-	else
+	if (b->done < my) {
 		rc = -ETIMEDOUT;
+	} else if (!path) {
+		rc = b->rc;
+	} else {
+		e = stage_find(s, repo, branch, path);
+		if (!e || !e->row || stage_local_only(s, path))
+			rc = 0; /* on the Hub, or never to be */
+		else if (e->aside_row == e->row)
+			rc = e->aside_err;
+		else /* still pending: the pass failed */
+			rc = b->rc == -ESTALE || b->rc == -EINVAL ? -EIO : b->rc;
+	}
 	pthread_mutex_unlock(&s->lock);
 	switch (rc) {
 	case 0:
@@ -960,6 +1150,16 @@ int stage_sync(struct stage *s, const char *repo, const char *branch)
 	default:
 		return -EIO;
 	}
+}
+
+int stage_sync(struct stage *s, const char *repo, const char *branch)
+{
+	return stage_wait_pass(s, repo, branch, NULL);
+}
+
+int stage_sync_path(struct stage *s, const char *repo, const char *branch, const char *path)
+{
+	return stage_wait_pass(s, repo, branch, path);
 }
 
 void stage_drain(struct stage *s, int timeout)
@@ -1049,6 +1249,12 @@ int stage_resume(struct stage *s)
 			e->size = r->size;
 			e->row = r->id;
 			memcpy(e->base, r->base_commit, sizeof(e->base));
+			if (r->state == CACHE_STAGE_CONFLICT || r->state == CACHE_STAGE_REFUSED) {
+				e->aside_row = r->id;
+				e->aside_err = r->state == CACHE_STAGE_CONFLICT ? -ESTALE
+					       : strstr(r->error, "card")     ? -EINVAL
+									      : -EIO;
+			}
 			e->version = ++s->versions;
 		}
 		if (!rc)

@@ -1125,7 +1125,7 @@ static int hub_commit_op_line(char **buf, size_t *len, const struct hub_op *op)
 
 int hub_commit(struct http_client *http, const struct hub_repo *repo, const char *rev,
 	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
-	       char commit[HUB_COMMIT_LEN + 1])
+	       char commit[HUB_COMMIT_LEN + 1], char *why, size_t why_size)
 {
 	struct http_request req = {
 		.method = "POST",
@@ -1166,11 +1166,23 @@ int hub_commit(struct http_client *http, const struct hub_repo *repo, const char
 		goto out;
 	if (resp.status == 412) {
 		rc = -ESTALE;
-	} else if (resp.status == 400 || resp.status == 422) {
+	} else if (resp.status == 400 || resp.status == 422 ||
+		   (resp.status == 404 && resp.error_code &&
+		    !strcmp(resp.error_code, "EntryNotFound"))) {
+		/* the Hub refused what the commit does (a path that is not
+		 * there, bad content), not who sends it or where */
+		const char *reason;
+
 		answer = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
-		log_msg(LOG_WARNING, "the Hub refused a commit to '%s/%s': %s", repo->ns, repo->name,
-			hub_json_string(answer, "error") ? hub_json_string(answer, "error")
-							 : (resp.error_message ? resp.error_message : "400"));
+		reason = hub_json_string(answer, "error") ? hub_json_string(answer, "error")
+			 : resp.error_message			 ? resp.error_message
+								 : "refused";
+		log_msg(LOG_WARNING, "the Hub refused a commit to '%s/%s': %ld %s", repo->ns,
+			repo->name, resp.status, reason);
+		if (why && why_size)
+			snprintf(why, why_size, "%ld %s%s%s", resp.status,
+				 resp.error_code ? resp.error_code : "", resp.error_code ? ": " : "",
+				 reason);
 		cJSON_Delete(answer);
 		rc = -EINVAL;
 	} else {

@@ -166,11 +166,13 @@ int hub_lfs_upload(struct http_client *http, const struct hub_repo *repo, const 
  * or NULL).  Regular files are sent inline, LFS files by their sha256 (they
  * must have been uploaded).  Writes the new commit's id to @commit.
  * Returns 0; -ESTALE when the branch moved since @parent (412); -EACCES
- * when the token may not write; -ENOENT; -EINVAL when the Hub refused the
- * content (400, logged with its reason); -EIO. */
+ * when the token may not write; -ENOENT (no such repo or branch); -EINVAL
+ * when the Hub refused what the commit does (400, 422, or 404 EntryNotFound:
+ * a path to delete or move is not there), logged, with the status and the
+ * Hub's reason in @why (@why_size bytes; @why may be NULL); -EIO. */
 int hub_commit(struct http_client *http, const struct hub_repo *repo, const char *rev,
 	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
-	       char commit[HUB_COMMIT_LEN + 1]);
+	       char commit[HUB_COMMIT_LEN + 1], char *why, size_t why_size);
 
 /* Creates @repo, private or public.  Returns 0, -EEXIST (409), -EACCES,
  * -EINVAL (a name the Hub refuses), -EIO. */

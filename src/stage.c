@@ -34,6 +34,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,36 @@ int stage_repo_parse(const char *key, char *buf, size_t size, struct hub_repo *r
 	repo->ns = ns;
 	repo->name = name;
 	return hub_name_valid(ns) && hub_name_valid(name) ? 0 : -EINVAL;
+}
+
+const char *const STAGE_LOCAL_DEFAULT[] = {
+    ".*.sw?",	 /* vim swap files: .f.swp, .f.swo, ... */
+    ".*.sw??",	 /* and .f.swpx */
+    "4913",	 /* vim's test of a directory before :w */
+    "*~",	 /* vim, emacs and nano backups */
+    ".#*",	 /* emacs lock files */
+    "#*#",	 /* emacs autosaves */
+    ".nfs*",	 /* NFS silly renames */
+    ".~lock.*#", /* LibreOffice locks */
+    "*.kate-swp", /* Kate swap files */
+    ".goutputstream-*", /* GNOME (gedit) atomic saves */
+    "tmp????????", /* Python's tempfile names (mkstemp, NamedTemporaryFile) */
+    "*.tmp",
+    NULL,
+};
+
+bool stage_local_only(struct stage *s, const char *path)
+{
+	const char *name = strrchr(path, '/');
+
+	name = name ? name + 1 : path;
+	for (size_t i = 0; STAGE_LOCAL_DEFAULT[i]; i++)
+		if (!fnmatch(STAGE_LOCAL_DEFAULT[i], name, 0))
+			return true;
+	for (size_t i = 0; i < s->nlocal; i++)
+		if (!fnmatch(s->local[i], name, 0))
+			return true;
+	return false;
 }
 
 /* ---- the overlay (s->lock held) ---- */
@@ -537,7 +568,7 @@ struct stage_writer *stage_writer_open(struct stage *s, const char *repo, const 
 		rc = -ENOMEM;
 		goto fail;
 	}
-	if (e->row)
+	if (e->row || e->importing)
 		memcpy(w->base, e->base, sizeof(w->base)); /* the content derives from it */
 	e->wr = w;
 	e->version = ++s->versions;
@@ -610,7 +641,7 @@ int stage_writer_flush(struct stage_writer *w)
 	struct stage *s = w->s;
 	struct cache_stage_change ch, old;
 	struct stage_entry *e;
-	bool unlinked;
+	bool unlinked, rebased;
 	int64_t id = 0;
 	int rc;
 
@@ -653,12 +684,25 @@ int stage_writer_flush(struct stage_writer *w)
 		memcpy(e->staged, w->staged, sizeof(e->staged));
 		e->size = w->size;
 		e->row = id;
-		memcpy(e->base, ch.base_commit, sizeof(e->base));
+		memcpy(e->base, w->base, sizeof(e->base));
 		e->version = ++s->versions;
 	}
+	/* a commit of this path (or of the writer's base) landed while the
+	 * row was written: the row derives from that commit */
+	rebased = strcmp(w->base, ch.base_commit) != 0;
+	if (rebased)
+		memcpy(ch.base_commit, w->base, sizeof(ch.base_commit));
 	stage_queue(s, w->repo, w->branch);
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_unlock(&w->lock);
+	if (rebased) {
+		struct cache_stage_update u = {.set = CACHE_STAGE_SET_BASE,
+					       .base_commit = ch.base_commit};
+
+		if (cache_stage_update(s->cache, &id, 1, &u, NULL))
+			log_msg(LOG_WARNING, "cannot rebase '%s' of '%s@%s' on %s", w->path,
+				w->repo, w->branch, ch.base_commit);
+	}
 	if (old.id && old.staged[0] && strcmp(old.staged, ch.staged))
 		cache_stage_file_remove(s->cache, old.staged);
 	cache_stage_change_release(&old);
@@ -1174,6 +1218,19 @@ struct stage *stage_new(const struct stage_config *cfg, int *err)
 		*err = -ENOMEM;
 		return NULL;
 	}
+	s->local = calloc(cfg->nlocal_only ? cfg->nlocal_only : 1, sizeof(*s->local));
+	for (size_t i = 0; s->local && i < cfg->nlocal_only; i++)
+		if ((s->local[i] = strdup(cfg->local_only[i])))
+			s->nlocal++;
+	if (!s->local || s->nlocal != cfg->nlocal_only) {
+		for (size_t i = 0; i < s->nlocal; i++)
+			free(s->local[i]);
+		free(s->local);
+		free(s->message);
+		free(s);
+		*err = -ENOMEM;
+		return NULL;
+	}
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1221,6 +1278,9 @@ void stage_free(struct stage *s)
 		free(b);
 	}
 	free(s->message);
+	for (size_t i = 0; i < s->nlocal; i++)
+		free(s->local[i]);
+	free(s->local);
 	pthread_cond_destroy(&s->wake);
 	pthread_cond_destroy(&s->done);
 	pthread_mutex_destroy(&s->lock);

@@ -50,6 +50,11 @@ struct stage_config {
 	void *committed_arg;
 	const char *message; /* every commit's message (--commit-message), or NULL;
 				copied */
+	/* Globs (fnmatch(3), matched against a file's name) of files that are
+	 * staged but never committed, on top of STAGE_LOCAL_DEFAULT
+	 * (--local-only); copied.  May be NULL. */
+	const char *const *local_only;
+	size_t nlocal_only;
 };
 
 struct stage;
@@ -190,6 +195,16 @@ int stage_mkdir(struct stage *s, const char *repo, const char *branch, const cha
 int stage_rmdir(struct stage *s, const char *repo, const char *branch, const char *path,
 		const char *base, bool in_tree);
 
+/* The names of editor and tool scratch files, kept in the mount and never
+ * committed (vim's swap files and its write test, backups, emacs locks and
+ * autosaves, NFS silly renames, LibreOffice and Kate locks, Python tempfile
+ * names, *.tmp).  NULL-terminated. */
+extern const char *const STAGE_LOCAL_DEFAULT[];
+
+/* Whether @path (a path in a branch) is local-only: its file name matches a
+ * glob of STAGE_LOCAL_DEFAULT or of the config's local_only. */
+bool stage_local_only(struct stage *s, const char *path);
+
 /* The longest commit message (a one-line summary), in bytes. */
 #define STAGE_MESSAGE_MAX 400
 
@@ -220,5 +235,12 @@ int stage_resolve(struct stage *s, const char *repo, const char *branch, const c
  * README.md card), -EIO (a conflict, or the Hub refused), -ENOSPC,
  * -ETIMEDOUT ...; the changes then stay staged. */
 int stage_sync(struct stage *s, const char *repo, const char *branch);
+
+/* stage_sync() for the fsync of one file: commits the branch's pending
+ * changes now and answers for @path: 0 once its change is on the Hub (or it
+ * had none, or it is local-only), -EIO when it is a conflict, refused or
+ * lost, -EINVAL (its README.md card refused), or the commit's error.  Other
+ * paths of the branch set aside do not make it fail. */
+int stage_sync_path(struct stage *s, const char *repo, const char *branch, const char *path);
 
 #endif

@@ -40,7 +40,10 @@ struct stage_entry {
 	char staged[CACHE_STAGE_NAME_SIZE]; /* an ADD row's staged file, or "" */
 	uint64_t size;			    /* of staged */
 	int64_t row;			    /* the journal row, 0 for none */
-	char base[41];			    /* the head the change is based on */
+	char base[41];			    /* the head the change is based on (of the
+					       commit that has it, while importing) */
+	int64_t aside_row;		    /* == row: the worker set the row aside */
+	int aside_err;			    /* then why: -ESTALE, -EINVAL, -EIO */
 	uint64_t version;
 	struct stage_writer *wr; /* the open writer, or NULL */
 	struct stage_entry *next;
@@ -65,6 +68,7 @@ struct stage_branch {
 	int64_t due;	   /* ms (monotonic) when to commit; 0: not queued */
 	int64_t first;	   /* ms of the first change queued since the last commit began */
 	unsigned failures; /* failed commits in a row */
+	unsigned changed;  /* passes in a row that found a row replaced */
 	bool busy;	   /* the worker commits it now */
 	unsigned holds;	   /* a rename journals its rows: do not start a commit */
 	uint64_t req;	   /* commit requests (stage_sync) */
@@ -83,6 +87,8 @@ struct stage {
 			  const char *const *paths, size_t n);
 	void *committed_arg;
 	char *message; /* --commit-message, or NULL */
+	char **local;  /* the local-only globs (stage_local_only()) */
+	size_t nlocal;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;	       /* the worker waits on it */
 	pthread_cond_t done;	       /* stage_sync() and stage_drain() wait on it */

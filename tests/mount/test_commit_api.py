@@ -107,7 +107,7 @@ def main():
             c5, err, _, _ = tool(hub, repo, c3, "No rights", ["add:ro.txt=" + p("small.txt")], token=ALICE_READ_TOKEN)
             T.ok(c5 is None and err == "EACCES", "a read-only token gets EACCES (%s)" % err)
             c6, err, _, _ = tool(hub, repo, c3, "Missing", ["del:no-such-file"])
-            T.ok(c6 is None and err == "ENOENT", "deleting a missing file is ENOENT (%s)" % err)
+            T.ok(c6 is None and err == "EINVAL", "deleting a missing file is refused: EINVAL (%s)" % err)
 
             # Flaky storage and API: 503s and resets on every step but the commit.
             big = os.urandom(3 * MiB)

@@ -95,7 +95,7 @@ def test_copy(hub, m):
         err = write_file(m.p("%s/main/%s" % (REPO, name)), data)
         T.ok(err is None, "cp of %s with fsync returns 0" % name, err)
         T.eq(len(commits(hub)), n + 1, "%s: fsync returned once the commit was on the Hub" % name)
-        T.eq(titles(hub)[0], "Upload %s with hubfs" % name, "%s: the commit message" % name)
+        T.eq(titles(hub)[0], "Add %s with hubfs" % name, "%s: the commit message" % name)
         got = downloaded(hub, name)
         T.ok(got is not None and sha256(got) == sha256(data), "%s: the Hub's bytes have the same sha256" % name)
     hub.clear_log()
@@ -556,7 +556,9 @@ def test_conflict(hub):
         err = fsync_path(m.p(base + "shared.txt"))
         T.ok(isinstance(err, OSError) and err.errno == errno.EIO, "fsync fails when the same path changed on the Hub (%r)" % err)
         T.eq(downloaded(hub, "shared.txt"), b"theirs\n", "hubfs did not overwrite the other change")
-        T.eq(len(commits(hub)), n, "and made no commit")
+        T.eq(len(commits(hub)), n + 1, "the other staged file is committed on its own, in one commit")
+        T.eq(downloaded(hub, "other.txt"), b"other, ours\n", "and the Hub has it: a conflict holds back only its path")
+        n = len(commits(hub))
         T.eq(m.read(base + "shared.txt"), b"ours\n", "our data stays staged")
         T.eq(setx(m.p(base + "shared.txt"), "user.hub.resolve", b"mine"), errno.EINVAL,
              "user.hub.resolve takes ours or theirs only: EINVAL")
@@ -564,7 +566,11 @@ def test_conflict(hub):
         T.ok(fsync_path(m.p(base + "shared.txt")) is None, "then fsync commits it")
         T.eq(downloaded(hub, "shared.txt"), b"ours\n", "on top of the other change, as chosen")
         T.eq(len(commits(hub)), n + 1, "in one commit")
+        T.ok(write_file(m.p(base + "other.txt"), b"other, ours again\n", fsync=False) is None,
+             "other.txt is staged again")
         commit_files(hub, REPO, {"other.txt": b"other, theirs\n"}, summary="someone else's other change")
+        err = fsync_path(m.p(base + "other.txt"))
+        T.ok(isinstance(err, OSError) and err.errno == errno.EIO, "its fsync: a conflict, EIO (%r)" % err)
         T.eq(setx(m.p(base + "other.txt"), "user.hub.resolve", b"theirs"), 0,
              "user.hub.resolve=theirs on a file still in conflict")
         T.eq(m.read(base + "other.txt"), b"other, theirs\n", "drops our staged change: the view shows the Hub's")

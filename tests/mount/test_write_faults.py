@@ -152,7 +152,7 @@ def test_multipart(hub, tmp):
         T.ok(err is None, "multipart: fsync returns 0", err)
         log = hub.log()
         T.eq(len(commits(hub)), n + 1, "multipart: exactly one commit was added")
-        T.eq(titles(hub)[0], "Upload %s with hubfs" % name, "multipart: its message")
+        T.eq(titles(hub)[0], "Add %s with hubfs" % name, "multipart: its message")
         T.eq(hub_sha256(hub, name), (sha256(data), len(data)), "multipart: the Hub's bytes have the same sha256")
         parts = part_puts(log)
         T.ok(sorted(p for _, p, status in parts if status == 200) == [1, 2, 3, 4, 5] and len(parts) == 5,
@@ -258,7 +258,7 @@ def test_faults(hub, tmp):
              "faults: 5xx and resets were injected on the uploads (%d)" % len(faulted), faulted)
         time.sleep(2)  # a late duplicate commit would show now
         T.eq(len(commits(hub)), n + 1, "faults: exactly one commit was added")
-        T.eq(titles(hub).count("Upload %s with hubfs" % name), 1, "faults: one commit of the file")
+        T.eq(titles(hub).count("Add %s with hubfs" % name), 1, "faults: one commit of the file")
         T.eq(hub_sha256(hub, name), (sha256(data), len(data)), "faults: the Hub's bytes have the same sha256")
         T.ok(len({u for u, _, s in part_puts(log) if s == 200}) >= 1 and
              200 in [r["status"] for r in log if r["path"] == "/api/complete_multipart"],
@@ -423,7 +423,7 @@ def test_js_conflict(hub, missing):
             T.ok(err is None, c[9], err)
             T.ok(downloaded(hub, "js-mine.txt") == mine and downloaded(hub, "js-elsewhere.txt") == elsewhere, c[10])
             T.ok(len(commits(hub)) == n + 2 and
-                 titles(hub)[:2] == ["Upload js-mine.txt with hubfs", "JS change of another path"], c[11],
+                 titles(hub)[:2] == ["Add js-mine.txt with hubfs", "JS change of another path"], c[11],
                  titles(hub)[:3])
             m.unmount()
             T.ok(not m.sanitizer_report(), c[12], "\n".join(m.sanitizer_report()[:20]))

@@ -217,7 +217,7 @@ int main(int argc, char *argv[])
 			       progress[i].backwards ? "backwards" : "monotonic");
 	}
 	if (!rc)
-		rc = hub_commit(http, &repo, argv[4], argv[6], commit_parent, ops, (size_t)n, commit);
+		rc = hub_commit(http, &repo, argv[4], argv[6], commit_parent, ops, (size_t)n, commit, NULL, 0);
 	if (rc)
 		printf("error %s\n", strerrorname_np(-rc) ? strerrorname_np(-rc) : "?");
 	else
