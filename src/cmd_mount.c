@@ -50,8 +50,12 @@ struct mount_opts {
 	char *timeout;
 	char *commit_delay;
 	char *commit_message;
+	char **local_only; /* --local-only GLOB, repeatable */
+	size_t nlocal_only;
 	char *mountpoint;
 };
+
+enum { MOUNT_KEY_LOCAL_ONLY = 1 };
 
 #define MOUNT_OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
 
@@ -80,6 +84,8 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--commit-delay=%s", commit_delay),
 	MOUNT_OPT("--commit-message %s", commit_message),
 	MOUNT_OPT("--commit-message=%s", commit_message),
+	FUSE_OPT_KEY("--local-only ", MOUNT_KEY_LOCAL_ONLY),
+	FUSE_OPT_KEY("--local-only=", MOUNT_KEY_LOCAL_ONLY),
 	FUSE_OPT_END,
 };
 
@@ -87,7 +93,8 @@ static const char mount_usage[] =
 	"usage: hubfs mount [-f] [-d] [-o FUSE_OPTIONS] [--endpoint URL] [--token-file FILE]\n"
 	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
 	"                   [--timeout SECONDS] [--commit-delay SECONDS]\n"
-	"                   [--commit-message TEXT] [--public-repos] [--offline] MOUNTPOINT\n"
+	"                   [--commit-message TEXT] [--local-only GLOB] [--public-repos]\n"
+	"                   [--offline] MOUNTPOINT\n"
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
@@ -102,8 +109,12 @@ static const char mount_usage[] =
 	"  --commit-delay SECONDS\n"
 	"                        quiet period after a change before the changes of a\n"
 	"                        branch are committed as one commit (default 2)\n"
-	"  --commit-message TEXT the message of every commit (default: \"Upload FILE\n"
-	"                        with hubfs\", \"Update N files with hubfs\")\n"
+	"  --commit-message TEXT the message of every commit (default: \"Add FILE with\n"
+	"                        hubfs\", \"Update FILE ...\", \"Delete FILE ...\", \"Rename A\n"
+	"                        to B ...\", \"Update N files with hubfs\")\n"
+	"  --local-only GLOB     files whose name matches GLOB stay in the mount and are\n"
+	"                        never committed, on top of editor scratch (vim swap,\n"
+	"                        *~, emacs locks...: see man hubfs); repeatable\n"
 	"  --public-repos        repos made with mkdir are public (default private)\n"
 	"  --offline             never contact the Hub; serve what is cached\n";
 
@@ -119,6 +130,25 @@ static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args
 		}
 		o->mountpoint = strdup(arg);
 		return o->mountpoint ? 0 : -1;
+	}
+	if (key == MOUNT_KEY_LOCAL_ONLY) {
+		const char *glob = arg + strlen("--local-only");
+		char **v;
+
+		glob += *glob == '=' || *glob == ' ';
+		if (!*glob || strchr(glob, '/')) {
+			log_msg(LOG_ERR, "--local-only: a file name pattern, please (no '/'): '%s'",
+				glob);
+			return -1;
+		}
+		v = realloc(o->local_only, (o->nlocal_only + 1) * sizeof(*v));
+		if (!v)
+			return -1;
+		o->local_only = v;
+		if (!(v[o->nlocal_only] = strdup(glob)))
+			return -1;
+		o->nlocal_only++;
+		return 0;
 	}
 	if (key == FUSE_OPT_KEY_OPT && arg[0] == '-' && arg[1] == '-') {
 		log_msg(LOG_ERR, "unknown option '%s' (see 'hubfs mount --help')", arg);
@@ -137,6 +167,9 @@ static void mount_opts_release(struct mount_opts *o)
 	free(o->timeout);
 	free(o->commit_delay);
 	free(o->commit_message);
+	for (size_t i = 0; i < o->nlocal_only; i++)
+		free(o->local_only[i]);
+	free(o->local_only);
 	free(o->mountpoint);
 }
 
@@ -410,6 +443,8 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		sc.meta = m.fs.meta;
 		sc.delay = commit_delay;
 		sc.message = o->commit_message;
+		sc.local_only = (const char *const *)o->local_only;
+		sc.nlocal_only = o->nlocal_only;
 		sc.committed = fs_committed;
 		sc.committed_arg = &m.fs;
 		m.fs.stage = stage_new(&sc, &rc);

@@ -286,7 +286,9 @@ static void pass_set_aside(struct commit_pass *p, struct commit_op *op,
 
 	stage_mark(s, &op->row->id, 1, state, why, false);
 	op->out = true;
-	p->aside = p->aside == -EINVAL ? p->aside : rc;
+	/* the branch's answer: -EINVAL for a refused card (as fsync of it
+	 * says), else -ESTALE: set aside, not retried */
+	p->aside = rc == -EINVAL || p->aside == -EINVAL ? -EINVAL : -ESTALE;
 	pthread_mutex_lock(&s->lock);
 	for (struct stage_entry *e = s->entries; e; e = e->next) {
 		if (e->row == op->row->id) {
@@ -322,8 +324,9 @@ static int pass_load(struct commit_pass *p)
 		    r->kind != CACHE_STAGE_RENAME && r->kind != CACHE_STAGE_DELETE_FOLDER)
 			continue; /* not written by this version */
 		if (r->state == CACHE_STAGE_CONFLICT || r->state == CACHE_STAGE_REFUSED) {
-			if (!p->aside || r->state == CACHE_STAGE_REFUSED)
-				p->aside = r->state == CACHE_STAGE_CONFLICT ? -ESTALE : -EINVAL;
+			bool card = r->state == CACHE_STAGE_REFUSED && strstr(r->error, "card");
+
+			p->aside = card || p->aside == -EINVAL ? -EINVAL : -ESTALE;
 			continue;
 		}
 		local = r->kind != CACHE_STAGE_DELETE_FILE && r->kind != CACHE_STAGE_DELETE_FOLDER &&
@@ -771,6 +774,8 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 		return -EIO;
 	}
 	rc = pass_load(p);
+	if (!rc && p->n == 0)
+		rc = p->aside; /* nothing to commit; some rows may be set aside */
 	if (rc || p->n == 0)
 		goto out;
 	uploaded = calloc(p->n, sizeof(*uploaded));

@@ -1524,7 +1524,10 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* Commits the branch of @n now; 0 once the commit is on the Hub. */
-static int fs_commit_now(struct fs *fs, const struct fs_node *n)
+/* fsync: commits the branch of @n now; for a file (@file) answers for that
+ * file (stage_sync_path()).  A local-only file (editor scratch) is synced
+ * locally only: its journaled bytes are on disk already. */
+static int fs_commit_now(struct fs *fs, const struct fs_node *n, bool file)
 {
 	char key[STAGE_REPO_KEY_MAX];
 	int rc;
@@ -1534,7 +1537,11 @@ static int fs_commit_now(struct fs *fs, const struct fs_node *n)
 	rc = fs_is_branch(fs, n);
 	if (rc <= 0)
 		return rc;
+	if (file && n->p.path[0] && stage_local_only(fs->stage, n->p.path))
+		return 0;
 	fs_stage_key(n, key);
+	if (file && n->p.path[0])
+		return stage_sync_path(fs->stage, key, n->p.rev, n->p.path);
 	return stage_sync(fs->stage, key, n->p.rev);
 }
 
@@ -1553,7 +1560,7 @@ static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	if (f->w)
 		rc = stage_writer_flush(f->w);
 	if (!rc)
-		rc = fs_commit_now(fs, f->node);
+		rc = fs_commit_now(fs, f->node, true);
 	fs_handle_put(fs->files, fi->fh, f);
 	fuse_reply_err(req, -rc);
 }
@@ -1570,7 +1577,7 @@ static void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	rc = fs_commit_now(fs, n);
+	rc = fs_commit_now(fs, n, false);
 	fs_inode_put(fs->inodes, n);
 	fuse_reply_err(req, -rc);
 }
