@@ -714,6 +714,19 @@ static int pass_done(struct commit_pass *p, const char *commit, bool made,
 		im->staged = staged;
 		im->nstaged = nstaged;
 	}
+	if (made) {
+		struct stage_branch *b;
+
+		pthread_mutex_lock(&s->lock);
+		b = stage_branch_get(s, p->rkey, p->branch);
+		if (b) {
+			struct commit_own *o = &b->own[b->nown++ % STAGE_OWN_MAX];
+
+			memcpy(o->commit, commit, sizeof(o->commit));
+			memcpy(o->parent, p->parent, sizeof(o->parent));
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
 	meta_forget_revision(s->meta, &p->repo, p->branch);
 	pass_forget(p, ids, nids, commit, made || !strcmp(commit, p->parent));
 	if (!im) /* nothing stays to be read from the staged files */
@@ -763,6 +776,9 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 {
 	struct commit_pass pass = {.s = s, .rkey = rkey, .branch = branch}, *p = &pass;
 	char commit[HUB_COMMIT_LEN + 1], summary[512], why[1024];
+	struct commit_own own[STAGE_OWN_MAX];
+	struct stage_branch *b;
+	size_t nown;
 	struct hub_revision head;
 	bool *uploaded = NULL, made = false;
 	int64_t *ids = NULL;
@@ -807,7 +823,13 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 	for (;;) {
 		size_t nsend = 0;
 
-		rc = commit_plan(s->meta, &p->repo, p->parent, p->ops, p->n);
+		pthread_mutex_lock(&s->lock);
+		b = stage_branch_get(s, rkey, branch);
+		nown = b ? (b->nown < STAGE_OWN_MAX ? b->nown : STAGE_OWN_MAX) : 0;
+		if (nown)
+			memcpy(own, b->own, nown * sizeof(*own));
+		pthread_mutex_unlock(&s->lock);
+		rc = commit_plan(s->meta, &p->repo, p->parent, p->ops, p->n, own, nown);
 		if (rc)
 			goto out_failed;
 		for (size_t i = 0; i < p->n; i++) {

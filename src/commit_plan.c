@@ -14,8 +14,12 @@
  * Why hubfs's own commits do not conflict with later rows: when a commit is
  * made, the worker moves the base of every row and writer of the branch
  * that was based on its parent, or that touches one of its paths, to the new
- * commit (commit.c: what the commit made is what they derive from).  So a
- * single writer never finds its own last commit in the way.
+ * commit (commit.c: what the commit made is what they derive from).  A
+ * writer can still start from a head seen just before a commit of its own
+ * path landed (it looked at the view, the commit landed, then it opened);
+ * so the plan also follows the chain of the mount's own commits from a
+ * row's base: a change between them is ours, never a conflict.  A commit by
+ * anyone else breaks the chain, and what it changed is checked.
  *
  * What is not sent: a deletion of a path the parent does not have (a file
  * made and removed before any commit, a folder inside a folder deleted in
@@ -138,8 +142,24 @@ static int plan_one(struct meta *meta, const struct hub_repo *repo, const char *
 	return 0;
 }
 
+/* @base, moved along the chain of @own commits made on top of it. */
+static const char *plan_own_base(const char *base, const struct commit_own *own, size_t nown)
+{
+	/* each step moves to a newer commit: at most @nown steps */
+	for (size_t step = 0; step < nown; step++) {
+		size_t i;
+
+		for (i = 0; i < nown && strcmp(own[i].parent, base); i++)
+			;
+		if (i == nown)
+			break;
+		base = own[i].commit;
+	}
+	return base;
+}
+
 int commit_plan(struct meta *meta, const struct hub_repo *repo, const char *parent,
-		struct commit_op *ops, size_t n)
+		struct commit_op *ops, size_t n, const struct commit_own *own, size_t nown)
 {
 	int rc;
 
@@ -150,6 +170,7 @@ int commit_plan(struct meta *meta, const struct hub_repo *repo, const char *pare
 									       : parent;
 		bool same = true;
 
+		base = plan_own_base(base, own, nown);
 		ops[i].fate = ops[i].out ? COMMIT_LATER : COMMIT_SEND;
 		if (ops[i].out)
 			continue;

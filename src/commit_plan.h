@@ -47,11 +47,19 @@ struct commit_op {
 	struct hub_op *line;		/* SEND: its line of the commit */
 };
 
+/* A commit hubfs made, and its parent. */
+struct commit_own {
+	char commit[41];
+	char parent[41];
+};
+
 /* Decides the fate of @ops[0..@n) for a commit on @parent (40 hex digits)
- * of @repo.  Returns 0, or the -errno of a lookup that failed (the Hub
- * unreachable: nothing decided). */
+ * of @repo.  @own[0..@nown) are commits this mount made on the branch: a
+ * row based on the parent of one of them is based on it (what it changed is
+ * ours, not a conflict), and so on along the chain.  Returns 0, or the
+ * -errno of a lookup that failed (the Hub unreachable: nothing decided). */
 int commit_plan(struct meta *meta, const struct hub_repo *repo, const char *parent,
-		struct commit_op *ops, size_t n);
+		struct commit_op *ops, size_t n, const struct commit_own *own, size_t nown);
 
 /* Whether the tree of @commit has what every op of fate SEND of @ops does
  * already (each added or moved path with its content, each deleted path

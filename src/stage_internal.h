@@ -18,11 +18,14 @@
 #include <pthread.h>
 #include <time.h>
 
+#include "commit_plan.h"
 #include "stage.h"
 
 /* A branch that keeps changing is committed at most this many quiet
  * periods after its first change. */
 #define STAGE_BATCH_FACTOR 5
+/* How many of a branch's own last commits are remembered (commit_plan()). */
+#define STAGE_OWN_MAX 64
 /* The buffer of file copies and hashing. */
 #define STAGE_COPY_BUF (1u << 20)
 
@@ -69,6 +72,8 @@ struct stage_branch {
 	int64_t first;	   /* ms of the first change queued since the last commit began */
 	unsigned failures; /* failed commits in a row */
 	unsigned changed;  /* passes in a row that found a row replaced */
+	struct commit_own own[STAGE_OWN_MAX]; /* the last commits made on it (a ring) */
+	unsigned nown;			      /* commits made, of which own holds the last */
 	bool busy;	   /* the worker commits it now */
 	unsigned holds;	   /* a rename journals its rows: do not start a commit */
 	uint64_t req;	   /* commit requests (stage_sync) */
