@@ -84,6 +84,18 @@ def test_own_base(hub):
         T.eq(downloaded(hub, "first.txt"), b"carol again\n",
              "own base: whatever the order of the rows, carol's change stands")
         T.eq(downloaded(hub, "second.txt"), b"second\n", "own base: and the other row is committed")
+        # resolving one path moves only that path's base
+        T.eq(test_write.setx(m.p(BASE + "held.txt"), "user.hub.resolve", b"ours"), 0,
+             "own base: user.hub.resolve=ours on held.txt")
+        err = fsync_path(m.p(BASE + "held.txt"))
+        T.ok(err is None, "own base: its fsync commits it on top", err)
+        T.eq(downloaded(hub, "held.txt"), b"ours", "own base: held.txt is ours now, as chosen")
+        T.eq(downloaded(hub, "first.txt"), b"carol again\n", "own base: first.txt, not resolved, is still carol's")
+        err = fsync_path(m.p(BASE + "first.txt"))
+        T.ok(err is not None and getattr(err, "errno", 0) == 5, "own base: and still a conflict (%r)" % err)
+        T.eq(test_write.setx(m.p(BASE + "first.txt"), "user.hub.resolve", b"theirs"), 0,
+             "own base: user.hub.resolve=theirs on first.txt")
+        T.ok(fsync_path(m.p(BASE)) is None, "own base: then the branch has nothing in conflict")
         m.unmount()
         check_sanitizers(m, "own base")
 
