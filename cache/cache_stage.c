@@ -307,23 +307,34 @@ int cache_stage_orphans(struct cache *c, bool remove, cache_stage_orphan_fn fn, 
  * Journal rows.
  */
 
-/* Checks @ch for cache_stage_add() and its staged file. */
-static int add_check(struct cache *c, const struct cache_stage_change *ch)
+/* Checks @ch for cache_stage_add(), and makes the bytes of its staged file
+ * durable: a row never points at bytes that a power failure may lose. */
+static int add_prepare(struct cache *c, const struct cache_stage_change *ch)
 {
 	struct stat st;
+	int err = 0;
+	int fd;
 
 	if (!ch || !change_valid(ch))
 		return -EINVAL;
 	if (ch->kind != CACHE_STAGE_ADD)
 		return 0;
-	if (fstatat(c->stage_fd, ch->staged, &st, AT_SYMLINK_NOFOLLOW))
-		return -errno;
-	return S_ISREG(st.st_mode) ? 0 : -EINVAL;
+	fd = openat(c->stage_fd, ch->staged, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ELOOP ? -EINVAL : -errno;
+	if (fstat(fd, &st))
+		err = -errno;
+	else if (!S_ISREG(st.st_mode))
+		err = -EINVAL;
+	else if (fdatasync(fd))
+		err = -errno;
+	close(fd);
+	return err;
 }
 
 int cache_stage_add(struct cache *c, const struct cache_stage_change *ch, int64_t *id)
 {
-	int err = add_check(c, ch);
+	int err = add_prepare(c, ch);
 
 	if (err)
 		return err;
@@ -338,7 +349,7 @@ int cache_stage_replace(struct cache *c, const struct cache_stage_change *ch, in
 	if (!old)
 		return -EINVAL;
 	memset(old, 0, sizeof(*old));
-	err = add_check(c, ch);
+	err = add_prepare(c, ch);
 	if (err)
 		return err;
 	/* The old row is forgotten whatever it holds: not checked. */
