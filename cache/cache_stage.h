@@ -56,14 +56,13 @@
  *   against 0.6 ms without (test_cache_stage prints it); a staged file
  *   create 0.7 ms with its directory fsync.  Paid once per file closed, not
  *   per write.
- * - A row lost with its file kept (an index truncated, or its WAL lost after
- *   a crash): the staged file is an orphan, and cache_stage_orphans() moves
- *   it to DIR/lost+found, never removes it (see there).
  * - Upload progress (cache_stage_set_sent()) is the exception: it is written
  *   with synchronous=NORMAL, not synced.  It survives a crash of the process;
  *   a power failure may lose the last values (the next journal write syncs
  *   them along).  It only informs `hubfs status`, and a new upload attempt
  *   starts it from 0 anyway, so it is not worth an fsync a second per file.
+ * - A row lost while its staged file survives (an index truncated, a WAL
+ *   lost after a crash): the bytes are kept, see Lost and found above.
  *
  * Repo keys and branches are opaque text, 1 to CACHE_STAGE_REPO_MAX and
  * CACHE_STAGE_BRANCH_MAX bytes, no control characters.  Paths are repo paths
