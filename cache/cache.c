@@ -106,6 +106,15 @@ static int cache_dir_open(struct cache *c, const char *dir)
 		return err;
 	}
 	c->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->dirfd >= 0) {
+		c->dir = realpath(dir, NULL);
+		if (!c->dir) {
+			err = -errno;
+			cache_log(c, LOG_ERR, "cannot resolve cache directory \"%s\": %s", dir,
+				  strerror(-err));
+			return err;
+		}
+	}
 	if (c->dirfd < 0 || fstat(c->dirfd, &st)) {
 		err = -errno;
 		cache_log(c, LOG_ERR, "cannot open cache directory \"%s\": %s", dir,
@@ -157,10 +166,10 @@ static int cache_stage_dir_open(struct cache *c)
 
 /* Opens the index DIR/hubfs.db, created 0600 first so that SQLite (and its
  * -wal and -shm files, which take the same mode) never makes it wider. */
-static int cache_index_attach(struct cache *c, const char *dir)
+static int cache_index_attach(struct cache *c)
 {
 	struct cache_index_totals t;
-	char *real, *path;
+	char *path;
 	int err = 0;
 	int fd = openat(c->dirfd, "hubfs.db", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 
@@ -171,17 +180,11 @@ static int cache_index_attach(struct cache *c, const char *dir)
 		return err;
 	}
 	close(fd);
-	real = realpath(dir, NULL);
-	if (!real)
-		return -errno;
-	path = malloc(strlen(real) + sizeof("/hubfs.db"));
-	if (!path) {
-		free(real);
+	path = malloc(strlen(c->dir) + sizeof("/hubfs.db"));
+	if (!path)
 		return -ENOMEM;
-	}
-	strcpy(path, real);
+	strcpy(path, c->dir);
 	strcat(path, "/hubfs.db");
-	free(real);
 	c->idx = cache_index_open(path, c->log, &err);
 	free(path);
 	if (!c->idx)
@@ -237,7 +240,7 @@ struct cache *cache_open(const struct cache_config *cfg, int *errp)
 	err = cache_stage_dir_open(c);
 	if (err)
 		goto close_c;
-	err = cache_index_attach(c, cfg->dir);
+	err = cache_index_attach(c);
 	if (err)
 		goto close_c;
 	return c;
@@ -284,6 +287,7 @@ void cache_close(struct cache *c)
 		close(c->lock_fd); /* releases the flock */
 	if (c->dirfd >= 0)
 		close(c->dirfd);
+	free(c->dir);
 	pthread_cond_destroy(&c->work_idle);
 	pthread_cond_destroy(&c->work_cond);
 	pthread_mutex_destroy(&c->work_lock);

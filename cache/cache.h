@@ -10,6 +10,8 @@
  *                       hex digits; <id> is validated by cache_id_valid()
  *   DIR/stage/<name>    staged content of files being written, journaled
  *                       in the index (cache_stage.h); never cleared
+ *   DIR/lost+found/     staged files whose journal row was lost, made on
+ *                       demand (cache_stage_orphans()); never cleared
  *
  * A blob is named by its id (cache_hash.h) and shared by every revision and
  * repo that contains it.  It is read in chunks of a fixed size (a power of

@@ -31,6 +31,7 @@ struct cache_index;
 #define CACHE_TABLE_SIZE 256
 
 struct cache {
+	char *dir;	      /* DIR, absolute (realpath(3) at open), for messages; constant */
 	int dirfd;	      /* DIR; constant */
 	int blobs_fd;	      /* DIR/blobs; constant */
 	int stage_fd;	      /* DIR/stage, the staged files (cache_stage.c); constant */

@@ -5,12 +5,18 @@
  * and owns the files; the rows are cache_index.c's.
  *
  * Staged files and orphans.  Every fd this file hands out holds a shared
- * flock(2) on its staged file; the orphan walk removes a file only while it
- * holds an exclusive one, after checking that no row names it.  A creator
- * takes its lock after the O_EXCL create, so the walk may remove a file
- * between the two: the creator then finds it unlinked (no links left once
- * it holds the lock) and makes another.  So a staged file in use is never
- * removed, whichever process (of those sharing the cache) uses it.
+ * flock(2) on its staged file; the orphan walk moves a file to
+ * DIR/lost+found only while it holds an exclusive one, after checking that
+ * no row names it.  A creator takes its lock after the O_EXCL create, so the
+ * walk may take a file between the two: the creator then finds that its
+ * name in DIR/stage no longer names that file once it holds the lock, and
+ * makes another.  So a staged file in use is never moved, whichever process
+ * (of those sharing the cache) uses it.  An orphan holds bytes whose row
+ * was lost (an index truncated, a WAL lost in a crash): the walk never
+ * deletes those bytes, it moves them where the user sees them (`hubfs
+ * status`) under a name that sorts by their mtime, never over a file there.
+ * An empty orphan (such as the file of a creator that lost the race) holds
+ * nothing to keep: it is removed.
  *
  * Thread safety: no state of its own but the directory fd, constant; the
  * index serialises its writes.
@@ -27,6 +33,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache_index.h"
@@ -38,6 +45,9 @@
 /* The random part of a staged file's name, in hex digits, and its suffix. */
 #define STAGE_NAME_HEX 16
 #define STAGE_NAME_SUFFIX ".data"
+/* Where orphans go, in DIR, and the names tried there for one of them. */
+#define STAGE_LOST_DIR "lost+found"
+#define STAGE_LOST_TRIES 100
 
 void cache_stage_change_release(struct cache_stage_change *ch)
 {
@@ -148,11 +158,12 @@ static int row_check(struct cache *c, const struct cache_stage_change *row)
  * Staged files.
  */
 
-/* Takes the shared lock of a staged file open as @fd: 0, or -ENOENT when it
- * was removed before the lock was ours. */
-static int stage_fd_lock(int fd)
+/* Takes the shared lock of staged file @name open as @fd: 0, or -ENOENT when
+ * an orphan walk removed it or moved it to lost+found before the lock was
+ * ours (@name in DIR/stage is gone or names another file). */
+static int stage_fd_lock(struct cache *c, int fd, const char *name)
 {
-	struct stat st;
+	struct stat st, at;
 
 	if (flock(fd, LOCK_SH))
 		return -errno;
@@ -160,7 +171,11 @@ static int stage_fd_lock(int fd)
 		return -errno;
 	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
-	return st.st_nlink ? 0 : -ENOENT;
+	if (!st.st_nlink)
+		return -ENOENT;
+	if (fstatat(c->stage_fd, name, &at, AT_SYMLINK_NOFOLLOW))
+		return errno == ENOENT ? -ENOENT : -errno;
+	return at.st_dev == st.st_dev && at.st_ino == st.st_ino ? 0 : -ENOENT;
 }
 
 int cache_stage_file_create(struct cache *c, char name[CACHE_STAGE_NAME_SIZE])
@@ -189,7 +204,7 @@ int cache_stage_file_create(struct cache *c, char name[CACHE_STAGE_NAME_SIZE])
 				continue;
 			return err;
 		}
-		err = stage_fd_lock(fd);
+		err = stage_fd_lock(c, fd, try);
 		if (err == -ENOENT) {
 			close(fd); /* an orphan walk took it: another name */
 			continue;
@@ -217,7 +232,7 @@ int cache_stage_file_open(struct cache *c, const char *name, bool write)
 	fd = openat(c->stage_fd, name, (write ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	err = stage_fd_lock(fd);
+	err = stage_fd_lock(c, fd, name);
 	if (err) {
 		close(fd);
 		return err;
@@ -232,10 +247,102 @@ int cache_stage_file_remove(struct cache *c, const char *name)
 	return unlinkat(c->stage_fd, name, 0) ? -errno : 0;
 }
 
-/* Removes @name (with @remove) if it is an orphan; *@size is its size then,
- * and *@orphan says so. */
-static int orphan_check(struct cache *c, const char *name, bool remove, bool *orphan,
-			uint64_t *size)
+/* Opens DIR/lost+found, created (mode 0700, and DIR synced) with @create.
+ * Returns its fd, -ENOENT when it does not exist, -EACCES when it belongs to
+ * another user, or -errno. */
+static int lost_dir_open(struct cache *c, bool create)
+{
+	struct stat st;
+	int err, fd;
+
+	if (create) {
+		if (!mkdirat(c->dirfd, STAGE_LOST_DIR, 0700)) {
+			if (fsync(c->dirfd))
+				return -errno;
+		} else if (errno != EEXIST) {
+			return -errno;
+		}
+	}
+	fd = openat(c->dirfd, STAGE_LOST_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st)) {
+		err = -errno;
+		goto close_fd;
+	}
+	if (st.st_uid != geteuid()) {
+		err = -EACCES;
+		goto close_fd;
+	}
+	/* staged data is never in a directory others can enter */
+	if (create && (st.st_mode & 077) && fchmod(fd, 0700)) {
+		err = -errno;
+		goto close_fd;
+	}
+	return fd;
+close_fd:
+	close(fd);
+	return err;
+}
+
+/* The name in lost+found of staged file @name last written at @mtime: the
+ * mtime (UTC) first, so that names sort by it, then @name, with "-@n"
+ * before its suffix when @n > 0. */
+static void lost_name(char out[CACHE_STAGE_LOST_NAME_SIZE], const char *name, time_t mtime,
+		      unsigned n)
+{
+	char when[17] = "00000000T000000Z";
+	struct tm tm;
+
+	if (gmtime_r(&mtime, &tm) && tm.tm_year >= 1000 - 1900 && tm.tm_year <= 9999 - 1900 &&
+	    !strftime(when, sizeof(when), "%Y%m%dT%H%M%SZ", &tm))
+		strcpy(when, "00000000T000000Z");
+	/* a year of 4 digits: 16 characters; @name is a staged name */
+	if (n)
+		snprintf(out, CACHE_STAGE_LOST_NAME_SIZE, "%.16s-%.*s-%u%s", when, STAGE_NAME_HEX,
+			 name, n, STAGE_NAME_SUFFIX);
+	else
+		snprintf(out, CACHE_STAGE_LOST_NAME_SIZE, "%.16s-%.*s", when,
+			 CACHE_STAGE_NAME_SIZE - 1, name);
+}
+
+/* Moves staged file @name to the directory @lost_fd under a name of
+ * lost_name() that no file there has, written into @out; then syncs both
+ * directories.  Returns 0, -EEXIST when every name tried is taken, or
+ * -errno (then @name is still in DIR/stage). */
+static int lost_move(struct cache *c, int lost_fd, const char *name, time_t mtime,
+		     char out[CACHE_STAGE_LOST_NAME_SIZE])
+{
+	int err = -EEXIST;
+
+	for (unsigned n = 0; n < STAGE_LOST_TRIES && err == -EEXIST; n++) {
+		lost_name(out, name, mtime, n);
+		err = renameat2(c->stage_fd, name, lost_fd, out, RENAME_NOREPLACE) ? -errno : 0;
+		if (err != -EINVAL && err != -ENOSYS && err != -EOPNOTSUPP)
+			continue;
+		/* No RENAME_NOREPLACE on this filesystem: a link never replaces
+		 * a file either. */
+		err = linkat(c->stage_fd, name, lost_fd, out, 0) ? -errno : 0;
+		if (!err && unlinkat(c->stage_fd, name, 0)) {
+			err = -errno;
+			unlinkat(lost_fd, out, 0); /* still in DIR/stage */
+		}
+	}
+	if (err)
+		return err;
+	/* the new name first: after a power failure the file is in one of
+	 * the two directories, or in both */
+	if (fsync(lost_fd) || fsync(c->stage_fd))
+		return -errno;
+	return 0;
+}
+
+/* Checks whether @name is an orphan (*@orphan, its size into *@size), and
+ * with @move takes care of it: a file with bytes goes to lost+found (its
+ * name there into @moved; *@lost_fd is opened on first need), an empty one
+ * is removed (*@orphan false then: nothing to report). */
+static int orphan_check(struct cache *c, const char *name, bool move, int *lost_fd, bool *orphan,
+			uint64_t *size, char moved[CACHE_STAGE_LOST_NAME_SIZE])
 {
 	bool referenced = true;
 	struct stat st;
@@ -258,21 +365,48 @@ static int orphan_check(struct cache *c, const char *name, bool remove, bool *or
 	err = cache_index_stage_referenced(c->idx, name, &referenced);
 	if (err || referenced)
 		goto close_fd;
-	if (remove && unlinkat(c->stage_fd, name, 0) && errno != ENOENT) {
-		err = -errno;
+	*size = (uint64_t)st.st_size;
+	if (!move) {
+		*orphan = true;
 		goto close_fd;
 	}
+	if (!st.st_size) {
+		if (unlinkat(c->stage_fd, name, 0) && errno != ENOENT)
+			err = -errno;
+		else
+			cache_log(c, LOG_INFO,
+				  "removed empty staged file \"%s\" that no change uses", name);
+		goto close_fd;
+	}
+	if (*lost_fd < 0) {
+		err = lost_dir_open(c, true);
+		if (err < 0)
+			goto log_err;
+		*lost_fd = err;
+	}
+	err = lost_move(c, *lost_fd, name, st.st_mtim.tv_sec, moved);
+	if (err)
+		goto log_err;
 	*orphan = true;
-	*size = (uint64_t)st.st_size;
+	cache_log(c, LOG_WARNING,
+		  "staged file \"%s/%s/%s\" (%llu bytes) has no journal row: kept there, "
+		  "not committed",
+		  c->dir, STAGE_LOST_DIR, moved, (unsigned long long)st.st_size);
+	goto close_fd;
+log_err:
+	cache_log(c, LOG_ERR,
+		  "cannot move staged file \"%s/stage/%s\" that has no journal row to "
+		  "\"%s/%s\": %s; left where it is",
+		  c->dir, name, c->dir, STAGE_LOST_DIR, strerror(-err));
 close_fd:
 	close(fd); /* releases the lock */
 	return err;
 }
 
-int cache_stage_orphans(struct cache *c, bool remove, cache_stage_orphan_fn fn, void *arg)
+int cache_stage_orphans(struct cache *c, bool move, cache_stage_orphan_fn fn, void *arg)
 {
 	struct dirent *de;
-	int err = 0;
+	int err = 0, lost_fd = -1;
 	int dfd = openat(c->stage_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 
@@ -285,21 +419,95 @@ int cache_stage_orphans(struct cache *c, bool remove, cache_stage_orphan_fn fn, 
 		return err;
 	}
 	while (!err && (de = readdir(d))) {
+		char moved[CACHE_STAGE_LOST_NAME_SIZE];
 		uint64_t size = 0;
 		bool orphan;
 
 		if (!cache_stage_name_valid(de->d_name))
 			continue; /* not ours: left alone */
-		err = orphan_check(c, de->d_name, remove, &orphan, &size);
+		err = orphan_check(c, de->d_name, move, &lost_fd, &orphan, &size, moved);
 		if (err || !orphan)
 			continue;
-		if (remove)
-			cache_log(c, LOG_INFO, "removed staged file \"%s\" that no change uses",
-				  de->d_name);
 		if (fn)
-			err = fn(arg, de->d_name, size);
+			err = fn(arg, move ? moved : de->d_name, size);
 	}
 	closedir(d);
+	if (lost_fd >= 0)
+		close(lost_fd);
+	return err;
+}
+
+/* A file of lost+found, for cache_stage_lost(). */
+struct lost_file {
+	char *name;
+	uint64_t size;
+	int64_t mtime; /* ms since the epoch */
+};
+
+static int lost_file_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct lost_file *)a)->name, ((const struct lost_file *)b)->name);
+}
+
+int cache_stage_lost(struct cache *c, cache_stage_lost_fn fn, void *arg)
+{
+	struct lost_file *v = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	int err = 0;
+	int fd = lost_dir_open(c, false);
+	DIR *d;
+
+	if (fd == -ENOENT)
+		return 0; /* nothing was ever lost */
+	if (fd < 0)
+		return fd;
+	d = fdopendir(fd);
+	if (!d) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	while (!err && (de = readdir(d))) {
+		struct stat st;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW)) {
+			if (errno != ENOENT) /* deleted meanwhile */
+				err = -errno;
+			continue;
+		}
+		if (!S_ISREG(st.st_mode))
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			struct lost_file *nv = realloc(v, ncap * sizeof(*v));
+
+			if (!nv) {
+				err = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		v[n].name = strdup(de->d_name);
+		if (!v[n].name) {
+			err = -ENOMEM;
+			break;
+		}
+		v[n].size = (uint64_t)st.st_size;
+		v[n].mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+		n++;
+	}
+	closedir(d);
+	if (!err && n)
+		qsort(v, n, sizeof(*v), lost_file_cmp);
+	for (size_t i = 0; !err && i < n; i++)
+		err = fn ? fn(arg, v[i].name, v[i].size, v[i].mtime) : 0;
+	for (size_t i = 0; i < n; i++)
+		free(v[i].name);
+	free(v);
 	return err;
 }
 
@@ -307,23 +515,34 @@ int cache_stage_orphans(struct cache *c, bool remove, cache_stage_orphan_fn fn, 
  * Journal rows.
  */
 
-/* Checks @ch for cache_stage_add() and its staged file. */
-static int add_check(struct cache *c, const struct cache_stage_change *ch)
+/* Checks @ch for cache_stage_add(), and makes the bytes of its staged file
+ * durable: a row never points at bytes that a power failure may lose. */
+static int add_prepare(struct cache *c, const struct cache_stage_change *ch)
 {
 	struct stat st;
+	int err = 0;
+	int fd;
 
 	if (!ch || !change_valid(ch))
 		return -EINVAL;
 	if (ch->kind != CACHE_STAGE_ADD)
 		return 0;
-	if (fstatat(c->stage_fd, ch->staged, &st, AT_SYMLINK_NOFOLLOW))
-		return -errno;
-	return S_ISREG(st.st_mode) ? 0 : -EINVAL;
+	fd = openat(c->stage_fd, ch->staged, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ELOOP ? -EINVAL : -errno;
+	if (fstat(fd, &st))
+		err = -errno;
+	else if (!S_ISREG(st.st_mode))
+		err = -EINVAL;
+	else if (fdatasync(fd))
+		err = -errno;
+	close(fd);
+	return err;
 }
 
 int cache_stage_add(struct cache *c, const struct cache_stage_change *ch, int64_t *id)
 {
-	int err = add_check(c, ch);
+	int err = add_prepare(c, ch);
 
 	if (err)
 		return err;
@@ -338,7 +557,7 @@ int cache_stage_replace(struct cache *c, const struct cache_stage_change *ch, in
 	if (!old)
 		return -EINVAL;
 	memset(old, 0, sizeof(*old));
-	err = add_check(c, ch);
+	err = add_prepare(c, ch);
 	if (err)
 		return err;
 	/* The old row is forgotten whatever it holds: not checked. */

@@ -3,7 +3,9 @@
  * read from the write journal of a cache: how many changes, in which
  * states, how many of their bytes the current uploads have sent, and the
  * last error.  Works while mounts use the cache (it takes no lock) and after
- * a crash (it shows what the next mount will resume).
+ * a crash (it shows what the next mount will resume).  Then the files of
+ * DIR/lost+found, if any: staged data whose journal row was lost, which the
+ * mount moved there instead of committing or deleting it.
  *
  * The cache is the default one, --cache-dir's, or the one a mount uses: the
  * daemon tells it through the xattr user.hubfs.cache_dir of the mount's
@@ -23,6 +25,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache.h"
@@ -36,7 +39,9 @@ static const char status_usage[] =
 	"Pending changes per repo and branch: how many, their state (pending,\n"
 	"uploading, committing, conflict, failed, refused, local-only), the bytes uploaded of those to\n"
 	"upload, and the last error.  The journal read is that of the cache of the\n"
-	"mount on MOUNTPOINT, of --cache-dir, or of the default cache of a mount.\n";
+	"mount on MOUNTPOINT, of --cache-dir, or of the default cache of a mount.\n"
+	"Then the files in the cache's lost+found, if any: staged data whose journal\n"
+	"row was lost, kept there and not committed.\n";
 
 static const char *const status_states[CACHE_STAGE_STATES] = {
 	[CACHE_STAGE_PENDING] = "pending",
@@ -287,6 +292,51 @@ static void status_print_branch(const struct cache_stage_branch *b)
 		printf("    last error: %s\n", b->error);
 }
 
+/* The files of lost+found: counted, then printed. */
+struct status_lost {
+	bool print;
+	uint64_t files, bytes;
+};
+
+static int status_lost_file(void *arg, const char *name, uint64_t size, int64_t mtime)
+{
+	struct status_lost *l = arg;
+	char when[32] = "?", text[CMD_SIZE_TEXT];
+	time_t t = (time_t)(mtime / 1000);
+	struct tm tm;
+
+	if (!l->print) {
+		l->files++;
+		l->bytes += size;
+		return 0;
+	}
+	if (localtime_r(&t, &tm))
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	printf("    %s (%s, last written %s)\n", name, cmd_size_text(size, text), when);
+	return 0;
+}
+
+/* Prints the files of the lost+found of @c (cache directory @dir), if any.
+ * Returns 0 or -errno (logged). */
+static int status_print_lost(struct cache *c, const char *dir)
+{
+	struct status_lost l = { 0 };
+	char total[CMD_SIZE_TEXT];
+	int rc = cache_stage_lost(c, status_lost_file, &l);
+
+	if (!rc && l.files) {
+		printf("lost+found: %llu file%s, %s, in %s/lost+found (staged data whose journal "
+		       "row was lost: copy what you need, then delete it)\n",
+		       (unsigned long long)l.files, l.files == 1 ? "" : "s",
+		       cmd_size_text(l.bytes, total), dir);
+		l.print = true;
+		rc = cache_stage_lost(c, status_lost_file, &l);
+	}
+	if (rc)
+		log_msg(LOG_ERR, "cannot list '%s/lost+found': %s", dir, strerror(-rc));
+	return rc;
+}
+
 int cmd_status(int argc, char *argv[])
 {
 	struct cache_config cc = { .lock = CACHE_LOCK_NONE, .log = status_log };
@@ -355,6 +405,8 @@ int cmd_status(int argc, char *argv[])
 	for (size_t i = 0; !rc && i < n; i++)
 		status_print_branch(&b[i]);
 	cache_stage_branches_free(b, n);
+	if (status_print_lost(c, dir))
+		rc = 1;
 	cache_close(c);
 	free(dir);
 	return rc ? 1 : 0;

@@ -1240,7 +1240,7 @@ int stage_resume(struct stage *s)
 
 	rc = cache_stage_orphans(s->cache, true, NULL, NULL);
 	if (rc)
-		log_msg(LOG_WARNING, "cannot remove orphan staged files: %s", strerror(-rc));
+		log_msg(LOG_WARNING, "cannot move orphan staged files: %s", strerror(-rc));
 	rc = cache_stage_branches(s->cache, &br, &nbr);
 	if (rc)
 		return rc;

@@ -60,8 +60,8 @@ struct stage_config {
 struct stage;
 struct stage_writer;
 
-/* Loads the overlay from the journal, removes orphan staged files, starts
- * the commit worker and queues every branch that has rows.  Returns NULL
+/* Loads the overlay from the journal, moves orphan staged files to lost+found,
+ * starts the commit worker and queues every branch that has rows.  Returns NULL
  * with *@err (-ENOMEM, -errno). */
 struct stage *stage_new(const struct stage_config *cfg, int *err);
 

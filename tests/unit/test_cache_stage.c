@@ -1,17 +1,19 @@
 /* Unit tests: the write journal of the cache (cache/cache_stage.c and the
  * SQLite index): staged files, journal rows and their round trips, upload
- * progress, a SIGKILL right after the adds return, orphans, clear, the
- * upgrade of a version 1 and of a version 2 index, and names and changes
- * that must be refused. */
+ * progress, a SIGKILL right after the adds return, orphans and lost+found,
+ * clear, the upgrade of a version 1 and of a version 2 index, and names and
+ * changes that must be refused. */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -628,7 +630,7 @@ static void test_kill(const char *dir)
 
 struct orphans {
 	int n;
-	char names[8][CACHE_STAGE_NAME_SIZE];
+	char names[8][CACHE_STAGE_LOST_NAME_SIZE]; /* a staged name, or one in lost+found */
 	uint64_t sizes[8];
 };
 
@@ -637,21 +639,48 @@ static int orphan_seen(void *arg, const char *name, uint64_t size)
 	struct orphans *o = arg;
 
 	if (o->n < 8) {
-		snprintf(o->names[o->n], CACHE_STAGE_NAME_SIZE, "%s", name);
+		snprintf(o->names[o->n], sizeof(o->names[0]), "%s", name);
 		o->sizes[o->n] = size;
 	}
 	o->n++;
 	return 0;
 }
 
+/* Whether file @path holds exactly the @len bytes of stream @seed. */
+static bool holds(const char *path, unsigned seed, size_t len)
+{
+	unsigned char *want = malloc(len + 1), *got = malloc(len + 1);
+	bool same = false;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW);
+
+	if (fd >= 0 && want && got) {
+		fill(seed, want, len);
+		/* one byte more than expected: a longer file is not the same */
+		same = read(fd, got, len + 1) == (ssize_t)len && !memcmp(got, want, len);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(want);
+	free(got);
+	return same;
+}
+
+/* Whether @s ends with @end. */
+static bool ends_with(const char *s, const char *end)
+{
+	size_t n = strlen(s), m = strlen(end);
+
+	return n >= m && !strcmp(s + n - m, end);
+}
+
 static void test_orphans(const char *dir)
 {
 	char held[CACHE_STAGE_NAME_SIZE], loose[CACHE_STAGE_NAME_SIZE], kept[CACHE_STAGE_NAME_SIZE];
-	char sha[65], path[600];
+	char sha[65], path[600], lost[600], tail[CACHE_STAGE_NAME_SIZE + 1];
 	struct cache *c = open_cache(dir);
 	struct cache_stage_change ch;
 	struct orphans o = {0};
-	int fd_held, fd_loose, fd_kept, fd;
+	int fd_held, fd_loose, fd_kept, fd, rc;
 
 	if (!c)
 		return;
@@ -671,22 +700,189 @@ static void test_orphans(const char *dir)
 		   !strcmp(o.names[0], loose) && o.sizes[0] == 123,
 	       "one orphan: the loose file (the held one is in use)");
 	fd = cache_stage_file_open(c, loose, false);
-	tap_ok(access(path, F_OK) == 0 && fd >= 0, "listing removes nothing");
+	snprintf(lost, sizeof(lost), "%s/lost+found", dir);
+	tap_ok(access(path, F_OK) == 0 && fd >= 0 && access(lost, F_OK) == -1,
+	       "listing moves nothing and makes no lost+found");
 	if (fd >= 0)
 		close(fd);
+
 	o.n = 0;
-	tap_ok(!cache_stage_orphans(c, true, orphan_seen, &o) && o.n == 1 &&
-		   cache_stage_file_open(c, loose, false) == -ENOENT,
-	       "removing: the loose file is gone");
+	snprintf(tail, sizeof(tail), "-%s", loose);
+	rc = cache_stage_orphans(c, true, orphan_seen, &o);
+	tap_ok(!rc && o.n == 1 && o.sizes[0] == 123 && ends_with(o.names[0], tail) &&
+		   strlen(o.names[0]) == 16 + strlen(tail),
+	       "moving: the loose file is reported under its name in lost+found (%s)",
+	       o.n ? o.names[0] : "none");
+	tap_ok(cache_stage_file_open(c, loose, false) == -ENOENT, "it is no longer in DIR/stage");
+	tap_ok(mode_of(lost) == 0700, "lost+found was made, mode 0700");
+	snprintf(lost, sizeof(lost), "%s/lost+found/%s", dir, o.names[0]);
+	tap_ok(holds(lost, 8, 123) && mode_of(lost) == 0600,
+	       "it is there with its 123 bytes intact, still 0600");
 	fd = cache_stage_file_open(c, kept, false);
 	tap_ok(fd >= 0 && access(path, F_OK) == 0, "the journaled file and a foreign file stay");
 	if (fd >= 0)
 		close(fd);
+	fd = cache_stage_file_open(c, held, false);
+	tap_ok(fd >= 0, "the file held open (locked) stays in DIR/stage");
+	if (fd >= 0)
+		close(fd);
 	close(fd_held);
 	o.n = 0;
+	snprintf(tail, sizeof(tail), "-%s", held);
 	tap_ok(!cache_stage_orphans(c, true, orphan_seen, &o) && o.n == 1 &&
-		   !strcmp(o.names[0], held),
-	       "once closed without a row, the held file is an orphan too");
+		   ends_with(o.names[0], tail),
+	       "once closed without a row, the held file is an orphan too, moved");
+	snprintf(lost, sizeof(lost), "%s/lost+found/%s", dir, o.n ? o.names[0] : "");
+	tap_ok(holds(lost, 7, 10), "with its bytes");
+	o.n = 0;
+	tap_ok(!cache_stage_orphans(c, true, orphan_seen, &o) && o.n == 0,
+	       "a walk again finds nothing");
+	cache_close(c);
+}
+
+struct opener {
+	struct cache *c;
+	const char *name;
+	int fd; /* what cache_stage_file_open() returned */
+};
+
+static void *opener_main(void *arg)
+{
+	struct opener *op = arg;
+
+	op->fd = cache_stage_file_open(op->c, op->name, false);
+	return NULL;
+}
+
+/* An open that waits for the lock of a file that an orphan walk moves
+ * meanwhile gets -ENOENT, not an fd on the file in lost+found (the same
+ * check makes a creator that lost the race take another name). */
+static void test_lost_race(const char *dir)
+{
+	char name[CACHE_STAGE_NAME_SIZE], sha[65], from[600], to[600];
+	struct cache *c = open_cache(dir);
+	struct opener op = {0};
+	pthread_t th;
+	int fd, walk;
+
+	if (!c)
+		return;
+	fd = stage_bytes(c, 41, 100, name, sha);
+	if (fd >= 0)
+		close(fd);
+	snprintf(from, sizeof(from), "%s/stage/%s", dir, name);
+	snprintf(to, sizeof(to), "%s/moved.data", dir);
+	/* what the walk does: the exclusive lock, then the move */
+	walk = open(from, O_RDONLY);
+	tap_ok(fd >= 0 && walk >= 0 && !flock(walk, LOCK_EX), "a walk holds a staged file");
+	op.c = c;
+	op.name = name;
+	pthread_create(&th, NULL, opener_main, &op);
+	usleep(100 * 1000); /* it opens and waits for the lock */
+	tap_ok(!rename(from, to), "and moves it");
+	close(walk);
+	pthread_join(th, NULL);
+	tap_ok(op.fd == -ENOENT, "the open that waited gets -ENOENT (%d)", op.fd);
+	if (op.fd >= 0)
+		close(op.fd);
+	cache_close(c);
+}
+
+struct lost_seen {
+	int n;
+	char names[8][CACHE_STAGE_LOST_NAME_SIZE];
+	uint64_t sizes[8];
+	int64_t mtimes[8];
+};
+
+static int lost_seen(void *arg, const char *name, uint64_t size, int64_t mtime)
+{
+	struct lost_seen *l = arg;
+
+	if (l->n < 8) {
+		snprintf(l->names[l->n], sizeof(l->names[0]), "%s", name);
+		l->sizes[l->n] = size;
+		l->mtimes[l->n] = mtime;
+	}
+	l->n++;
+	return 0;
+}
+
+/* Moving into lost+found never overwrites, an empty orphan is removed, and
+ * cache_stage_lost() lists what is there. */
+static void test_lost(const char *dir)
+{
+	/* 2023-11-14 22:13:20 UTC */
+	const struct timespec when[2] = {{1700000000, 0}, {1700000000, 0}};
+	char name[CACHE_STAGE_NAME_SIZE], empty[CACHE_STAGE_NAME_SIZE], sha[65], path[600];
+	char want[CACHE_STAGE_LOST_NAME_SIZE];
+	static const char precious[] = "not to be overwritten\n";
+	struct lost_seen l = {0};
+	struct orphans o = {0};
+	struct cache *c = open_cache(dir);
+	char buf[64];
+	int fd, rc;
+
+	if (!c)
+		return;
+	tap_ok(!cache_stage_lost(c, lost_seen, &l) && l.n == 0, "no lost+found: nothing lost");
+	snprintf(path, sizeof(path), "%s/lost+found", dir);
+	tap_ok(access(path, F_OK) == -1, "and listing made none");
+
+	fd = stage_bytes(c, 21, 4096, name, sha);
+	tap_ok(fd >= 0 && !futimens(fd, when),
+	       "a staged file of 4096 bytes last written at 2023-11-14 22:13:20 UTC");
+	if (fd >= 0)
+		close(fd);
+	/* the name it would get, taken by a file of the user's */
+	snprintf(want, sizeof(want), "20231114T221320Z-%s", name);
+	snprintf(path, sizeof(path), "%s/lost+found", dir);
+	mkdir(path, 0755);
+	snprintf(path, sizeof(path), "%s/lost+found/%s", dir, want);
+	fd = open(path, O_CREAT | O_WRONLY | O_EXCL, 0600);
+	tap_ok(fd >= 0 && write(fd, precious, sizeof(precious) - 1) == sizeof(precious) - 1,
+	       "lost+found has a file of that name already");
+	if (fd >= 0)
+		close(fd);
+	fd = cache_stage_file_create(c, empty);
+	if (fd >= 0)
+		close(fd);
+
+	snprintf(want, sizeof(want), "20231114T221320Z-%.16s-1.data", name);
+	rc = cache_stage_orphans(c, true, orphan_seen, &o);
+	tap_ok(!rc && o.n == 1 && !strcmp(o.names[0], want) && o.sizes[0] == 4096,
+	       "the orphan gets another name: %s", o.n ? o.names[0] : "none");
+	fd = open(path, O_RDONLY);
+	memset(buf, 0, sizeof(buf));
+	tap_ok(fd >= 0 && read(fd, buf, sizeof(buf)) == sizeof(precious) - 1 &&
+		   !strcmp(buf, precious),
+	       "the file that was there is not overwritten");
+	if (fd >= 0)
+		close(fd);
+	snprintf(path, sizeof(path), "%s/lost+found/%s", dir, want);
+	tap_ok(holds(path, 21, 4096), "the orphan's bytes are intact");
+	snprintf(path, sizeof(path), "%s/lost+found", dir);
+	tap_ok(mode_of(path) == 0700, "a lost+found others could enter is made private");
+	tap_ok(cache_stage_file_open(c, empty, false) == -ENOENT,
+	       "the empty orphan is removed: nothing to keep");
+
+	tap_ok(!cache_stage_lost(c, lost_seen, &l) && l.n == 2, "lost+found lists 2 files");
+	/* "...-1.data" before "....data": '-' sorts before '.' */
+	snprintf(want, sizeof(want), "20231114T221320Z-%.16s-1.data", name);
+	tap_ok(l.n == 2 && !strcmp(l.names[0], want) && l.sizes[0] == 4096 &&
+		   l.mtimes[0] == 1700000000000,
+	       "in name order: the orphan, with its size and mtime (ms)");
+	snprintf(want, sizeof(want), "20231114T221320Z-%s", name);
+	tap_ok(l.n == 2 && !strcmp(l.names[1], want) && l.sizes[1] == sizeof(precious) - 1,
+	       "then the user's file");
+	snprintf(path, sizeof(path), "%s/lost+found/sub", dir);
+	mkdir(path, 0700);
+	l.n = 0;
+	tap_ok(!cache_stage_lost(c, lost_seen, &l) && l.n == 2, "a directory there is not listed");
+	cache_close(c);
+	c = open_cache(dir);
+	l.n = 0;
+	tap_ok(c && !cache_stage_lost(c, lost_seen, &l) && l.n == 2, "reopened: still there");
 	cache_close(c);
 }
 
@@ -1003,6 +1199,52 @@ static void test_cost(const char *dir)
 	cache_close(c);
 }
 
+static int double_cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* What the daemon pays at the release of a written file: the add of an ADD
+ * row naming a staged file of 4 KiB just written (its bytes in the page
+ * cache), the median of ADDS. */
+static void test_cost_file(const char *dir)
+{
+	enum { ADDS = 200, SIZE = 4096 };
+	struct cache *c = open_cache(dir);
+	double ms[ADDS];
+	bool ok = true;
+	int i;
+
+	if (!c)
+		return;
+	for (i = 0; i < ADDS && ok; i++) {
+		char name[CACHE_STAGE_NAME_SIZE], path[32];
+		struct cache_stage_change ch;
+		double t0;
+		int fd;
+
+		snprintf(path, sizeof(path), "files/%d.bin", i);
+		ch = change(CACHE_STAGE_ADD, path, NULL);
+		ch.size = SIZE;
+		fd = stage_bytes(c, 500 + (unsigned)i, SIZE, name, ch.sha256);
+		memcpy(ch.staged, name, sizeof(name));
+		t0 = now_s();
+		ok = fd >= 0 && !cache_stage_add(c, &ch, NULL);
+		ms[i] = (now_s() - t0) * 1e3;
+		if (fd >= 0)
+			close(fd);
+	}
+	tap_ok(ok, "%d adds of a staged file of %d bytes", ADDS, SIZE);
+	if (ok) {
+		qsort(ms, ADDS, sizeof(ms[0]), double_cmp);
+		tap_diag("add of a 4 KiB staged file: median %.3f ms, 90th percentile %.3f ms",
+			 ms[ADDS / 2], ms[ADDS * 9 / 10]);
+	}
+	cache_close(c);
+}
+
 /* A change undone or dropped: its rows go without a commit; a conflicted
  * row can be based on a new head. */
 static void test_forget(const char *dir)
@@ -1129,6 +1371,10 @@ int main(void)
 	new_dir(dir, sizeof(dir));
 	test_orphans(dir);
 	new_dir(dir, sizeof(dir));
+	test_lost(dir);
+	new_dir(dir, sizeof(dir));
+	test_lost_race(dir);
+	new_dir(dir, sizeof(dir));
 	test_clear(dir);
 	new_dir(dir, sizeof(dir));
 	test_upgrade(dir);
@@ -1142,6 +1388,8 @@ int main(void)
 	test_states(dir);
 	new_dir(dir, sizeof(dir));
 	test_cost(dir);
+	new_dir(dir, sizeof(dir));
+	test_cost_file(dir);
 	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 	return tap_done();
 }
