@@ -33,7 +33,7 @@ ALICE_READ_TOKEN = "hf_seed_alice_read_00000000000000000"
 BOB_WRITE_TOKEN = "hf_seed_bob_write_000000000000000000"
 SEED_ORG = "acme-research"
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
 
@@ -87,7 +87,7 @@ class LocalHub:
         return False
 
     def start(self):
-        """Start the server and wait (10 s at most) for its port file."""
+        """Start the server and wait (START_TIMEOUT at most) for its port file."""
         port_file = os.path.join(self._tmp, "port")
         if os.path.exists(port_file):
             os.unlink(port_file)
@@ -119,9 +119,10 @@ class LocalHub:
             if self.proc.poll() is not None:
                 raise LocalHubError("localhub exited with status %d:\n%s" % (self.proc.returncode, self.stderr()))
             if time.monotonic() > deadline:
+                printed = self.stderr()  # before stop() closes the log
                 self.stop()
                 raise LocalHubError("localhub did not write its port file within %.0f s:\n%s"
-                                    % (START_TIMEOUT, self.stderr()))
+                                    % (START_TIMEOUT, printed))
             time.sleep(0.02)
         self.cdn_url = self.admin("GET", "/_admin/info")["cdn"]
         return self
@@ -130,7 +131,8 @@ class LocalHub:
         """Everything the server printed so far (stdout and stderr)."""
         if self._stderr is None:
             return ""
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         with open(self._stderr.name, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
