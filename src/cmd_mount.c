@@ -751,29 +751,36 @@ static int umount_report(struct cache *c, const char *dir, bool waited)
 	char repo[CACHE_STAGE_REPO_MAX + 16], why[CACHE_STAGE_ERROR_MAX + 64];
 	struct cache_stage_branch *b = NULL;
 	uint64_t conflicts = 0;
-	size_t n = 0;
+	size_t n = 0, nb, staged = 0;
 	int rc = cache_stage_branches(c, &b, &n);
 
+	nb = n;
 	if (rc) {
 		log_msg(LOG_WARNING, "cannot read the write journal of '%s': %s", dir,
 			strerror(-rc));
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
-		uint64_t failed = b[i].by_state[CACHE_STAGE_FAILED];
+		uint64_t failed = b[i].by_state[CACHE_STAGE_FAILED] + b[i].by_state[CACHE_STAGE_REFUSED];
 		uint64_t conflict = b[i].by_state[CACHE_STAGE_CONFLICT];
+		/* scratch files are never committed: not "still staged" */
+		uint64_t changes = b[i].changes - b[i].by_state[CACHE_STAGE_LOCAL];
 
+		if (!changes)
+			continue;
 		why[0] = '\0';
 		if (conflict || failed)
 			snprintf(why, sizeof(why), " (%s%s%s%s%s)", conflict ? "in conflict" : "",
-				 conflict && failed ? ", " : "", failed ? "failed" : "",
+				 conflict && failed ? ", " : "", failed ? "failed or refused" : "",
 				 b[i].error[0] ? ": " : "", b[i].error);
 		log_msg(LOG_WARNING, "%llu change%s of %s@%s %s still staged%s",
-			(unsigned long long)b[i].changes, b[i].changes == 1 ? "" : "s",
+			(unsigned long long)changes, changes == 1 ? "" : "s",
 			cmd_repo_text(b[i].repo, repo, sizeof(repo)), b[i].branch,
-			b[i].changes == 1 ? "is" : "are", why);
+			changes == 1 ? "is" : "are", why);
 		conflicts += conflict;
+		staged++;
 	}
+	n = staged;
 	if (n)
 		log_msg(LOG_WARNING,
 			"they stay in the cache '%s': the next mount on it commits them%s "
@@ -781,7 +788,7 @@ static int umount_report(struct cache *c, const char *dir, bool waited)
 			dir, conflicts ? ", except those in conflict" : "", dir);
 	else if (waited)
 		fprintf(stderr, "hubfs: every change is on the Hub\n");
-	cache_stage_branches_free(b, n);
+	cache_stage_branches_free(b, nb);
 	return n ? UMOUNT_STAGED : 0;
 }
 

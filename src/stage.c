@@ -132,6 +132,16 @@ bool stage_local_only(struct stage *s, const char *path)
 	return false;
 }
 
+/* Row @id of @path was just journaled: a scratch file's row is LOCAL at
+ * once, so that hubfs status and umount never count it as to commit. */
+static void stage_journaled(struct stage *s, const char *path, int64_t id)
+{
+	struct cache_stage_update u = {.set = CACHE_STAGE_SET_STATE, .state = CACHE_STAGE_LOCAL};
+
+	if (stage_local_only(s, path) && cache_stage_update(s->cache, &id, 1, &u, NULL))
+		log_msg(LOG_WARNING, "cannot mark '%s' local-only in the journal", path);
+}
+
 /* ---- the overlay (s->lock held) ---- */
 
 struct stage_entry *stage_find(struct stage *s, const char *repo, const char *branch,
@@ -669,6 +679,7 @@ int stage_writer_flush(struct stage_writer *w)
 			strerror(-rc));
 		return rc;
 	}
+	stage_journaled(s, w->path, id);
 	w->frozen = true;
 	w->dirty = false;
 	pthread_mutex_lock(&s->lock);
@@ -1007,6 +1018,7 @@ int stage_rename(struct stage *s, const char *repo, const char *branch, const ch
 			to, repo, branch, strerror(-rc));
 		goto out;
 	}
+	stage_journaled(s, to, id);
 	pthread_mutex_lock(&s->lock);
 	e = stage_find(s, repo, branch, to);
 	if (!e)

@@ -27,6 +27,7 @@ from test_read import commit_files  # noqa: E402
 from test_write import commits, downloaded, fsync_path, hub_tree, titles, wait_for, write_file  # noqa: E402
 import test_write  # noqa: E402
 from test_write_faults import hubfs_status  # noqa: E402
+from test_status import hubfs  # noqa: E402
 
 T = Tap()
 test_write.T = T
@@ -274,7 +275,13 @@ def test_scratch(hub):
         history = " ".join(titles(hub))
         T.ok(not re.search(r"\.swp|~| 4913|tmp\w{8}|\.part", history), "scratch: no scratch name in the history",
              history[:2000])
-        m.unmount()
+        T.ok(write_file(m.p(BASE + ".kept.txt.swp"), b"a swap file left behind\n") is None,
+             "scratch: a swap file stays in the mount")
+        rc, out, line = hubfs_status(m.cache_dir)
+        T.ok("local-only" in line, "scratch: hubfs status counts it as local-only", out)
+        rc, out, err = hubfs("umount", m.path, timeout=90)
+        T.ok(rc == 0 and "every change is on the Hub" in err,
+             "scratch: hubfs umount exits 0: a scratch file is not a change left staged", (rc, err))
         check_sanitizers(m, "scratch")
 
 
