@@ -1617,6 +1617,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.open = fs_open,
 	.read = fs_read,
 	.write = fs_write,
+	.fallocate = fs_fallocate,
 	.flush = fs_flush,
 	.release = fs_release,
 	.fsync = fs_fsync,

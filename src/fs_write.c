@@ -184,6 +184,33 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
 	fs_handle_put(fs->files, fi->fh, f);
 }
 
+/* posix_fallocate() of a file open for writing: the staged content grows.
+ * Other modes (keeping the size, punching holes, ...) have nothing on the
+ * Hub to stand for: EOPNOTSUPP. */
+void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+		  struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
+	int rc;
+
+	(void)ino;
+	if (!f) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (mode)
+		rc = -EOPNOTSUPP;
+	else if (!f->w)
+		rc = -EBADF;
+	else if (off < 0 || len <= 0)
+		rc = -EINVAL;
+	else
+		rc = stage_writer_allocate(f->w, (uint64_t)off, (uint64_t)len);
+	fs_handle_put(fs->files, fi->fh, f);
+	fuse_reply_err(req, -rc);
+}
+
 /* Journals what a handle wrote: the result goes to close(2). */
 void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -269,23 +296,70 @@ void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_
 	fuse_reply_err(req, -rc);
 }
 
-/* What is not done yet answers EROFS: mkdir, rmdir, rename, links. */
-static void fs_erofs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+/* What the Hub cannot hold (symlinks, hard links, device nodes, FIFOs,
+ * sockets): EPERM in a branch view, where the parent could take a file;
+ * EROFS elsewhere.  Replies. */
+static void fs_no_entry(fuse_req_t req, fuse_ino_t parent_ino)
 {
-	(void)parent;
-	(void)name;
-	(void)mode;
-	fuse_reply_err(req, EROFS);
-}
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
+	int rc;
 
-void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
-{
-	(void)rdev;
-	fs_erofs_entry(req, parent, name, mode);
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	rc = fs_is_branch(fs, parent);
+	fs_inode_put(fs->inodes, parent);
+	fuse_reply_err(req, rc < 0 ? -rc : rc ? EPERM : EROFS);
 }
 
 static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
 			   struct fs_node *proto);
+
+/* mknod of a regular file makes an empty file, as create does; the rest is
+ * what the Hub cannot hold (fs_no_entry()). */
+void fs_mknod(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode, dev_t rdev)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *parent, *n;
+	struct stage_writer *w;
+	struct fs_node proto;
+	int rc;
+
+	(void)rdev;
+	if (!S_ISREG(mode)) {
+		fs_no_entry(req, parent_ino);
+		return;
+	}
+	parent = fs_inode_get(fs->inodes, parent_ino);
+	if (!parent) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	rc = fs_branch_child(fs, parent, name, &proto);
+	if (rc == 0) {
+		free(proto.fullpath);
+		rc = -EEXIST;
+	}
+	if (rc != -ENOENT)
+		goto out;
+	w = fs_writer_open(fs, &proto, true, &rc);
+	free(proto.fullpath);
+	if (!w)
+		goto out;
+	rc = stage_writer_close(w);
+	if (!rc)
+		rc = fs_child(fs, parent, name, &proto);
+	if (rc)
+		goto out;
+	n = fs_inode_link(fs->inodes, parent, name, &proto);
+	rc = n ? fs_reply_node(req, fs, n) : -ENOMEM;
+out:
+	fs_inode_put(fs->inodes, parent);
+	if (rc)
+		fuse_reply_err(req, -rc);
+}
 
 /* mkdir in a branch view: a directory of the overlay (stage_mkdir()).
  * Returns 0 with @proto the new directory's node, or -errno. */
@@ -572,7 +646,8 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
 	(void)link;
-	fs_erofs_entry(req, parent, name, 0);
+	(void)name;
+	fs_no_entry(req, parent);
 }
 
 #ifndef RENAME_NOREPLACE
@@ -932,7 +1007,8 @@ out:
 void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
 	(void)ino;
-	fs_erofs_entry(req, newparent, newname, 0);
+	(void)newname;
+	fs_no_entry(req, newparent);
 }
 
 void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode,
@@ -1033,18 +1109,17 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	rc = fs_stat(fs, n, &st);
-	if (rc)
-		goto out;
-	/* modes and owners are the Hub's: only a change to nothing passes */
-	if (((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (st.st_mode & 07777)) ||
-	    ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != st.st_uid) ||
-	    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != st.st_gid)) {
-		rc = -EPERM;
+	/* Modes, owners and times: the Hub keeps none of them, so a branch
+	 * view accepts any change and keeps nothing (cp -a, rsync -a, tar and
+	 * install set them); the reply is the attributes as they are. */
+	rc = fs_is_branch(fs, n);
+	if (rc <= 0) {
+		rc = rc ? rc : -EROFS;
 		goto out;
 	}
+	rc = 0;
 	if (!(to_set & FUSE_SET_ATTR_SIZE))
-		goto reply; /* times are accepted and not kept */
+		goto reply;
 	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {
 		rc = -EISDIR;
 		goto out;
@@ -1054,11 +1129,6 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 	if (f && f->w) {
 		rc = stage_writer_truncate(f->w, (uint64_t)attr->st_size);
 	} else {
-		rc = fs_is_branch(fs, n);
-		if (rc <= 0) {
-			rc = rc ? rc : -EROFS;
-			goto out;
-		}
 		w = fs_writer_open(fs, n, attr->st_size == 0, &rc);
 		if (w) {
 			rc = stage_writer_truncate(w, (uint64_t)attr->st_size);

@@ -690,6 +690,22 @@ int stage_writer_truncate(struct stage_writer *w, uint64_t size)
 	return rc;
 }
 
+int stage_writer_allocate(struct stage_writer *w, uint64_t off, uint64_t len)
+{
+	int rc;
+
+	pthread_mutex_lock(&w->lock);
+	rc = stage_writer_thaw(w);
+	if (!rc)
+		rc = -posix_fallocate(w->fd, (off_t)off, (off_t)len);
+	if (!rc && off + len > w->size) {
+		w->dirty = true;
+		__atomic_store_n(&w->size, off + len, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return rc;
+}
+
 int stage_writer_flush(struct stage_writer *w)
 {
 	struct stage *s = w->s;

@@ -135,6 +135,11 @@ ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size,
 /* Sets the size of the content.  Returns 0 or -errno. */
 int stage_writer_truncate(struct stage_writer *w, uint64_t size);
 
+/* Reserves bytes @off to @off + @len of the content (posix_fallocate()):
+ * the content grows to @off + @len when it is shorter, with zeros.  Returns
+ * 0 or -errno (-ENOSPC ...). */
+int stage_writer_allocate(struct stage_writer *w, uint64_t off, uint64_t len);
+
 /* Journals the writer's content if it changed since it was last journaled,
  * and queues its branch.  Returns 0 or -errno (-ENOSPC ...). */
 int stage_writer_flush(struct stage_writer *w);

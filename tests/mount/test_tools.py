@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Everyday tools on a branch view, against the local Hub (TAP).
+
+What users run into a branch: chmod, chown and utimes are accepted and not
+kept (the Hub has no modes, owners or times), so rsync -a, tar -x, cp -a and
+install exit 0 and their files land on the Hub with the right bytes;
+symlinks, hard links and device nodes are EPERM; posix_fallocate grows a file
+open for writing.  Views that are not writable answer EROFS.
+"""
+
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mountlib import Mount, Tap, have_fuse, sha256, with_timeout  # noqa: E402
+from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
+from test_read import errno_of, hub_commit  # noqa: E402
+from test_write import commits, downloaded, fsync_path, hub_tree, write_file  # noqa: E402
+
+T = Tap()
+KiB = 1 << 10
+MiB = 1 << 20
+REPO = "alice/tiny-model"
+TOOL_TIMEOUT = 120
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def check_sanitizers(m, what):
+    report = m.sanitizer_report()
+    T.ok(not report, "%s: no sanitizer report from the daemon" % what, "\n".join(report[:20]))
+
+
+def run(cmd, cwd=None):
+    """(exit status, stderr) of a command, which must end within TOOL_TIMEOUT."""
+    try:
+        r = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=TOOL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None, "timed out"
+    return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def fallocate(fd, mode, off, length):
+    """fallocate(2): 0 or the errno."""
+    if libc.fallocate(fd, mode, off, length) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def make_source(root):
+    """A small tree of files to copy, as a dict of relative path -> bytes."""
+    files = {
+        "a.txt": b"the first file\n",
+        "sub/b.bin": os.urandom(300 * KiB),
+        "sub/deeper/c.txt": b"deep down\n" * 50,
+        "run.sh": b"#!/bin/sh\necho hello\n",
+    }
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    os.chmod(os.path.join(root, "run.sh"), 0o755)
+    os.chmod(os.path.join(root, "a.txt"), 0o600)
+    os.utime(os.path.join(root, "a.txt"), (1_000_000_000, 1_000_000_000))
+    return files
+
+
+def hub_has(hub, prefix, files):
+    """Whether the Hub's tree of main holds exactly @files under @prefix, byte for byte."""
+    tree = hub_tree(hub)
+    got = sorted(p[len(prefix):] for p, e in tree.items() if p.startswith(prefix) and e.get("type") != "directory")
+    if got != sorted(files):
+        return False, "tree under %s: %r" % (prefix, got)
+    bad = [rel for rel, data in files.items()
+           if hashlib.sha256(downloaded(hub, prefix + rel) or b"").hexdigest() != sha256(data)]
+    return not bad, "wrong bytes: %r" % bad
+
+
+def test_attributes(hub, m):
+    base = m.p(REPO + "/main/")
+    T.ok(write_file(base + "modes.txt", b"modes\n", fsync=False) is None, "a file is written")
+    uid = os.stat(base + "modes.txt").st_uid
+    for what, path, mode in (("a file", base + "modes.txt", 0o644), ("a directory of the tree", base + "docs", 0o755),
+                             ("the branch root", base.rstrip("/"), 0o755)):
+        T.eq(errno_of(os.chmod, path, 0o700), 0, "chmod of %s is accepted" % what)
+        T.eq(errno_of(os.chown, path, 65534, 65534), 0, "chown of %s to another owner is accepted" % what)
+        T.eq(errno_of(os.chown, path, uid, -1), 0, "chown of %s to its owner is accepted" % what)
+        T.eq(errno_of(os.utime, path, (1_000_000_000, 1_000_000_000)), 0, "utimes of %s is accepted" % what)
+        T.eq(errno_of(os.utime, path, None), 0, "utimensat(UTIME_NOW) of %s is accepted" % what)
+        st = os.stat(path)
+        T.ok(stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid,
+             "%s keeps mode %o and its owner: the Hub stores neither" % (what, mode), (oct(st.st_mode), st.st_uid))
+
+    fd = os.open(base + "modes.txt", os.O_RDWR)
+    try:
+        T.eq(errno_of(os.fchmod, fd, 0o755), 0, "fchmod of an open file is accepted")
+        T.eq(errno_of(os.fchown, fd, 65534, -1), 0, "fchown of an open file is accepted")
+        T.eq(errno_of(os.utime, fd, (1, 1)), 0, "futimens of an open file is accepted")
+        T.eq(errno_of(os.ftruncate, fd, 3), 0, "ftruncate still works")
+        T.eq(os.fstat(fd).st_size, 3, "and shows the new size")
+    finally:
+        os.close(fd)
+    T.eq(errno_of(os.truncate, base + "modes.txt", 5), 0, "truncate by path still works")
+    T.eq(os.stat(base + "modes.txt").st_size, 5, "and grows the file")
+    T.ok(fsync_path(base + "modes.txt") is None, "fsync commits")
+    T.eq(downloaded(hub, "modes.txt"), b"mod\0\0", "the Hub has the truncated bytes")
+
+    main = hub_commit(hub, "model", REPO, "main")
+    for view in ("%s/v1.0" % REPO, "%s@%s" % (REPO, main)):
+        for what, rel in (("a file", "/config.json"), ("the root", "")):
+            path = m.p(view + rel)
+            T.eq(errno_of(os.chmod, path, 0o644), errno.EROFS, "chmod of %s of %s is EROFS" % (what, view))
+            T.eq(errno_of(os.chown, path, uid, -1), errno.EROFS, "chown of %s of %s is EROFS" % (what, view))
+            T.eq(errno_of(os.utime, path, None), errno.EROFS, "utimensat of %s of %s is EROFS" % (what, view))
+
+
+def test_copy_tools(hub, m):
+    base = m.p(REPO + "/main/")
+    tmp = tempfile.mkdtemp(prefix="hubfs-tools-")
+    src = os.path.join(tmp, "src")
+    try:
+        files = make_source(src)
+        tarball = os.path.join(tmp, "x.tar")
+        rc, out = run(["tar", "-cf", tarball, "-C", src, "."])
+        assert rc == 0, out
+        n = len(commits(hub))
+
+        rc, out = run(["rsync", "-a", src + "/", base + "by-rsync/"])
+        T.eq(rc, 0, "rsync -a SRC/ BRANCH/by-rsync/ exits 0" + ("" if rc == 0 else ": " + out[-300:]))
+        os.mkdir(base + "by-tar")
+        rc, out = run(["tar", "-xf", tarball, "-C", base + "by-tar"])
+        T.eq(rc, 0, "tar -xf x.tar -C BRANCH/by-tar exits 0" + ("" if rc == 0 else ": " + out[-300:]))
+        os.mkdir(base + "by-cp")
+        rc, out = run(["cp", "-a", src + "/.", base + "by-cp/"])
+        T.eq(rc, 0, "cp -a SRC/. BRANCH/by-cp/ exits 0" + ("" if rc == 0 else ": " + out[-300:]))
+        rc, out = run(["install", "-m", "755", os.path.join(src, "run.sh"), base])
+        T.eq(rc, 0, "install -m 755 f BRANCH/ exits 0" + ("" if rc == 0 else ": " + out[-300:]))
+        for d in ("by-rsync", "by-tar", "by-cp"):
+            T.ok(all(m.read("%s/main/%s/%s" % (REPO, d, rel)) == data for rel, data in files.items()),
+                 "%s: the view reads every file's bytes" % d)
+        T.ok(fsync_path(base) is None, "fsync of the branch commits")
+        for d in ("by-rsync", "by-tar", "by-cp"):
+            ok, diag = hub_has(hub, d + "/", files)
+            T.ok(ok, "%s: the Hub has exactly the copied files, same sha256 (no temporary files)" % d, diag)
+        T.eq(downloaded(hub, "run.sh"), files["run.sh"], "install: the Hub has the file")
+        T.ok(len(commits(hub)) > n, "the copies were committed")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_links(hub, m):
+    base = m.p(REPO + "/main/")
+    tag = m.p(REPO + "/v1.0/")
+    T.eq(errno_of(os.symlink, "config.json", base + "a-link"), errno.EPERM, "symlink in a branch is EPERM")
+    T.eq(errno_of(os.link, base + "config.json", base + "a-hard-link"), errno.EPERM, "link in a branch is EPERM")
+    T.eq(errno_of(os.mkfifo, base + "a-fifo"), errno.EPERM, "mkfifo in a branch is EPERM")
+    T.eq(errno_of(os.mknod, base + "a-dev", stat.S_IFCHR | 0o600, os.makedev(1, 3)), errno.EPERM,
+         "mknod of a device in a branch is EPERM")
+    T.ok(not any(os.path.lexists(base + n) for n in ("a-link", "a-hard-link", "a-fifo", "a-dev")),
+         "and nothing appears")
+    T.eq(errno_of(os.mknod, base + "by-mknod.txt", stat.S_IFREG | 0o644), 0, "mknod of a regular file makes one")
+    T.ok(os.path.isfile(base + "by-mknod.txt") and os.stat(base + "by-mknod.txt").st_size == 0, "an empty file")
+    T.eq(errno_of(os.mknod, base + "by-mknod.txt", stat.S_IFREG | 0o644), errno.EEXIST, "mknod again is EEXIST")
+    T.eq(errno_of(os.symlink, "config.json", tag + "a-link"), errno.EROFS, "symlink in a tag view is EROFS")
+    T.eq(errno_of(os.link, tag + "config.json", tag + "a-hard-link"), errno.EROFS, "link in a tag view is EROFS")
+    T.eq(errno_of(os.mkfifo, tag + "a-fifo"), errno.EROFS, "mkfifo in a tag view is EROFS")
+
+
+def test_fallocate(hub, m):
+    base = m.p(REPO + "/main/")
+
+    def grow():
+        fd = os.open(base + "allocated.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"head")
+            res = [errno_of(os.posix_fallocate, fd, 0, MiB), os.fstat(fd).st_size,
+                   errno_of(os.posix_fallocate, fd, 4, 10), os.fstat(fd).st_size,
+                   fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 2 * MiB),
+                   fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096),
+                   os.pread(fd, 8, 0)]
+            os.fsync(fd)
+            return res
+        finally:
+            os.close(fd)
+    res, err = with_timeout(grow, TOOL_TIMEOUT)
+    T.ok(err is None, "a file written, fallocated and fsynced", err)
+    res = res or [None] * 7
+    T.eq(res[0], 0, "posix_fallocate of a file open for writing succeeds")
+    T.eq(res[1], MiB, "and grows it")
+    T.eq(res[2:4], [0, MiB], "inside the file: succeeds, the size stays")
+    T.eq(res[4], errno.EOPNOTSUPP, "FALLOC_FL_KEEP_SIZE is EOPNOTSUPP")
+    T.eq(res[5], errno.EOPNOTSUPP, "FALLOC_FL_PUNCH_HOLE is EOPNOTSUPP")
+    T.eq(res[6], b"head\0\0\0\0", "the bytes written stay, the rest reads zeros")
+    want = b"head" + bytes(MiB - 4)
+    got = downloaded(hub, "allocated.bin")
+    T.ok(got is not None and sha256(got) == sha256(want), "the Hub has the grown file, same sha256")
+    fd = os.open(base + "config.json", os.O_RDONLY)
+    try:
+        T.eq(errno_of(os.posix_fallocate, fd, 0, 10), errno.EBADF, "posix_fallocate of a file open for reading: EBADF")
+    finally:
+        os.close(fd)
+
+
+def main():
+    if not have_fuse():
+        print("1..0 # SKIP no /dev/fuse or fusermount3")
+        sys.exit(0)
+    with LocalHub(seed=True) as hub:
+        with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
+            test_attributes(hub, m)
+            test_copy_tools(hub, m)
+            test_links(hub, m)
+            test_fallocate(hub, m)
+            status = m.unmount()
+            T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
+            check_sanitizers(m, "tools")
+    T.done()
+
+
+if __name__ == "__main__":
+    main()
