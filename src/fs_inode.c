@@ -213,6 +213,13 @@ static bool fs_same(const struct fs_node *a, const struct fs_node *b)
 		return false;
 	if (a->p.kind != FS_PATH_ENTRY)
 		return true;
+	/* The staged content of a path changes under its node (@a is live, or
+	 * was made for staged content): a new node for each staged version
+	 * would split the kernel's pages of one file in two. */
+	if (!a->is_dir && !b->is_dir && !strncmp(b->oid, "staged:", 7) &&
+	    (!strncmp(a->oid, "staged:", 7) || __atomic_load_n(&a->live, __ATOMIC_ACQUIRE)) &&
+	    !strcmp(a->fullpath, b->fullpath))
+		return true;
 	/* Same content; the date may differ (a branch moved, the file did not). */
 	return a->is_dir == b->is_dir && a->size == b->size && !strcmp(a->oid, b->oid) &&
 	       !strcmp(a->sha256, b->sha256);
@@ -286,6 +293,20 @@ void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup)
 	if (n && n->ino != FS_ROOT_INO) {
 		n->nlookup = nlookup > n->nlookup ? 0 : n->nlookup - nlookup;
 		fs_maybe_free_locked(t, n);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name)
+{
+	pthread_mutex_lock(&t->lock);
+	for (struct fs_node *n = t->by_name[fs_hash_name(parent, name) & (t->buckets - 1)]; n;
+	     n = n->next_name) {
+		if (n->parent == parent && !strcmp(n->name, name)) {
+			fs_unhash_locked(t, n);
+			fs_maybe_free_locked(t, n);
+			break;
+		}
 	}
 	pthread_mutex_unlock(&t->lock);
 }

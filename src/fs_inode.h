@@ -6,7 +6,11 @@
  * revision the tree entry it was found as.  A file node's content never
  * changes: when a branch moves and a file's content changes, the next lookup
  * of its name makes a new node (new inode number), so the kernel may keep
- * each node's pages cached for as long as it likes.
+ * each node's pages cached for as long as it likes.  The exception is a
+ * file of a branch view whose staged content (stage.h) was opened through a
+ * node ("live"): that content changes under the node, as a local file's
+ * does, and later lookups of the path find the same node while the overlay
+ * has the file.
  *
  * Nodes are counted the kernel's way (nlookup: lookups minus forgets) plus
  * internal references (open files, requests in progress).  A node is freed
@@ -42,6 +46,9 @@ struct fs_node {
 				     path, so the content may differ now */
 	bool writable;            /* its mode shows write permission (set when the
 				     node is made: fs_ops.c, fs_child()) */
+	bool live;                /* atomic: a writer or the overlay's content was
+				     opened through it, so its content is the
+				     path's staged one, which changes (fs_ops.c) */
 	/* The rest is the table's. */
 	uint64_t nlookup;         /* protected by the table's lock */
 	uint64_t refs;            /* protected by the table's lock */
@@ -74,6 +81,11 @@ struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const
 
 /* The kernel forgot @nlookup lookups of @ino. */
 void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup);
+
+/* Lookups of @name in @parent find no node any more: the file there was
+ * unlinked, or a rename replaced it, so the next file of that name is
+ * another.  The node stays for who holds it. */
+void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name);
 
 /* The inode number of the node that lookups of @name in @parent find, or 0
  * when there is none. */

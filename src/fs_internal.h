@@ -26,6 +26,10 @@ struct fs_file {
 	int fd;                     /* staged content read-only, or -1 */
 	struct stage_writer *w;     /* opened for writing: the path's writer, or NULL */
 	bool append;                /* O_APPEND */
+	char *path;                 /* an entry of a branch view: its path in the repo
+				       when opened, or NULL */
+	struct fs_file *live_next;  /* protected by fs->live's lock */
+	struct fs_file **live_pprev;/* protected by fs->live's lock; NULL: not listed */
 	pthread_mutex_t lock;
 	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
 	uint64_t run;               /* protected by lock: bytes read sequentially so far */
@@ -107,6 +111,27 @@ void fs_file_free(struct fs *fs, struct fs_file *f);
  * stage_writer_close()), or NULL with *@err. */
 struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *n, bool trunc,
 				    int *err);
+
+/* The open files of branch views (fs->live), so that a change of a path's
+ * staged content through one node invalidates the kernel's pages of the
+ * other nodes of that path (views NS/REPO/BRANCH and NS/REPO@BRANCH, a node
+ * the kernel still holds after a newer one was made).  The invalidations
+ * run on a thread of their own: a FUSE request that waited for one could
+ * wait for pages its own write holds.  fs_live_init() returns 0 or -ENOMEM;
+ * fs_live_release() (NULL fs->live: a no-op) stops the thread, once every
+ * file is freed. */
+int fs_live_init(struct fs *fs);
+void fs_live_release(struct fs *fs);
+
+/* Lists @f (f->path set, an entry of a branch view), or takes it out of the
+ * list (a no-op when it is not listed). */
+void fs_live_add(struct fs *fs, struct fs_file *f);
+void fs_live_remove(struct fs *fs, struct fs_file *f);
+
+/* The staged content of @path in the view of node @n changed other than
+ * through the kernel's pages of node @except (0: of none): the pages of every
+ * other node with that path open are dropped, soon. */
+void fs_live_changed(struct fs *fs, const struct fs_node *n, const char *path, uint64_t except);
 
 /* The operations of fs_write.c, as struct fuse_lowlevel_ops has them. */
 void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,

@@ -18,11 +18,16 @@
  *
  * Branch views: lookups, stat, listings and reads of an entry ask the
  * staging overlay (stage.h) before the tree.  A staged file's node gets the
- * oid "staged:N" (a new node per staged version); its content changes under
- * open handles, so they use direct_io instead of keep_cache (no mmap of a
- * staged file).  Once committed, a "staged:" node is answered from the tree.
- * An open for writing takes the path's writer (fs_writer_open(), in
- * fs_write.c).  After a rename the kernel names the new path by the old
+ * oid "staged:N"; once committed, it is answered from the tree.  An open for
+ * writing takes the path's writer (fs_writer_open(), in fs_write.c).  A
+ * node through which a writer or staged content was opened is "live"
+ * (fs_inode.h): its content changes under it, as a local file's does, so
+ * its opens drop the kernel's pages (no keep_cache), every handle of it
+ * reads the path's staged content as it is now (fs_read_staged()), and
+ * changes made through other nodes of the path drop its pages
+ * (fs_live_changed()).  The kernel's page cache of a live node thus holds
+ * one version, and shared maps of files being written work: a write through
+ * a map is written back through the node's writer, and msync commits.  After a rename the kernel names the new path by the old
  * path's inode until its entry expires (and invalidating the entry after the
  * reply races with the kernel's own move of it), so getattr and open of a
  * node whose path was renamed away follow the overlay to where it went
@@ -1016,6 +1021,8 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 void fs_file_free(struct fs *fs, struct fs_file *f)
 {
+	fs_live_remove(fs, f);
+	free(f->path);
 	if (f->w && stage_writer_close(f->w))
 		log_msg(LOG_ERR, "'%s': the last writes could not be journaled", f->node->fullpath);
 	if (f->fd >= 0)
@@ -1082,6 +1089,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (!f->w)
 			goto fail;
 		f->append = (fi->flags & O_APPEND) != 0;
+		__atomic_store_n(&f->node->live, true, __ATOMIC_RELEASE);
 		goto opened;
 	}
 	fs_staged(fs, v, &ss);
@@ -1089,11 +1097,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		rc = -ENOENT;
 		goto fail;
 	}
+	if (ss.what == STAGE_FILE)
+		__atomic_store_n(&f->node->live, true, __ATOMIC_RELEASE);
 	if (ss.what == STAGE_FILE && ss.from[0]) {
 		/* an LFS file moved by reference: the old path's content */
 		f->size = ss.size;
-		fi->keep_cache = 0;
-		fi->direct_io = 1;
 		if (f->size > 0) {
 			fs_repo_of(v, &repo);
 			url = hub_resolve_url(fs->http, &repo, ss.base, ss.from);
@@ -1155,15 +1163,26 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	free(url);
 	url = NULL;
 opened:
+	if (__atomic_load_n(&f->node->live, __ATOMIC_ACQUIRE)) {
+		/* the path's staged content: its pages may be older than it
+		 * (written through another node), and it changes under the
+		 * node (through its pages: fs_live_changed() for the rest) */
+		fi->keep_cache = 0;
+	}
+	if (f->node->writable && f->node->p.kind == FS_PATH_ENTRY) {
+		f->path = strdup(v->p.path);
+		if (!f->path) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		fs_live_add(fs, f);
+		if (f->w && (fi->flags & O_TRUNC))
+			fs_live_changed(fs, v, v->p.path, f->node->ino);
+	}
 	fi->fh = fs_handle_add(fs->files, f);
 	if (!fi->fh) {
 		rc = -ENOMEM;
 		goto fail;
-	}
-	if (f->w || f->fd >= 0) {
-		/* staged content changes under the same node */
-		fi->keep_cache = 0;
-		fi->direct_io = 1;
 	}
 	if (fuse_reply_open(req, fi))
 		fs_handle_release(fs->files, fi->fh);
@@ -1211,6 +1230,29 @@ static char *fs_read_buffer(void)
 	return buf;
 }
 
+/* Reads the staged content that the path of @f has now (a handle of a live
+ * node: see fs_inode.h).  Returns the bytes read, -ENOENT when the overlay
+ * has no file there, or -errno. */
+static ssize_t fs_read_staged(struct fs *fs, const struct fs_file *f, char *buf, size_t size,
+			      off_t off)
+{
+	char key[STAGE_REPO_KEY_MAX];
+	ssize_t n;
+	int fd;
+
+	if (!fs->stage)
+		return -ENOENT;
+	fs_stage_key(f->node, key);
+	fd = stage_open_read(fs->stage, key, f->node->p.rev, f->path);
+	if (fd < 0)
+		return fd;
+	n = pread(fd, buf, size, off);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	return n;
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -1233,7 +1275,11 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		goto out;
 	}
-	if (f->w || f->fd >= 0) {
+	if (f->w || f->fd >= 0 || (f->path && __atomic_load_n(&f->node->live, __ATOMIC_ACQUIRE))) {
+		/* staged content: what the path has now, so that the node's
+		 * pages, which every handle of the node shares, never mix
+		 * versions; once the overlay has nothing there (unlinked,
+		 * renamed, committed), what the handle opened */
 		if (size > FS_MAX_READ)
 			size = FS_MAX_READ;
 		buf = fs_read_buffer();
@@ -1244,15 +1290,20 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (f->w) {
 			n = stage_writer_read(f->w, buf, size, (uint64_t)off);
 		} else {
-			n = pread(f->fd, buf, size, off);
-			if (n < 0)
-				n = -errno;
+			n = f->path ? fs_read_staged(fs, f, buf, size, off) : -ENOENT;
+			if (n == -ENOENT && f->fd >= 0) {
+				n = pread(f->fd, buf, size, off);
+				if (n < 0)
+					n = -errno;
+			}
 		}
-		if (n < 0)
-			fuse_reply_err(req, (int)-n);
-		else
-			fuse_reply_buf(req, buf, (size_t)n);
-		goto out;
+		if (n != -ENOENT || f->w || f->fd >= 0) {
+			if (n < 0)
+				fuse_reply_err(req, (int)-n);
+			else
+				fuse_reply_buf(req, buf, (size_t)n);
+			goto out;
+		}
 	}
 	if (!f->blob || (uint64_t)off >= f->size) {
 		fuse_reply_buf(req, NULL, 0);
@@ -1578,7 +1629,9 @@ int fs_handles_init(struct fs *fs)
 	pthread_mutex_init(&fs->moves_lock, NULL);
 	fs->dirs = fs_handles_new(fs_dir_free_cb, fs);
 	fs->files = fs_handles_new(fs_file_free_cb, fs);
-	return fs->dirs && fs->files ? 0 : -ENOMEM;
+	if (!fs->dirs || !fs->files)
+		return -ENOMEM;
+	return fs_live_init(fs);
 }
 
 void fs_set_session(struct fs *fs, struct fuse_session *se)
@@ -1602,6 +1655,7 @@ void fs_handles_release(struct fs *fs)
 	fs_handles_free(fs->dirs);
 	fs_handles_free(fs->files);
 	fs->dirs = fs->files = NULL;
+	fs_live_release(fs);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {

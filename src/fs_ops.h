@@ -53,6 +53,9 @@ struct fs {
 	struct fs_dir_move *moves;  /* protected by moves_lock; read atomically for NULL */
 	pthread_mutex_t moves_lock; /* initialised by fs_handles_init() */
 	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
+	/* Open files of branch views and the page invalidations their changes
+	 * call for (fs_write.c; created by fs_handles_init()). */
+	struct fs_live *live;
 };
 
 /* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */

@@ -14,8 +14,14 @@
  * branch and waits.  A source the overlay committed meanwhile answers
  * -EAGAIN (fs_fill_again()), and the caller looks at the path again.
  *
- * Locking: no lock of this file; the stage and the inode table lock what
- * they keep.  A directory rename holds its branch (stage_hold()) so that the
+ * Handles of branch views are listed (fs_live_add()) so that a change of a
+ * path's staged content through one node drops the kernel's pages of the
+ * other nodes of the path; a thread of this file sends those invalidations,
+ * as a request that waited for one could wait for the pages its own write
+ * holds locked.
+ *
+ * Locking: fs->live's lock protects its list and queue, and is held across
+ * nothing else; the stage and the inode table lock what they keep.  A directory rename holds its branch (stage_hold()) so that the
  * worker commits all of its moves as one commit.  Nothing waits for the
  * network but fsync, fsyncdir (stage_sync()), mkdir of a repo and
  * user.hub.private.
@@ -35,6 +41,156 @@
 
 #include "hub_id.h"
 #include "log.h"
+
+/* ---- open files of branch views, and the kernel's pages of their nodes ---- */
+
+struct fs_live {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct fs_file *files; /* protected by lock */
+	uint64_t *inos;	       /* protected by lock: nodes whose pages to drop */
+	size_t n, cap;	       /* protected by lock */
+	bool stop;	       /* protected by lock */
+	pthread_t thread;
+};
+
+static void *fs_live_run(void *arg)
+{
+	struct fs *fs = arg;
+	struct fs_live *l = fs->live;
+	uint64_t *inos;
+	size_t n;
+
+	pthread_mutex_lock(&l->lock);
+	while (!l->stop) {
+		if (!l->n) {
+			pthread_cond_wait(&l->wake, &l->lock);
+			continue;
+		}
+		inos = l->inos;
+		n = l->n;
+		l->inos = NULL;
+		l->n = l->cap = 0;
+		pthread_mutex_unlock(&l->lock);
+		pthread_mutex_lock(&fs->notify_lock);
+		for (size_t i = 0; fs->se && i < n; i++)
+			fuse_lowlevel_notify_inval_inode(fs->se, inos[i], 0, 0);
+		pthread_mutex_unlock(&fs->notify_lock);
+		free(inos);
+		pthread_mutex_lock(&l->lock);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return NULL;
+}
+
+int fs_live_init(struct fs *fs)
+{
+	struct fs_live *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->wake, NULL);
+	fs->live = l;
+	if (pthread_create(&l->thread, NULL, fs_live_run, fs)) {
+		fs->live = NULL;
+		pthread_cond_destroy(&l->wake);
+		pthread_mutex_destroy(&l->lock);
+		free(l);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void fs_live_release(struct fs *fs)
+{
+	struct fs_live *l = fs->live;
+
+	if (!l)
+		return;
+	pthread_mutex_lock(&l->lock);
+	l->stop = true;
+	pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->lock);
+	pthread_join(l->thread, NULL);
+	fs->live = NULL;
+	free(l->inos);
+	pthread_cond_destroy(&l->wake);
+	pthread_mutex_destroy(&l->lock);
+	free(l);
+}
+
+void fs_live_add(struct fs *fs, struct fs_file *f)
+{
+	struct fs_live *l = fs->live;
+
+	pthread_mutex_lock(&l->lock);
+	f->live_next = l->files;
+	if (l->files)
+		l->files->live_pprev = &f->live_next;
+	l->files = f;
+	f->live_pprev = &l->files;
+	pthread_mutex_unlock(&l->lock);
+}
+
+void fs_live_remove(struct fs *fs, struct fs_file *f)
+{
+	struct fs_live *l = fs->live;
+
+	if (!l)
+		return;
+	pthread_mutex_lock(&l->lock);
+	if (f->live_pprev) {
+		*f->live_pprev = f->live_next;
+		if (f->live_next)
+			f->live_next->live_pprev = f->live_pprev;
+		f->live_pprev = NULL;
+	}
+	pthread_mutex_unlock(&l->lock);
+}
+
+/* Whether two nodes are in the same view of a repo's revision. */
+static bool fs_same_rev(const struct fs_node *a, const struct fs_node *b)
+{
+	return a->p.type == b->p.type && !strcmp(a->p.rev, b->p.rev) &&
+	       !strcmp(a->p.repo, b->p.repo) && !strcmp(a->p.ns, b->p.ns);
+}
+
+void fs_live_changed(struct fs *fs, const struct fs_node *n, const char *path, uint64_t except)
+{
+	struct fs_live *l = fs->live;
+	bool queued = false;
+
+	pthread_mutex_lock(&l->lock);
+	for (struct fs_file *g = l->files; g; g = g->live_next) {
+		uint64_t ino = g->node->ino;
+		bool dup = false;
+
+		if (ino == except || strcmp(g->path, path) || !fs_same_rev(g->node, n))
+			continue;
+		for (size_t i = 0; i < l->n && !dup; i++)
+			dup = l->inos[i] == ino;
+		if (dup)
+			continue;
+		if (l->n == l->cap) {
+			size_t cap = l->cap ? 2 * l->cap : 8;
+			uint64_t *v = realloc(l->inos, cap * sizeof(*v));
+
+			if (!v) {
+				log_msg(LOG_ERR, "out of memory: the kernel may show old bytes of '%s'",
+					path);
+				break;
+			}
+			l->inos = v;
+			l->cap = cap;
+		}
+		l->inos[l->n++] = ino;
+		queued = true;
+	}
+	if (queued)
+		pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->lock);
+}
 
 /* What the copy of a file of the tree into a staged file needs. */
 struct fs_copy {
@@ -175,11 +331,15 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
 	if (!f->w || off < 0) {
 		fuse_reply_err(req, f->w ? EINVAL : EBADF);
 	} else {
-		n = stage_writer_write(f->w, buf, size, (uint64_t)off, f->append);
+		/* the kernel's write-back of a shared map writes where the
+		 * pages are, O_APPEND or not */
+		n = stage_writer_write(f->w, buf, size, (uint64_t)off, f->append && !fi->writepage);
 		if (n < 0)
 			fuse_reply_err(req, (int)-n);
 		else
 			fuse_reply_write(req, (size_t)n);
+		if (n > 0 && f->path)
+			fs_live_changed(fs, f->node, f->path, f->node->ino);
 	}
 	fs_handle_put(fs->files, fi->fh, f);
 }
@@ -207,6 +367,8 @@ void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len
 		rc = -EINVAL;
 	else
 		rc = stage_writer_allocate(f->w, (uint64_t)off, (uint64_t)len);
+	if (!rc && f->path)
+		fs_live_changed(fs, f->node, f->path, f->node->ino);
 	fs_handle_put(fs->files, fi->fh, f);
 	fuse_reply_err(req, -rc);
 }
@@ -638,6 +800,8 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 		fs_stage_key(&proto, key);
 		rc = stage_unlink(fs->stage, key, proto.p.rev, proto.p.path, rev.commit);
 	}
+	if (rc == 0)
+		fs_inode_unhash(fs->inodes, parent_ino, name);
 	free(proto.fullpath);
 	fs_inode_put(fs->inodes, parent);
 	fuse_reply_err(req, -rc);
@@ -976,6 +1140,13 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name, fuse_ino
 		memset(&src, 0, sizeof(src));
 		memset(&dst, 0, sizeof(dst));
 	}
+	if (rc == 0 && !src.is_dir && strcmp(src.fullpath, dst.fullpath)) {
+		/* the target's file is another one now, with the source's
+		 * content; a file made at the old name is another one too */
+		fs_inode_unhash(fs->inodes, newparent_ino, newname);
+		fs_inode_unhash(fs->inodes, parent_ino, name);
+		fs_live_changed(fs, &dst, dst.p.path, 0);
+	}
 	if (rc == 0 && src.is_dir && strcmp(src.fullpath, dst.fullpath)) {
 		/* the kernel keeps the directory's node: lookups in it must
 		 * find the new path */
@@ -1066,6 +1237,15 @@ void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t m
 	f->append = (fi->flags & O_APPEND) != 0;
 	f->node = n;
 	n = NULL;
+	__atomic_store_n(&f->node->live, true, __ATOMIC_RELEASE);
+	f->path = strdup(f->node->p.path);
+	if (!f->path) {
+		fs_inode_forget(fs->inodes, f->node->ino, 1);
+		rc = -ENOMEM;
+		goto fail;
+	}
+	fs_live_add(fs, f);
+	fs_live_changed(fs, f->node, f->path, f->node->ino); /* new or truncated */
 	ep.ino = f->node->ino;
 	ep.generation = 1;
 	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, f->node);
@@ -1076,7 +1256,6 @@ void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t m
 		goto fail;
 	}
 	fi->keep_cache = 0;
-	fi->direct_io = 1;
 	if (fuse_reply_create(req, &ep, fi)) {
 		fs_inode_forget(fs->inodes, ep.ino, 1);
 		fs_handle_release(fs->files, fi->fh);
@@ -1138,6 +1317,7 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 	}
 	if (rc)
 		goto out;
+	fs_live_changed(fs, n, n->p.path, n->ino); /* the kernel truncated n's pages */
 reply:
 	rc = fs_stat(fs, n, &st);
 	if (!rc)

@@ -5,15 +5,19 @@ What users run into a branch: chmod, chown and utimes are accepted and not
 kept (the Hub has no modes, owners or times), so rsync -a, tar -x, cp -a and
 install exit 0 and their files land on the Hub with the right bytes;
 symlinks, hard links and device nodes are EPERM; posix_fallocate grows a file
-open for writing.  Views that are not writable answer EROFS.
+open for writing.  Shared maps of files being written see
+read() and write() and reach the Hub with msync.  Views that are not
+writable answer EROFS.
 """
 
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,9 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mountlib import Mount, Tap, have_fuse, sha256, with_timeout  # noqa: E402
 from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
 from test_read import errno_of, hub_commit  # noqa: E402
-from test_write import commits, downloaded, fsync_path, hub_tree, write_file  # noqa: E402
+from test_write import commits, downloaded, fsync_path, hub_tree, wait_for, write_file  # noqa: E402
 
 T = Tap()
+SYSTEM_PYTHON = "/usr/bin/python3"
 KiB = 1 << 10
 MiB = 1 << 20
 REPO = "alice/tiny-model"
@@ -215,6 +220,130 @@ def test_fallocate(hub, m):
         os.close(fd)
 
 
+def test_mmap(hub, m):
+    base = m.p(REPO + "/main/")
+    size = 64 * KiB
+
+    def new_file():
+        fd = os.open(base + "mapped-new.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, bytes(size))
+            mm = mmap.mmap(fd, size)  # MAP_SHARED, read and write
+            try:
+                mm[0:5] = b"hello"
+                seen_by_read = os.pread(fd, 5, 0)
+                os.pwrite(fd, b"WORLD", 100)
+                seen_by_map = bytes(mm[100:105])
+                other = os.open(base + "mapped-new.bin", os.O_RDONLY)
+                try:
+                    seen_by_other = os.pread(other, 5, 0)
+                finally:
+                    os.close(other)
+                mm[size - 3:] = b"end"
+                mm.flush()  # msync(MS_SYNC): the kernel writes the pages back, then fsync
+            finally:
+                mm.close()
+            return seen_by_read, seen_by_map, seen_by_other
+        finally:
+            os.close(fd)
+    n = len(commits(hub))
+    res, err = with_timeout(new_file, TOOL_TIMEOUT)
+    T.ok(err is None, "mmap(MAP_SHARED) of a new file open O_RDWR, writes through the map, msync", err)
+    res = res or (None, None, None)
+    T.eq(res[0], b"hello", "read() sees a write through the map")
+    T.eq(res[1], b"WORLD", "the map sees a write()")
+    T.eq(res[2], b"hello", "another open file sees the write through the map")
+    want = bytearray(size)
+    want[0:5] = b"hello"
+    want[100:105] = b"WORLD"
+    want[size - 3:] = b"end"
+    got = downloaded(hub, "mapped-new.bin")
+    T.ok(got is not None and sha256(got) == sha256(bytes(want)), "msync committed the map's bytes: same sha256 on the Hub")
+    T.ok(len(commits(hub)) > n, "in a commit")
+
+    # a committed file of the tree, opened r+ and mapped
+    old = m.read(REPO + "/main/config.json")
+
+    def tree_file():
+        with open(base + "config.json", "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 0)
+            try:
+                mm[0:1] = b"["
+                mm.flush()
+            finally:
+                mm.close()
+    _, err = with_timeout(tree_file, TOOL_TIMEOUT)
+    T.ok(err is None, "mmap(MAP_SHARED) of a file of the tree opened r+, msync", err)
+    T.eq(downloaded(hub, "config.json"), b"[" + old[1:], "the Hub has the mapped change")
+    T.eq(m.read(REPO + "/main/config.json"), b"[" + old[1:], "and the view reads it")
+
+    # a staged file (closed, not committed), mapped read-only and shared
+    T.ok(write_file(base + "mapped-staged.txt", b"staged, not committed\n", fsync=False) is None, "a staged file")
+
+    def staged_map():
+        with open(base + "mapped-staged.txt", "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            try:
+                return bytes(mm[:])
+            finally:
+                mm.close()
+    got, err = with_timeout(staged_map, TOOL_TIMEOUT)
+    T.ok(err is None and got == b"staged, not committed\n", "mmap(MAP_SHARED, PROT_READ) of a staged file reads it", err)
+
+    # a write through one open file is seen through another one's map
+    def two_handles():
+        with open(base + "mapped-staged.txt", "r+b") as w, open(base + "mapped-staged.txt", "rb") as r:
+            mm = mmap.mmap(r.fileno(), 0, prot=mmap.PROT_READ)
+            try:
+                before = bytes(mm[0:6])
+                w.write(b"STAGED")
+                w.flush()
+                return before, bytes(mm[0:6])
+            finally:
+                mm.close()
+    got, err = with_timeout(two_handles, TOOL_TIMEOUT)
+    T.ok(err is None and got == (b"staged", b"STAGED"), "a read-only map sees a write() through another open file", (got, err))
+
+    # the same file through two views of the branch: two nodes, one content
+    def two_views():
+        pinned = m.p(REPO + "@main/mapped-staged.txt")
+        with open(pinned, "rb") as r:
+            mm = mmap.mmap(r.fileno(), 0, prot=mmap.PROT_READ)
+            try:
+                before = bytes(mm[0:6])
+                with open(base + "mapped-staged.txt", "r+b") as w:
+                    w.write(b"second")
+                    w.flush()
+                seen = wait_for(lambda: bytes(mm[0:6]) == b"second", 10)
+                return before, seen, os.pread(r.fileno(), 6, 0)
+            finally:
+                mm.close()
+    got, err = with_timeout(two_views, TOOL_TIMEOUT)
+    T.ok(err is None and got == (b"STAGED", True, b"second"),
+         "a map through NS/REPO@main sees a write through NS/REPO/main", (got, err))
+
+    if not os.path.exists(SYSTEM_PYTHON) or \
+            subprocess.run([SYSTEM_PYTHON, "-c", "import numpy"], capture_output=True).returncode != 0:
+        T.ok(True, "# SKIP numpy.memmap: %s has no numpy (Debian: python3-numpy)" % SYSTEM_PYTHON)
+        return
+    floats = 4096
+    T.ok(write_file(base + "weights.f32", bytes(4 * floats)) is None, "a file of zero float32 is committed")
+    script = ("import numpy as np, sys\n"
+              "mm = np.memmap(sys.argv[1], dtype=np.float32, mode='r+')\n"
+              "mm[:100] = np.arange(100, dtype=np.float32)\n"
+              "mm[-1] = 42.5\n"
+              "mm.flush()\n"
+              "print(float(mm[99]), float(np.fromfile(sys.argv[1], dtype=np.float32)[-1]))\n")
+    r = subprocess.run([SYSTEM_PYTHON, "-c", script, base + "weights.f32"], capture_output=True, timeout=TOOL_TIMEOUT)
+    T.ok(r.returncode == 0 and r.stdout.split() == [b"99.0", b"42.5"],
+         "numpy.memmap(mode='r+'): writes, flush, np.fromfile sees them", r.stdout + r.stderr)
+    want = bytearray(4 * floats)
+    want[:400] = struct.pack("<100f", *range(100))
+    want[-4:] = struct.pack("<f", 42.5)
+    got = downloaded(hub, "weights.f32")
+    T.ok(got is not None and sha256(got) == sha256(bytes(want)), "memmap.flush committed the bytes: same sha256 on the Hub")
+
+
 def main():
     if not have_fuse():
         print("1..0 # SKIP no /dev/fuse or fusermount3")
@@ -225,6 +354,7 @@ def main():
             test_copy_tools(hub, m)
             test_links(hub, m)
             test_fallocate(hub, m)
+            test_mmap(hub, m)
             status = m.unmount()
             T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
             check_sanitizers(m, "tools")
