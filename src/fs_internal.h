@@ -128,10 +128,18 @@ void fs_live_release(struct fs *fs);
 void fs_live_add(struct fs *fs, struct fs_file *f);
 void fs_live_remove(struct fs *fs, struct fs_file *f);
 
+/* Whether a file of node @n is open (listed) with content of its own: a
+ * writer, or a staged file; then *@size is its size now.  For fstat(2) of
+ * an unlinked file. */
+bool fs_live_size(struct fs *fs, const struct fs_node *n, uint64_t *size);
+
 /* The staged content of @path in the view of node @n changed other than
  * through the kernel's pages of node @except (0: of none): the pages of every
  * other node with that path open are dropped, soon. */
 void fs_live_changed(struct fs *fs, const struct fs_node *n, const char *path, uint64_t except);
+
+/* Drops the kernel's attributes (and pages) of node @ino, soon. */
+void fs_live_inval(struct fs *fs, uint64_t ino);
 
 /* The operations of fs_write.c, as struct fuse_lowlevel_ops has them. */
 void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,

@@ -171,7 +171,7 @@ static int fs_ref_exists(struct fs *fs, const struct fs_path *p)
 static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->st_ino = n->ino;
+	st->st_ino = n->st_ino;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_blksize = FS_MAX_READ;
@@ -180,12 +180,15 @@ static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, 
 		st->st_size = fs->me ? (off_t)strlen(fs->me) : 0;
 		st->st_nlink = 1;
 	} else if (fs_is_dir(n)) {
+		/* above a revision, the subdirectories are not counted (a
+		 * listing would cost a request): 1, as the convention for
+		 * "not counted" has it; below, fs_stat() counts them */
 		st->st_mode = S_IFDIR | 0555;
-		st->st_nlink = 2;
+		st->st_nlink = 1;
 		st->st_size = 4096;
 	} else {
 		st->st_mode = S_IFREG | 0444;
-		st->st_nlink = 1;
+		st->st_nlink = __atomic_load_n(&n->unlinked, __ATOMIC_ACQUIRE) ? 0 : 1;
 		st->st_size = (off_t)n->size;
 		st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
 	}
@@ -261,6 +264,8 @@ static bool fs_writable(struct fs *fs, const struct fs_node *parent, const struc
 	return n->p.kind >= FS_PATH_REVISION && fs_is_branch(fs, n) == 1;
 }
 
+static nlink_t fs_dir_nlink(struct fs *fs, const struct fs_node *n);
+
 /* The attributes of @n now. */
 int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 {
@@ -279,6 +284,9 @@ int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 	fs_fill_stat(fs, n, mtime, st);
 	if (n->writable)
 		st->st_mode |= S_ISDIR(st->st_mode) ? 0755 : 0644;
+	if (n->p.kind >= FS_PATH_REVISION && fs_is_dir(n))
+		st->st_nlink = __atomic_load_n(&n->unlinked, __ATOMIC_ACQUIRE) ? 0
+										: fs_dir_nlink(fs, n);
 	if (n->p.kind == FS_PATH_ENTRY && !n->is_dir) {
 		struct stage_stat ss;
 		struct cache_entry e;
@@ -395,6 +403,104 @@ static const struct fs_node *fs_dir_view(struct fs *fs, const struct fs_node *n,
 		return n;
 	}
 	return tmp;
+}
+
+/* Counting the subdirectories of a directory of a revision. */
+struct fs_nlink {
+	struct fs *fs;
+	const struct fs_node *dir;
+	const char *commit;
+	char key[STAGE_REPO_KEY_MAX];
+	bool in_tree; /* the tree may have the directory */
+	nlink_t n;
+};
+
+/* A directory of the tree counts unless the overlay deleted it or made it a
+ * file. */
+static int fs_nlink_tree(void *arg, const struct cache_entry *e)
+{
+	struct fs_nlink *c = arg;
+	struct stage_stat ss;
+
+	if (!e->is_dir)
+		return 0;
+	if (c->fs->stage) {
+		stage_stat(c->fs->stage, c->key, c->dir->p.rev, e->path, &ss);
+		if (ss.what == STAGE_DELETED || ss.what == STAGE_FILE)
+			return 0;
+	}
+	c->n++;
+	return 0;
+}
+
+/* A directory of the overlay counts unless the tree has a directory there
+ * (counted above). */
+static int fs_nlink_staged(void *arg, const char *name, bool is_dir)
+{
+	struct fs_nlink *c = arg;
+	struct hub_repo repo;
+	struct cache_entry e;
+	char *path;
+	int rc;
+
+	if (!is_dir)
+		return 0;
+	if (!c->in_tree) {
+		c->n++;
+		return 0;
+	}
+	if (asprintf(&path, "%s%s%s", c->dir->p.path, *c->dir->p.path ? "/" : "", name) < 0)
+		return -ENOMEM;
+	fs_repo_of(c->dir, &repo);
+	rc = meta_lookup(c->fs->meta, &repo, c->commit, path, &e);
+	free(path);
+	if (rc == 0) {
+		if (!e.is_dir)
+			c->n++; /* where the tree has a file the overlay deleted */
+		cache_entry_release(&e);
+		return 0;
+	}
+	if (rc == -ENOENT || rc == -ENOTDIR) {
+		c->n++;
+		return 0;
+	}
+	return rc;
+}
+
+/* The link count of directory @n of a revision: 2 and one per subdirectory
+ * that its listing shows (opendir's rules).  Counted from a listing the
+ * cache index has, never with a request to the Hub (ls -l of a directory
+ * would cost one per subdirectory): 1, "not counted", until the directory
+ * was listed, and on errors. */
+static nlink_t fs_dir_nlink(struct fs *fs, const struct fs_node *n)
+{
+	struct fs_node tmp;
+	const struct fs_node *v = fs_dir_view(fs, n, &tmp); /* renamed? */
+	struct fs_nlink c = { .fs = fs, .dir = v, .commit = v->commit, .in_tree = true };
+	struct hub_revision rev;
+	struct hub_repo repo;
+	int rc = 0;
+
+	fs_repo_of(v, &repo);
+	fs_stage_key(v, c.key);
+	if (v->p.kind == FS_PATH_REVISION || fs->stage) {
+		/* a branch view lists the branch's current head */
+		rc = fs_revision(fs, v, &rev);
+		c.commit = rev.commit;
+	}
+	/* a directory that only the overlay had when its node was made (no
+	 * tree id): the overlay's subdirectories are all there is */
+	if (v->p.kind == FS_PATH_ENTRY && !v->oid[0])
+		c.in_tree = false;
+	if (!rc && c.in_tree)
+		rc = meta_list_cached(fs->meta, &repo, c.commit, v->p.path, fs_nlink_tree, &c);
+	if ((rc == -ENOENT || rc == -ENOTDIR) && fs->stage)
+		rc = 0;
+	if (!rc && fs->stage)
+		rc = stage_list_dir(fs->stage, c.key, v->p.rev, v->p.path, fs_nlink_staged, &c);
+	if (v == &tmp)
+		free(tmp.fullpath);
+	return rc ? 1 : 2 + c.n;
 }
 
 /* Calls @fn with the directory that @parent stands for now (fs_dir_view()). */
@@ -656,23 +762,29 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	struct fs_node moved;
 	struct stat st;
+	uint64_t size;
 	int rc;
 
-	struct fs_node moved;
-
-	(void)fi;
 	if (!n) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
+	(void)fi; /* NULL for fstat(2) too */
 	rc = fs_moved(fs, n, &moved);
 	if (rc == 1) {
 		rc = fs_stat(fs, &moved, &st);
-		st.st_ino = n->ino;
+		st.st_ino = n->st_ino;
 		free(moved.fullpath);
 	} else if (rc == 0) {
 		rc = fs_stat(fs, n, &st);
+	}
+	if (!rc && __atomic_load_n(&n->unlinked, __ATOMIC_ACQUIRE) && !fs_is_dir(n) &&
+	    fs_live_size(fs, n, &size)) {
+		/* fstat(2) of an unlinked file: what its open files have */
+		st.st_size = (off_t)size;
+		st.st_blocks = (blkcnt_t)((size + 511) / 512);
 	}
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -881,6 +993,14 @@ static int fs_staged_entry(void *arg, const char *name, bool is_dir)
 	return fs_dir_add(l->req, l->d, name, is_dir ? S_IFDIR : S_IFREG);
 }
 
+/* Stops a listing at its first entry. */
+static int fs_stop(void *arg, const struct cache_entry *e)
+{
+	(void)arg;
+	(void)e;
+	return 1;
+}
+
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -933,6 +1053,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		struct hub_repo repo;
 		struct hub_revision rev;
 		const char *commit = v->commit;
+		bool fresh;
 
 		fs_repo_of(v, &repo);
 		fs_stage_key(v, l.key);
@@ -942,8 +1063,14 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			commit = rev.commit;
 		}
 		l.commit = commit;
+		/* listed for the first time: the kernel's attributes of the
+		 * directory have an uncounted link count (fs_dir_nlink()) */
+		fresh = !rc && meta_list_cached(fs->meta, &repo, commit, v->p.path, fs_stop,
+						NULL) == -ENODATA;
 		if (!rc)
 			rc = meta_list(fs->meta, &repo, commit, v->p.path, fs_tree_entry, &l);
+		if (!rc && fresh)
+			fs_live_inval(fs, n->ino);
 		if (rc == -ENOENT && fs->stage)
 			rc = 0; /* a directory that only staged files make */
 		if (!rc && fs->stage)
@@ -1290,7 +1417,10 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (f->w) {
 			n = stage_writer_read(f->w, buf, size, (uint64_t)off);
 		} else {
-			n = f->path ? fs_read_staged(fs, f, buf, size, off) : -ENOENT;
+			/* an unlinked or replaced file is not the path's any more */
+			n = f->path && !__atomic_load_n(&f->node->unlinked, __ATOMIC_ACQUIRE)
+				    ? fs_read_staged(fs, f, buf, size, off)
+				    : -ENOENT;
 			if (n == -ENOENT && f->fd >= 0) {
 				n = pread(f->fd, buf, size, off);
 				if (n < 0)

@@ -149,6 +149,28 @@ void fs_live_remove(struct fs *fs, struct fs_file *f)
 	pthread_mutex_unlock(&l->lock);
 }
 
+bool fs_live_size(struct fs *fs, const struct fs_node *n, uint64_t *size)
+{
+	struct fs_live *l = fs->live;
+	bool found = false;
+	struct stat st;
+
+	pthread_mutex_lock(&l->lock);
+	for (struct fs_file *g = l->files; g && !found; g = g->live_next) {
+		if (g->node != n)
+			continue;
+		if (g->w) {
+			*size = stage_writer_size(g->w);
+			found = true;
+		} else if (g->fd >= 0 && fstat(g->fd, &st) == 0) {
+			*size = (uint64_t)st.st_size;
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&l->lock);
+	return found;
+}
+
 /* Whether two nodes are in the same view of a repo's revision. */
 static bool fs_same_rev(const struct fs_node *a, const struct fs_node *b)
 {
@@ -156,39 +178,50 @@ static bool fs_same_rev(const struct fs_node *a, const struct fs_node *b)
 	       !strcmp(a->p.repo, b->p.repo) && !strcmp(a->p.ns, b->p.ns);
 }
 
+/* Queues the invalidation of node @ino (once).  Returns 0 or -ENOMEM. */
+static int fs_live_queue_locked(struct fs_live *l, uint64_t ino)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (l->inos[i] == ino)
+			return 0;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 8;
+		uint64_t *v = realloc(l->inos, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		l->inos = v;
+		l->cap = cap;
+	}
+	l->inos[l->n++] = ino;
+	pthread_cond_signal(&l->wake);
+	return 0;
+}
+
 void fs_live_changed(struct fs *fs, const struct fs_node *n, const char *path, uint64_t except)
 {
 	struct fs_live *l = fs->live;
-	bool queued = false;
 
 	pthread_mutex_lock(&l->lock);
 	for (struct fs_file *g = l->files; g; g = g->live_next) {
-		uint64_t ino = g->node->ino;
-		bool dup = false;
-
-		if (ino == except || strcmp(g->path, path) || !fs_same_rev(g->node, n))
+		if (g->node->ino == except || strcmp(g->path, path) || !fs_same_rev(g->node, n))
 			continue;
-		for (size_t i = 0; i < l->n && !dup; i++)
-			dup = l->inos[i] == ino;
-		if (dup)
-			continue;
-		if (l->n == l->cap) {
-			size_t cap = l->cap ? 2 * l->cap : 8;
-			uint64_t *v = realloc(l->inos, cap * sizeof(*v));
-
-			if (!v) {
-				log_msg(LOG_ERR, "out of memory: the kernel may show old bytes of '%s'",
-					path);
-				break;
-			}
-			l->inos = v;
-			l->cap = cap;
+		if (fs_live_queue_locked(l, g->node->ino)) {
+			log_msg(LOG_ERR, "out of memory: the kernel may show old bytes of '%s'", path);
+			break;
 		}
-		l->inos[l->n++] = ino;
-		queued = true;
 	}
-	if (queued)
-		pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->lock);
+}
+
+void fs_live_inval(struct fs *fs, uint64_t ino)
+{
+	struct fs_live *l = fs->live;
+
+	pthread_mutex_lock(&l->lock);
+	if (fs_live_queue_locked(l, ino))
+		log_msg(LOG_DEBUG, "out of memory: attributes of inode %llu stay cached",
+			(unsigned long long)ino);
 	pthread_mutex_unlock(&l->lock);
 }
 
@@ -632,6 +665,8 @@ static int fs_branch_rmdir(struct fs *fs, const struct fs_node *parent, const ch
 	}
 	fs_stage_key(&proto, key);
 	rc = stage_rmdir(fs->stage, key, proto.p.rev, proto.p.path, rev.commit, in_tree);
+	if (rc == 0)
+		fs_inode_unhash(fs->inodes, parent->ino, name, proto.fullpath);
 out:
 	free(proto.fullpath);
 	return rc;
@@ -801,7 +836,7 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 		rc = stage_unlink(fs->stage, key, proto.p.rev, proto.p.path, rev.commit);
 	}
 	if (rc == 0)
-		fs_inode_unhash(fs->inodes, parent_ino, name);
+		fs_inode_unhash(fs->inodes, parent_ino, name, proto.fullpath);
 	free(proto.fullpath);
 	fs_inode_put(fs->inodes, parent);
 	fuse_reply_err(req, -rc);
@@ -1140,13 +1175,8 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name, fuse_ino
 		memset(&src, 0, sizeof(src));
 		memset(&dst, 0, sizeof(dst));
 	}
-	if (rc == 0 && !src.is_dir && strcmp(src.fullpath, dst.fullpath)) {
-		/* the target's file is another one now, with the source's
-		 * content; a file made at the old name is another one too */
-		fs_inode_unhash(fs->inodes, newparent_ino, newname);
-		fs_inode_unhash(fs->inodes, parent_ino, name);
-		fs_live_changed(fs, &dst, dst.p.path, 0);
-	}
+	if (rc == 0 && !src.is_dir && strcmp(src.fullpath, dst.fullpath))
+		fs_live_changed(fs, &dst, dst.p.path, 0); /* the target has the source's content */
 	if (rc == 0 && src.is_dir && strcmp(src.fullpath, dst.fullpath)) {
 		/* the kernel keeps the directory's node: lookups in it must
 		 * find the new path */
@@ -1156,6 +1186,12 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name, fuse_ino
 			log_msg(LOG_ERR, "out of memory: '%s' may look empty until --ttl",
 				dst.fullpath);
 	}
+	/* the file keeps its st_ino under the new name; the one it replaced
+	 * and a file made at the old name are others */
+	if (rc == 0 && strcmp(src.fullpath, dst.fullpath) &&
+	    fs_inode_rename(fs->inodes, parent_ino, name, newparent_ino, newname, src.fullpath,
+			    dst.fullpath))
+		log_msg(LOG_WARNING, "out of memory: '%s' gets a new inode number", dst.fullpath);
 out:
 	free(src.fullpath);
 	free(dst.fullpath);

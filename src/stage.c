@@ -674,6 +674,11 @@ ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size,
 	return n;
 }
 
+uint64_t stage_writer_size(struct stage_writer *w)
+{
+	return __atomic_load_n(&w->size, __ATOMIC_RELAXED);
+}
+
 int stage_writer_truncate(struct stage_writer *w, uint64_t size)
 {
 	int rc;

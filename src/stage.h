@@ -132,6 +132,9 @@ ssize_t stage_writer_read(struct stage_writer *w, void *buf, size_t size, uint64
 ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size, uint64_t off,
 			   bool append);
 
+/* The size of the content now (also of a writer whose path was unlinked). */
+uint64_t stage_writer_size(struct stage_writer *w);
+
 /* Sets the size of the content.  Returns 0 or -errno. */
 int stage_writer_truncate(struct stage_writer *w, uint64_t size);
 

@@ -344,6 +344,86 @@ def test_mmap(hub, m):
     T.ok(got is not None and sha256(got) == sha256(bytes(want)), "memmap.flush committed the bytes: same sha256 on the Hub")
 
 
+def test_inodes(hub, m):
+    base = m.p(REPO + "/main/")
+
+    T.ok(write_file(base + "ino-a.txt", b"a file\n", fsync=False) is None, "a staged file")
+    ino = os.stat(base + "ino-a.txt").st_ino
+    T.ok(write_file(base + "ino-a.txt", b"more\n", fsync=False, mode="ab") is None, "written again")
+    T.eq(os.stat(base + "ino-a.txt").st_ino, ino, "a write keeps st_ino")
+    os.rename(base + "ino-a.txt", base + "ino-b.txt")
+    T.eq(os.stat(base + "ino-b.txt").st_ino, ino, "rename of a staged file keeps st_ino")
+    T.eq(errno_of(os.stat, base + "ino-a.txt"), errno.ENOENT, "the old name is gone")
+    T.ok(write_file(base + "ino-a.txt", b"another file\n", fsync=False) is None, "a new file under the old name")
+    T.ok(os.stat(base + "ino-a.txt").st_ino != ino, "is another file: another st_ino")
+
+    T.ok(write_file(base + "ino-c.txt", b"committed\n") is None, "a committed file")
+    ino = os.stat(base + "ino-c.txt").st_ino
+    os.rename(base + "ino-c.txt", base + "ino-d.txt")
+    T.eq(os.stat(base + "ino-d.txt").st_ino, ino, "rename of a committed file keeps st_ino")
+    T.ok(fsync_path(base) is None, "the rename is committed")
+    T.eq(os.stat(base + "ino-d.txt").st_ino, ino, "and so does the commit")
+
+    # rename over a file that is open: the open one is unlinked
+    T.ok(write_file(base + "ino-e.txt", b"source\n", fsync=False) is None and
+         write_file(base + "ino-f.txt", b"target\n", fsync=False) is None, "two files")
+    src_ino = os.stat(base + "ino-e.txt").st_ino
+    fd = os.open(base + "ino-f.txt", os.O_RDONLY)
+    try:
+        os.rename(base + "ino-e.txt", base + "ino-f.txt")
+        T.eq(os.stat(base + "ino-f.txt").st_ino, src_ino, "rename over a file: the target name has the source's st_ino")
+        T.eq(os.fstat(fd).st_nlink, 0, "the replaced file, still open, has nlink 0")
+        T.eq(os.pread(fd, 7, 0), b"target\n", "and its bytes")
+    finally:
+        os.close(fd)
+
+    # unlink of an open file (pjdfstest unlink/14.t)
+    def open_unlinked():
+        fd = os.open(base + "ino-open.txt", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"hello")
+            T.eq(os.fstat(fd).st_nlink, 1, "an open file has nlink 1")
+            os.unlink(base + "ino-open.txt")
+            st = os.fstat(fd)
+            T.ok(st.st_nlink == 0 and st.st_size == 5, "fstat after unlink: nlink 0, the size written",
+                 (st.st_nlink, st.st_size))
+            os.write(fd, b" world")
+            T.eq(os.pread(fd, 11, 0), b"hello world", "it is still read and written")
+            T.eq(os.fstat(fd).st_size, 11, "and grows")
+        finally:
+            os.close(fd)
+    _, err = with_timeout(open_unlinked, TOOL_TIMEOUT)
+    T.ok(err is None, "an open file unlinked", err)
+    T.eq(errno_of(os.stat, base + "ino-open.txt"), errno.ENOENT, "gone from the view")
+
+    # directories: st_ino across a rename, nlink 2 + subdirectories
+    os.mkdir(base + "nl")
+    T.eq(os.stat(base + "nl").st_nlink, 2, "a new directory has nlink 2")
+    os.mkdir(base + "nl/a")
+    os.mkdir(base + "nl/b")
+    os.mkdir(base + "nl2")
+    T.eq(os.stat(base + "nl").st_nlink, 4, "with two subdirectories 4")
+    dino = os.stat(base + "nl/a").st_ino
+    os.rename(base + "nl/a", base + "nl2/a")
+    T.eq(os.stat(base + "nl2/a").st_ino, dino, "rename of a directory keeps st_ino")
+    T.eq((os.stat(base + "nl").st_nlink, os.stat(base + "nl2").st_nlink), (3, 3),
+         "rename of a directory moves a link from the old parent to the new one")
+    T.ok(write_file(base + "nl/b/f.txt", b"x\n", fsync=False) is None, "a file in a subdirectory")
+    T.eq(os.stat(base + "nl").st_nlink, 3, "files do not count")
+    os.rmdir(base + "nl2/a")
+    T.eq(os.stat(base + "nl2").st_nlink, 2, "rmdir takes the link away")
+    subdirs = [e for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
+    T.eq(os.lstat(base.rstrip("/")).st_nlink, 2 + len(subdirs),
+         "the branch root: 2 + its %d subdirectories (tree and overlay)" % len(subdirs))
+    T.ok(fsync_path(base) is None, "the changes are committed: the branch has a new tree")
+    for rel in ("by-tar", "by-tar/sub"):
+        subdirs = [e for e in os.scandir(base + rel) if e.is_dir(follow_symlinks=False)]
+        T.ok(wait_for(lambda: os.lstat(base + rel).st_nlink == 2 + len(subdirs), 5),
+             "%s, a directory of the tree: 2 + its %d subdirectories once listed" % (rel, len(subdirs)),
+             os.lstat(base + rel).st_nlink)
+    T.eq(os.lstat(m.p(REPO)).st_nlink, 1, "a repo directory (above a revision): 1, not counted")
+
+
 def main():
     if not have_fuse():
         print("1..0 # SKIP no /dev/fuse or fusermount3")
@@ -355,6 +435,7 @@ def main():
             test_links(hub, m)
             test_fallocate(hub, m)
             test_mmap(hub, m)
+            test_inodes(hub, m)
             status = m.unmount()
             T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
             check_sanitizers(m, "tools")
