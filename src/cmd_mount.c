@@ -51,6 +51,8 @@ struct mount_opts {
 	char *commit_delay;
 	char *commit_message;
 	char *mountpoint;
+	int allow_other;	 /* -o allow_other or allow_root */
+	int default_permissions; /* -o default_permissions */
 };
 
 #define MOUNT_OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
@@ -91,7 +93,8 @@ static const char mount_usage[] =
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
-	"  -o OPTIONS            FUSE mount options (e.g. allow_other)\n"
+	"  -o OPTIONS            FUSE mount options (e.g. allow_other, which implies\n"
+	"                        default_permissions)\n"
 	"  --endpoint URL        the Hub (default $HF_ENDPOINT or https://huggingface.co)\n"
 	"  --token-file FILE     read the token from FILE\n"
 	"  --cache-dir DIR       the cache (default $XDG_CACHE_HOME/hubfs or ~/.cache/hubfs)\n"
@@ -124,6 +127,10 @@ static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args
 		log_msg(LOG_ERR, "unknown option '%s' (see 'hubfs mount --help')", arg);
 		return -1;
 	}
+	if (key == FUSE_OPT_KEY_OPT && (!strcmp(arg, "allow_other") || !strcmp(arg, "allow_root")))
+		o->allow_other = 1;
+	if (key == FUSE_OPT_KEY_OPT && !strcmp(arg, "default_permissions"))
+		o->default_permissions = 1;
 	return 1; /* -o options go to libfuse */
 }
 
@@ -504,6 +511,11 @@ int cmd_mount(int argc, char *argv[])
 		log_set_level(LOG_DEBUG);
 		fuse_opt_add_arg(&args, "-d");
 	}
+	/* Other users get what the mode bits say (files 0644, directories
+	 * 0755, owned by the mounting user): the kernel checks them.  Without
+	 * it, any user could change the branches of the mounting user's token. */
+	if (o.allow_other && !o.default_permissions)
+		fuse_opt_add_arg(&args, "-odefault_permissions");
 	fuse_set_log_func(mount_fuse_log);
 	point = realpath(o.mountpoint, NULL);
 	if (!point || mount_check_point(point)) {

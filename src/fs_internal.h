@@ -105,6 +105,13 @@ void fs_file_free(struct fs *fs, struct fs_file *f);
 
 /* ---- fs_write.c ---- */
 
+/* Whether the requester may change the mount (write, create, remove,
+ * rename, set attributes): the mounting user, or root, whom the kernel lets
+ * past the modes too.  Other users reach the mount only with allow_other,
+ * which implies default_permissions (the kernel refuses them first): this is
+ * defence in depth.  Returns 0 or -EACCES. */
+int fs_may_change(fuse_req_t req);
+
 /* Opens the writer of file node @n (a branch view, checked by the caller):
  * its content is empty with @trunc, else the staged or committed content of
  * the path, copied in through the cache.  Returns the writer (close it with

@@ -1195,6 +1195,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	if (writing) {
+		rc = fs_may_change(req);
+		if (rc)
+			goto fail;
 		rc = fs_is_branch(fs, n);
 		if (rc <= 0) {
 			rc = rc ? rc : -EROFS;

@@ -42,6 +42,28 @@
 #include "hub_id.h"
 #include "log.h"
 
+int fs_may_change(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	return ctx->uid == fs_of(req)->uid || ctx->uid == 0 ? 0 : -EACCES;
+}
+
+/* Replies ESTALE when node @n is gone, EACCES when the requester may not
+ * change the mount (fs_may_change()), and then drops @n.  Returns whether
+ * it replied. */
+static bool fs_refuse(fuse_req_t req, struct fs_node *n)
+{
+	struct fs *fs = fs_of(req);
+	int rc = n ? fs_may_change(req) : -ESTALE;
+
+	if (!rc)
+		return false;
+	fs_inode_put(fs->inodes, n);
+	fuse_reply_err(req, -rc);
+	return true;
+}
+
 /* ---- open files of branch views, and the kernel's pages of their nodes ---- */
 
 struct fs_live {
@@ -500,10 +522,8 @@ static void fs_no_entry(fuse_req_t req, fuse_ino_t parent_ino)
 	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
 	int rc;
 
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, parent))
 		return;
-	}
 	rc = fs_is_branch(fs, parent);
 	fs_inode_put(fs->inodes, parent);
 	fuse_reply_err(req, rc < 0 ? -rc : rc ? EPERM : EROFS);
@@ -528,10 +548,8 @@ void fs_mknod(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mo
 		return;
 	}
 	parent = fs_inode_get(fs->inodes, parent_ino);
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, parent))
 		return;
-	}
 	rc = fs_branch_child(fs, parent, name, &proto);
 	if (rc == 0) {
 		free(proto.fullpath);
@@ -685,10 +703,8 @@ void fs_mkdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mo
 	int rc;
 
 	(void)mode;
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, parent))
 		return;
-	}
 	memset(&ep, 0, sizeof(ep));
 	if (parent->p.kind != FS_PATH_NAMESPACE) {
 		rc = fs_branch_mkdir(fs, parent, name, &proto);
@@ -751,10 +767,8 @@ void fs_rmdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
 	int rc = -EROFS;
 
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, parent))
 		return;
-	}
 	if (parent->p.kind == FS_PATH_NAMESPACE) {
 		struct fs_node proto;
 
@@ -822,10 +836,8 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 	char key[STAGE_REPO_KEY_MAX];
 	int rc;
 
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, parent))
 		return;
-	}
 	rc = fs_branch_child(fs, parent, name, &proto);
 	if (rc == 0 && proto.is_dir)
 		rc = -EISDIR;
@@ -1161,6 +1173,9 @@ void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name, fuse_ino
 		rc = -ESTALE;
 		goto out;
 	}
+	rc = fs_may_change(req);
+	if (rc)
+		goto out;
 	if (flags & ~(unsigned int)RENAME_NOREPLACE) {
 		rc = -EINVAL;
 		goto out;
@@ -1229,10 +1244,8 @@ void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t m
 	struct stage_writer *w = NULL;
 	int rc;
 
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, parent))
 		return;
-	}
 	memset(&ep, 0, sizeof(ep));
 	if (!S_ISREG(mode)) {
 		rc = -EPERM;
@@ -1320,10 +1333,8 @@ void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 	struct stat st;
 	int rc;
 
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, n))
 		return;
-	}
 	/* Modes, owners and times: the Hub keeps none of them, so a branch
 	 * view accepts any change and keeps nothing (cp -a, rsync -a, tar and
 	 * install set them); the reply is the attributes as they are. */
@@ -1476,10 +1487,8 @@ void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
 
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, n))
 		return;
-	}
 	fuse_reply_err(req, -fs_set_xattr(fs, n, name, value, size, flags));
 	fs_inode_put(fs->inodes, n);
 }
@@ -1491,10 +1500,8 @@ void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	char key[STAGE_REPO_KEY_MAX], *old;
 	int rc;
 
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
+	if (fs_refuse(req, n))
 		return;
-	}
 	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.message") && fs->stage) {
 		fs_stage_key(n, key);
 		old = stage_get_message(fs->stage, key, n->p.rev);

@@ -13,6 +13,7 @@ writable answer EROFS.
 import ctypes
 import errno
 import hashlib
+import json
 import mmap
 import os
 import shutil
@@ -424,6 +425,88 @@ def test_inodes(hub, m):
     T.eq(os.lstat(m.p(REPO)).st_nlink, 1, "a repo directory (above a revision): 1, not counted")
 
 
+OTHER_UID = 65534
+OTHER_SCRIPT = r"""
+import errno, json, os, sys
+base = sys.argv[1]
+def err(fn, *args):
+    try:
+        fn(*args)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, e.errno)
+    return 0
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+out = {
+    "uid": os.getuid(),
+    "read": err(read, base + "config.json"),
+    "list": err(os.listdir, base),
+    "write": err(os.open, base + "owned.txt", os.O_WRONLY),
+    "trunc": err(os.truncate, base + "owned.txt", 0),
+    "create": err(os.open, base + "theirs.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+    "mkdir": err(os.mkdir, base + "their-dir"),
+    "unlink": err(os.unlink, base + "owned.txt"),
+    "rename": err(os.rename, base + "owned.txt", base + "renamed.txt"),
+    "chmod": err(os.chmod, base + "owned.txt", 0o600),
+    "utime": err(os.utime, base + "owned.txt", (1, 1)),
+    "setxattr": err(os.setxattr, base.rstrip("/"), "user.hub.message", b"theirs"),
+}
+print(json.dumps(out))
+"""
+
+
+def mount_options(path):
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == path:
+                return line
+    return ""
+
+
+def as_other_user():
+    os.setgroups([])
+    os.setgid(OTHER_UID)
+    os.setuid(OTHER_UID)
+
+
+def test_allow_other(hub):
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60"]) as m:
+        T.ok("default_permissions" not in mount_options(m.path), "a mount without allow_other: no default_permissions")
+        m.unmount()
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "60", "-o", "allow_other"]) as m:
+        opts = mount_options(m.path)
+        T.ok("allow_other" in opts and "default_permissions" in opts, "-o allow_other implies default_permissions", opts)
+        os.chmod(os.path.dirname(m.path), 0o755)  # the test's directory, so that others reach the mount
+        base = m.p(REPO + "/main/")
+        T.ok(write_file(base + "owned.txt", b"the mounting user's\n") is None, "the mounting user writes")
+        if os.getuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
+            T.ok(True, "# SKIP another user: the test runs as uid %d" % os.getuid())
+            return
+        r = subprocess.run([SYSTEM_PYTHON, "-c", OTHER_SCRIPT, base], capture_output=True, timeout=TOOL_TIMEOUT,
+                           preexec_fn=as_other_user, cwd="/")
+        try:
+            got = json.loads(r.stdout)
+        except ValueError:
+            got = {}
+        T.ok(got.get("uid") == OTHER_UID, "a process of uid %d" % OTHER_UID, r.stdout + r.stderr)
+        T.eq((got.get("read"), got.get("list")), (0, 0), "another user reads files and lists directories")
+        for op in ("write", "trunc", "create", "mkdir", "unlink", "rename", "setxattr"):
+            T.eq(got.get(op), "EACCES", "another user: %s in a branch is EACCES" % op)
+        T.eq((got.get("chmod"), got.get("utime")), ("EPERM", "EPERM"),
+             "another user: chmod and utimes of the owner's file are EPERM (the kernel's rule)")
+        T.eq(m.read(REPO + "/main/owned.txt"), b"the mounting user's\n", "the file is untouched")
+        T.ok(not os.path.exists(base + "theirs.txt") and not os.path.exists(base + "their-dir"),
+             "nothing was created")
+        T.ok(fsync_path(base) is None, "the branch is committed")
+        tree = hub_tree(hub)
+        T.ok("owned.txt" in tree and not any(p in tree for p in ("theirs.txt", "their-dir", "renamed.txt")),
+             "the Hub has the owner's file only", sorted(tree))
+        m.unmount()
+        check_sanitizers(m, "allow_other")
+
+
 def main():
     if not have_fuse():
         print("1..0 # SKIP no /dev/fuse or fusermount3")
@@ -439,6 +522,7 @@ def main():
             status = m.unmount()
             T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
             check_sanitizers(m, "tools")
+        test_allow_other(hub)
     T.done()
 
 
