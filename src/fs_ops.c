@@ -595,6 +595,16 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 			break;
 		}
 		rc = meta_lookup(fs->meta, &repo, rev.commit, proto->p.path, &e);
+		if (rc == 0 && ss.what == STAGE_DIR && !e.is_dir) {
+			/* a directory made where the tree has a file the
+			 * overlay deleted: the directory is what the view has */
+			cache_entry_release(&e);
+			rc = -ENOENT;
+		}
+		/* the parent is a directory of the view: where the tree has a
+		 * file above the path, the overlay made a directory of it */
+		if (rc == -ENOTDIR)
+			rc = -ENOENT;
 		if (rc == -ENOENT && ss.what == STAGE_DIR) {
 			proto->is_dir = true;
 			memcpy(proto->commit, rev.commit, sizeof(proto->commit));
@@ -962,12 +972,18 @@ static int fs_tree_entry(void *arg, const struct cache_entry *e)
 	const char *name = strrchr(e->path, '/');
 	struct stage_stat ss;
 
+	bool is_dir = e->is_dir;
+
 	if (l->fs->stage) {
 		stage_stat(l->fs->stage, l->key, l->n->p.rev, e->path, &ss);
 		if (ss.what == STAGE_DELETED)
 			return 0;
+		/* the overlay's kind wins: a file made where a folder was
+		 * removed, a directory made where a file was unlinked */
+		if (ss.what == STAGE_FILE || ss.what == STAGE_DIR)
+			is_dir = ss.what == STAGE_DIR;
 	}
-	return fs_dir_add(l->req, l->d, name ? name + 1 : e->path, e->is_dir ? S_IFDIR : S_IFREG);
+	return fs_dir_add(l->req, l->d, name ? name + 1 : e->path, is_dir ? S_IFDIR : S_IFREG);
 }
 
 /* A name the overlay adds to a listing, unless the tree has it already. */
@@ -988,7 +1004,7 @@ static int fs_staged_entry(void *arg, const char *name, bool is_dir)
 		cache_entry_release(&e);
 		return 0;
 	}
-	if (rc != -ENOENT)
+	if (rc != -ENOENT && rc != -ENOTDIR) /* ENOTDIR: a file of the tree above */
 		return rc;
 	return fs_dir_add(l->req, l->d, name, is_dir ? S_IFDIR : S_IFREG);
 }
@@ -1071,7 +1087,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			rc = meta_list(fs->meta, &repo, commit, v->p.path, fs_tree_entry, &l);
 		if (!rc && fresh)
 			fs_live_inval(fs, n->ino);
-		if (rc == -ENOENT && fs->stage)
+		if ((rc == -ENOENT || rc == -ENOTDIR) && fs->stage)
 			rc = 0; /* a directory that only staged files make */
 		if (!rc && fs->stage)
 			rc = stage_list_dir(fs->stage, l.key, v->p.rev, v->p.path, fs_staged_entry, &l);

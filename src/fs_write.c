@@ -344,7 +344,7 @@ struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *n, bool
 				*err = -EISDIR;
 				return NULL;
 			}
-			if (*err && *err != -ENOENT)
+			if (*err && *err != -ENOENT && *err != -ENOTDIR)
 				return NULL;
 			have = *err == 0;
 			c.commit = rev.commit;
@@ -627,7 +627,8 @@ static int fs_empty_staged(void *arg, const char *name, bool is_dir)
 }
 
 /* Whether directory @dir (an entry of a branch view) shows nothing; with
- * *@in_tree whether the tree of @commit has it.  Returns 0 or -errno. */
+ * *@in_tree whether the tree of @commit has it (a directory: not a file the
+ * overlay deleted).  Returns 0 or -errno. */
 static int fs_dir_empty(struct fs *fs, const struct fs_node *dir, const char *commit, bool *empty,
 			bool *in_tree)
 {
@@ -641,19 +642,23 @@ static int fs_dir_empty(struct fs *fs, const struct fs_node *dir, const char *co
 	fs_stage_key(dir, key);
 	x.key = key;
 	x.rev = dir->p.rev;
-	rc = meta_list(fs->meta, &repo, commit, dir->p.path, fs_empty_tree, &x);
-	if (rc < 0 && rc != -ENOENT)
-		return rc;
-	if (x.empty)
-		stage_list_dir(fs->stage, key, dir->p.rev, dir->p.path, fs_empty_staged, &x);
-	*empty = x.empty;
 	*in_tree = false;
 	rc = meta_lookup(fs->meta, &repo, commit, dir->p.path, &e);
 	if (rc == 0) {
 		*in_tree = e.is_dir;
 		cache_entry_release(&e);
+	} else if (rc != -ENOENT && rc != -ENOTDIR) {
+		return rc;
 	}
-	return rc == -ENOENT ? 0 : rc;
+	if (*in_tree) {
+		rc = meta_list(fs->meta, &repo, commit, dir->p.path, fs_empty_tree, &x);
+		if (rc < 0 && rc != -ENOENT)
+			return rc;
+	}
+	if (x.empty)
+		stage_list_dir(fs->stage, key, dir->p.rev, dir->p.path, fs_empty_staged, &x);
+	*empty = x.empty;
+	return 0;
 }
 
 /* rmdir in a branch view: ENOTEMPTY unless the view shows nothing in the
@@ -844,8 +849,21 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 	if (rc == 0)
 		rc = fs_revision(fs, &proto, &rev);
 	if (rc == 0) {
+		struct hub_repo repo;
+		struct cache_entry e;
+		int in_tree;
+
+		fs_repo_of(&proto, &repo);
 		fs_stage_key(&proto, key);
-		rc = stage_unlink(fs->stage, key, proto.p.rev, proto.p.path, rev.commit);
+		in_tree = meta_lookup(fs->meta, &repo, rev.commit, proto.p.path, &e);
+		if (in_tree == 0)
+			cache_entry_release(&e);
+		/* under a directory made where the tree has a file: only the
+		 * overlay has the file, no deletion to journal */
+		if (in_tree == -ENOTDIR)
+			rc = stage_drop(fs->stage, key, proto.p.rev, proto.p.path);
+		else
+			rc = stage_unlink(fs->stage, key, proto.p.rev, proto.p.path, rev.commit);
 	}
 	if (rc == 0)
 		fs_inode_unhash(fs->inodes, parent_ino, name, proto.fullpath);
@@ -964,7 +982,7 @@ static int fs_mv_staged(void *arg, const char *name, bool is_dir)
 	rc = meta_lookup(w->fs->meta, &w->repo, w->commit, path, &e);
 	if (rc == 0) {
 		cache_entry_release(&e); /* the tree walk saw it */
-	} else if (rc == -ENOENT) {
+	} else if (rc == -ENOENT || rc == -ENOTDIR) {
 		rc = is_dir ? fs_mv_push(w, path) : fs_mv_add(w, path, true, NULL);
 	}
 	free(path);
@@ -987,7 +1005,7 @@ static int fs_mv_refresh(struct fs_mv_walk *w, struct fs_mv_file *f)
 	if (ss.what == STAGE_DELETED)
 		return -ENOENT;
 	rc = meta_lookup(w->fs->meta, &w->repo, w->commit, f->path, &e);
-	if (rc == -ENOENT && ss.what == STAGE_FILE) {
+	if ((rc == -ENOENT || rc == -ENOTDIR) && ss.what == STAGE_FILE) {
 		/* committed after the commit the walk saw: the overlay reads it */
 		f->staged = true;
 		return 0;
@@ -1050,7 +1068,7 @@ static int fs_rename_dir(struct fs *fs, const struct fs_node *src, const struct 
 
 		w.dir = dir;
 		rc = meta_list(fs->meta, &w.repo, rev.commit, dir, fs_mv_tree, &w);
-		if (rc == -ENOENT)
+		if (rc == -ENOENT || rc == -ENOTDIR)
 			rc = 0; /* only the overlay has it */
 		if (!rc)
 			rc = stage_list_dir(fs->stage, key, w.rev, dir, fs_mv_staged, &w);

@@ -856,6 +856,46 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
 	return stage_journal_deletion(s, repo, branch, path, CACHE_STAGE_DELETE_FILE, rbase);
 }
 
+int stage_drop(struct stage *s, const char *repo, const char *branch, const char *path)
+{
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	struct stage_entry *e;
+	size_t nstaged = 0;
+	int64_t id = 0;
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->wr) {
+		e->wr->unlinked = true; /* an open writer lives on, as an open file does */
+		e->wr = NULL;
+	}
+	if (e)
+		id = e->row;
+	if (e && !id) {
+		e->version = ++s->versions;
+		stage_entry_gc(s, e);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!id)
+		return 0;
+	rc = cache_stage_forget(s->cache, repo, branch, &id, 1, &staged, &nstaged);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot forget '%s' of '%s@%s': %s", path, repo, branch,
+			strerror(-rc));
+		return rc;
+	}
+	for (size_t i = 0; i < nstaged; i++)
+		cache_stage_file_remove(s->cache, staged[i]);
+	free(staged);
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->row == id)
+		stage_entry_forget_row(s, e, false);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
 int stage_hold(struct stage *s, const char *repo, const char *branch)
 {
 	struct stage_branch *b;

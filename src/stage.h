@@ -156,6 +156,13 @@ int stage_writer_close(struct stage_writer *w);
 int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
 		 const char *base);
 
+/* Forgets the staged file @path of the view, which never was on the Hub
+ * (the tree has a file where the view has a directory above it: there is
+ * nothing to delete, and a deletion could not be committed): its journal row
+ * and staged content go, an open writer lives on detached, as after an
+ * unlink, and the path shows nothing.  Returns 0 or -errno. */
+int stage_drop(struct stage *s, const char *repo, const char *branch, const char *path);
+
 /* Journals the rename of file @from to @to (paths of the view of @repo
  * @branch; a file at @to is replaced), based on @base, as ONE change of the
  * branch (see stage.c).  The source is what the overlay has at @from, else

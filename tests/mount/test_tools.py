@@ -5,7 +5,10 @@ What users run into a branch: chmod, chown and utimes are accepted and not
 kept (the Hub has no modes, owners or times), so rsync -a, tar -x, cp -a and
 install exit 0 and their files land on the Hub with the right bytes;
 symlinks, hard links and device nodes are EPERM; posix_fallocate grows a file
-open for writing.  Shared maps of files being written see
+open for writing.  Files keep their st_ino across writes and renames, link
+counts are POSIX's, and a directory made where a file was (or the reverse)
+shows the same in readdir, stat, unlink and rmdir.  With allow_other,
+another user reads and cannot change anything.  Shared maps of files being written see
 read() and write() and reach the Hub with msync.  Views that are not
 writable answer EROFS.
 """
@@ -425,6 +428,79 @@ def test_inodes(hub, m):
     T.eq(os.lstat(m.p(REPO)).st_nlink, 1, "a repo directory (above a revision): 1, not counted")
 
 
+def view_of(base, name):
+    """What readdir and stat say of @name in @base: (kind in the listing, kind by stat)."""
+    listed = {e.name: ("dir" if e.is_dir(follow_symlinks=False) else "file") for e in os.scandir(base)}
+    try:
+        st = os.lstat(os.path.join(base, name))
+        by_stat = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+    except FileNotFoundError:
+        by_stat = None
+    return listed.get(name), by_stat
+
+
+def agree(base, name, want, what):
+    """readdir and stat agree that @name is @want ("file", "dir", None), and unlink/rmdir refuse the other kind."""
+    T.eq(view_of(base, name), (want, want), "%s: readdir and stat say %s" % (what, want or "nothing"))
+    path = os.path.join(base, name)
+    if want == "dir":
+        T.eq(errno_of(os.unlink, path), errno.EISDIR, "%s: unlink is EISDIR" % what)
+    elif want == "file":
+        T.eq(errno_of(os.rmdir, path), errno.ENOTDIR, "%s: rmdir is ENOTDIR" % what)
+    else:
+        T.eq((errno_of(os.unlink, path), errno_of(os.rmdir, path)), (errno.ENOENT, errno.ENOENT),
+             "%s: unlink and rmdir are ENOENT" % what)
+
+
+def test_file_to_dir(hub, m):
+    base = m.p(REPO + "/main/")
+    T.ok(write_file(base + "ghost", b"a file\n") is None, "a file is committed")
+    os.unlink(base + "ghost")
+    agree(base, "ghost", None, "unlinked")
+    T.eq(errno_of(os.mkdir, base + "ghost"), 0, "mkdir where the file was")
+    agree(base, "ghost", "dir", "mkdir over an unlinked committed file")
+    T.ok(write_file(base + "ghost/inside.txt", b"inside\n", fsync=False) is None, "a file into the directory")
+    T.eq(os.listdir(base + "ghost"), ["inside.txt"], "the directory lists it")
+    agree(base, "ghost", "dir", "with a file in it")
+    T.ok(fsync_path(base) is None, "fsync commits the deletion and the new file")
+    tree = hub_tree(hub)
+    T.ok(tree.get("ghost", {}).get("type") == "directory" and "ghost/inside.txt" in tree,
+         "the Hub has a folder with the file where the file was", tree.get("ghost"))
+    agree(base, "ghost", "dir", "after the commit")
+
+    # a file only the overlay has, under a directory made where the tree has a file
+    T.ok(write_file(base + "ghost2", b"another file\n") is None, "another file is committed")
+    os.unlink(base + "ghost2")
+    os.mkdir(base + "ghost2")
+    T.ok(write_file(base + "ghost2/tmp.txt", b"short-lived\n", fsync=False) is None, "a file into it")
+    os.unlink(base + "ghost2/tmp.txt")
+    agree(base + "ghost2", "tmp.txt", None, "unlinked inside")
+    T.eq(errno_of(os.rmdir, base + "ghost2"), 0, "rmdir of the directory")
+    agree(base, "ghost2", None, "removed again")
+    T.ok(fsync_path(base) is None, "fsync commits the deletion")
+    T.ok(not any(p == "ghost2" or p.startswith("ghost2/") for p in hub_tree(hub)), "the Hub has nothing there")
+
+
+def test_dir_to_file(hub, m):
+    base = m.p(REPO + "/main/")
+    os.mkdir(base + "shape")
+    T.ok(write_file(base + "shape/z.txt", b"z\n") is None, "a folder with a file is committed")
+    os.unlink(base + "shape/z.txt")
+    T.eq(errno_of(os.rmdir, base + "shape"), 0, "rmdir of the emptied folder")
+    agree(base, "shape", None, "rmdir of a folder of the tree")
+    T.ok(write_file(base + "shape", b"now a file\n", fsync=False) is None, "a file where the folder was")
+    agree(base, "shape", "file", "a file over a removed folder")
+    T.eq(m.read(REPO + "/main/shape"), b"now a file\n", "it reads its bytes")
+    T.ok(fsync_path(base) is None, "fsync commits")
+    tree = hub_tree(hub)
+    T.ok(tree.get("shape", {}).get("type") == "file" and "shape/z.txt" not in tree,
+         "the Hub has the file where the folder was", tree.get("shape"))
+    T.eq(downloaded(hub, "shape"), b"now a file\n", "with its bytes")
+    os.unlink(base + "shape")
+    T.eq(errno_of(os.mkdir, base + "shape"), 0, "and a directory where that file was")
+    agree(base, "shape", "dir", "a directory again")
+
+
 OTHER_UID = 65534
 OTHER_SCRIPT = r"""
 import errno, json, os, sys
@@ -519,6 +595,8 @@ def main():
             test_fallocate(hub, m)
             test_mmap(hub, m)
             test_inodes(hub, m)
+            test_file_to_dir(hub, m)
+            test_dir_to_file(hub, m)
             status = m.unmount()
             T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
             check_sanitizers(m, "tools")
