@@ -398,8 +398,7 @@ static void fs_unlinked_locked(struct fs_inodes *t, struct fs_node *n)
 	fs_maybe_free_locked(t, n);
 }
 
-void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name,
-		     const char *fullpath)
+void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name, const char *fullpath)
 {
 	struct fs_node *n;
 

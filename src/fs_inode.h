@@ -99,8 +99,7 @@ void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup);
 /* Lookups of @name in @parent (full path @fullpath) find no node any more:
  * the file there was unlinked or removed, so the next file of that name is
  * another one.  The node stays for who holds it, marked unlinked. */
-void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name,
-		     const char *fullpath);
+void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name, const char *fullpath);
 
 /* After this mount renamed @name of @parent (full path @from) to @newname of
  * @newparent (@to): the nodes of both names are unhashed, the one at @to

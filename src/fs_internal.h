@@ -29,7 +29,7 @@ struct fs_file {
 	char *path;                 /* an entry of a branch view: its path in the repo
 				       when opened, or NULL */
 	struct fs_file *live_next;  /* protected by fs->live's lock */
-	struct fs_file **live_pprev;/* protected by fs->live's lock; NULL: not listed */
+	struct fs_file **live_pprev; /* protected by fs->live's lock; NULL: not listed */
 	pthread_mutex_t lock;
 	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
 	uint64_t run;               /* protected by lock: bytes read sequentially so far */

@@ -8,22 +8,27 @@
  * Every change goes to the staging overlay (stage.h), which journals it and
  * commits it later; nothing here talks to the Hub but mkdir of a repo and
  * user.hub.private.  Only branch views are writable (fs_is_branch(), decided
- * with the repo's refs); the rest answers EROFS.  An open for writing takes
- * the path's writer, which copies an existing file in through the cache
- * first (fs_copy_in()); flush and release journal it, fsync commits the
- * branch and waits.  A source the overlay committed meanwhile answers
+ * with the repo's refs); the rest answers EROFS.  Only the mounting user (and
+ * root) may change anything (fs_may_change()).  The Hub keeps no modes,
+ * owners or times: a branch view accepts changes of them and keeps nothing;
+ * links and device nodes it cannot hold are EPERM.  An open for writing
+ * takes the path's writer, which copies an existing file in through the
+ * cache first (fs_copy_in()); flush and release journal it, fsync commits
+ * the branch and waits.  A source the overlay committed meanwhile answers
  * -EAGAIN (fs_fill_again()), and the caller looks at the path again.
  *
  * Handles of branch views are listed (fs_live_add()) so that a change of a
  * path's staged content through one node drops the kernel's pages of the
  * other nodes of the path; a thread of this file sends those invalidations,
  * as a request that waited for one could wait for the pages its own write
- * holds locked.
+ * holds locked.  Unlinks and renames tell the inode table, so that a
+ * renamed file keeps its st_ino and a new file at a name gets another.
  *
  * Locking: fs->live's lock protects its list and queue, and is held across
- * nothing else; the stage and the inode table lock what they keep.  A directory rename holds its branch (stage_hold()) so that the
- * worker commits all of its moves as one commit.  Nothing waits for the
- * network but fsync, fsyncdir (stage_sync()), mkdir of a repo and
+ * nothing but local bookkeeping (an fstat); the stage and the inode table
+ * lock what they keep.  A directory rename holds its branch (stage_hold())
+ * so that the worker commits all of its moves as one commit.  Nothing waits
+ * for the network but fsync, fsyncdir (stage_sync()), mkdir of a repo and
  * user.hub.private.
  */
 #include "config.h"

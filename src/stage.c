@@ -974,6 +974,11 @@ static int stage_unmove(struct stage *s, const char *repo, const char *branch, c
 	e = stage_find(s, repo, branch, to);
 	if (e && e->deleted && e->row && e->moved_to && !strcmp(e->moved_to, from) && !e->wr)
 		tid = e->row;
+	/* the worker is committing the move: forgetting its rows now would
+	 * lose the file (the Hub gets the move, the view forgets both paths) */
+	for (struct stage_branch *b = s->branches; b && tid; b = b->next)
+		if (b->busy && !strcmp(b->branch, branch) && !strcmp(b->repo, repo))
+			tid = 0;
 	pthread_mutex_unlock(&s->lock);
 	if (!tid)
 		return -EXDEV;

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +51,14 @@ libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_
 def check_sanitizers(m, what):
     report = m.sanitizer_report()
     T.ok(not report, "%s: no sanitizer report from the daemon" % what, "\n".join(report[:20]))
+
+
+def rename(a, b):
+    try:
+        os.rename(a, b)
+    except OSError as e:
+        return e
+    return None
 
 
 def run(cmd, cwd=None):
@@ -501,6 +510,30 @@ def test_dir_to_file(hub, m):
     agree(base, "shape", "dir", "a directory again")
 
 
+def test_move_back_while_committing(hub):
+    """mv of a file back where it came from while the worker commits the first move."""
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--commit-delay", "1"]) as m:
+        base = m.p(REPO + "/main/")
+        want = hub_tree(hub)["model.safetensors"]["lfs"]["oid"]
+        hub.set_faults([{"method": "POST", "path": "/commit/main", "action": "stall", "seconds": 4, "count": 1}])
+        try:
+            T.ok(rename(base + "model.safetensors", base + "moving.safetensors") is None, "an LFS file is moved")
+            time.sleep(2.5)  # the quiet period is over: the commit is under way, held up by the Hub
+            rc, out = run(["mv", base + "moving.safetensors", base + "model.safetensors"])
+            T.eq(rc, 0, "mv back meanwhile exits 0 (it copies: the move cannot be undone now)" +
+                 ("" if rc == 0 else ": " + out[-300:]))
+        finally:
+            hub.clear_faults()
+        got = m.read(REPO + "/main/model.safetensors")
+        T.eq(sha256(got), want, "the view reads the file where it was")
+        T.ok(fsync_path(base) is None, "fsync commits")
+        tree = hub_tree(hub)
+        T.ok(tree.get("model.safetensors", {}).get("lfs", {}).get("oid") == want and "moving.safetensors" not in tree,
+             "the Hub has the file where it was, not lost", sorted(p for p in tree if "safetensors" in p))
+        m.unmount()
+        check_sanitizers(m, "move back")
+
+
 OTHER_UID = 65534
 OTHER_SCRIPT = r"""
 import errno, json, os, sys
@@ -601,6 +634,7 @@ def main():
             T.ok(status == 0, "the daemon exits 0 after unmount", m.stderr[-2000:])
             check_sanitizers(m, "tools")
         test_allow_other(hub)
+        test_move_back_while_committing(hub)
     T.done()
 
 
