@@ -53,6 +53,8 @@ struct mount_opts {
 	char **local_only; /* --local-only GLOB, repeatable */
 	size_t nlocal_only;
 	char *mountpoint;
+	int allow_other;	 /* -o allow_other or allow_root */
+	int default_permissions; /* -o default_permissions */
 };
 
 enum { MOUNT_KEY_LOCAL_ONLY = 1 };
@@ -98,7 +100,8 @@ static const char mount_usage[] =
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
-	"  -o OPTIONS            FUSE mount options (e.g. allow_other)\n"
+	"  -o OPTIONS            FUSE mount options (e.g. allow_other, which implies\n"
+	"                        default_permissions)\n"
 	"  --endpoint URL        the Hub (default $HF_ENDPOINT or https://huggingface.co)\n"
 	"  --token-file FILE     read the token from FILE\n"
 	"  --cache-dir DIR       the cache (default $XDG_CACHE_HOME/hubfs or ~/.cache/hubfs)\n"
@@ -154,6 +157,10 @@ static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args
 		log_msg(LOG_ERR, "unknown option '%s' (see 'hubfs mount --help')", arg);
 		return -1;
 	}
+	if (key == FUSE_OPT_KEY_OPT && (!strcmp(arg, "allow_other") || !strcmp(arg, "allow_root")))
+		o->allow_other = 1;
+	if (key == FUSE_OPT_KEY_OPT && !strcmp(arg, "default_permissions"))
+		o->default_permissions = 1;
 	return 1; /* -o options go to libfuse */
 }
 
@@ -539,6 +546,11 @@ int cmd_mount(int argc, char *argv[])
 		log_set_level(LOG_DEBUG);
 		fuse_opt_add_arg(&args, "-d");
 	}
+	/* Other users get what the mode bits say (files 0644, directories
+	 * 0755, owned by the mounting user): the kernel checks them.  Without
+	 * it, any user could change the branches of the mounting user's token. */
+	if (o.allow_other && !o.default_permissions)
+		fuse_opt_add_arg(&args, "-odefault_permissions");
 	fuse_set_log_func(mount_fuse_log);
 	point = realpath(o.mountpoint, NULL);
 	if (!point || mount_check_point(point)) {

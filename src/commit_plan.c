@@ -37,6 +37,16 @@
 #include <stdio.h>
 #include <string.h>
 
+/* meta_lookup(), where a path under a file (ENOTDIR) is not there either:
+ * a folder made where a file was deleted. */
+static int plan_lookup(struct meta *meta, const struct hub_repo *repo, const char *commit,
+		       const char *path, struct cache_entry *e)
+{
+	int rc = meta_lookup(meta, repo, commit, path, e);
+
+	return rc == -ENOTDIR ? -ENOENT : rc;
+}
+
 /* Whether @path is the same in the trees of commits @a and @b. */
 static int plan_path_same(struct meta *meta, const struct hub_repo *repo, const char *a,
 			  const char *b, const char *path, bool *same)
@@ -48,8 +58,8 @@ static int plan_path_same(struct meta *meta, const struct hub_repo *repo, const 
 		*same = true;
 		return 0;
 	}
-	ra = meta_lookup(meta, repo, a, path, &ea);
-	rb = meta_lookup(meta, repo, b, path, &eb);
+	ra = plan_lookup(meta, repo, a, path, &ea);
+	rb = plan_lookup(meta, repo, b, path, &eb);
 	if ((ra && ra != -ENOENT) || (rb && rb != -ENOENT)) {
 		if (!ra)
 			cache_entry_release(&ea);
@@ -126,7 +136,7 @@ static int plan_one(struct meta *meta, const struct hub_repo *repo, const char *
 			}
 		}
 	}
-	rc = meta_lookup(meta, repo, parent, r->path, &e);
+	rc = plan_lookup(meta, repo, parent, r->path, &e);
 	if (rc && rc != -ENOENT)
 		return rc;
 	if (plan_is_delete(r)) {
@@ -209,7 +219,7 @@ bool commit_landed(struct meta *meta, const struct hub_repo *repo, const char *c
 
 		if (ops[i].fate != COMMIT_SEND)
 			continue;
-		rc = meta_lookup(meta, repo, commit, r->path, &e);
+		rc = plan_lookup(meta, repo, commit, r->path, &e);
 		if (plan_is_delete(r)) {
 			if (!rc)
 				cache_entry_release(&e);
@@ -226,7 +236,7 @@ bool commit_landed(struct meta *meta, const struct hub_repo *repo, const char *c
 		if (!ok)
 			return false;
 		if (r->kind == CACHE_STAGE_RENAME && r->old_path) {
-			rc = meta_lookup(meta, repo, commit, r->old_path, &e);
+			rc = plan_lookup(meta, repo, commit, r->old_path, &e);
 			if (!rc)
 				cache_entry_release(&e);
 			if (rc != -ENOENT)
@@ -260,7 +270,7 @@ void commit_title(struct meta *meta, const struct hub_repo *repo, const char *pa
 		return;
 	}
 	if (ns == 1) {
-		bool exists = !meta_lookup(meta, repo, parent, send[0]->row->path, &e);
+		bool exists = !plan_lookup(meta, repo, parent, send[0]->row->path, &e);
 
 		if (exists)
 			cache_entry_release(&e);
@@ -275,7 +285,7 @@ void commit_title(struct meta *meta, const struct hub_repo *repo, const char *pa
 		const struct commit_op *del = add == send[0] ? send[1] : send[0];
 
 		if (add->row->kind == CACHE_STAGE_ADD && del->row->kind == CACHE_STAGE_DELETE_FILE &&
-		    !meta_lookup(meta, repo, parent, del->row->path, &e)) {
+		    !plan_lookup(meta, repo, parent, del->row->path, &e)) {
 			bool moved = plan_same_bytes(&e, add);
 
 			cache_entry_release(&e);

@@ -3,7 +3,11 @@
  *
  * Two hash tables of chained nodes: by inode number, and by (parent, name)
  * for the nodes that lookups may still return ("hashed").  Both grow by
- * doubling.  Inode numbers are never reused during a mount.
+ * doubling.  Inode numbers are never reused during a mount, so a number
+ * stat shows is never another file's.  A third, fixed-size table keeps the
+ * st_ino of the paths this mount renamed files to ("kept"): it outlives the
+ * nodes, which the kernel may forget right after the rename.  It holds one
+ * record per renamed path still there (unlinks and renames drop them).
  */
 #include "config.h"
 
@@ -11,12 +15,23 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define FS_ROOT_INO 1
+#define FS_KEPT_BUCKETS 1024
+
+/* The st_ino of a path a file or directory was renamed to. */
+struct fs_kept {
+	char *fullpath;
+	uint64_t st_ino;
+	bool is_dir;
+	struct fs_kept *next;
+};
 
 struct fs_inodes {
+	struct fs_kept *kept[FS_KEPT_BUCKETS]; /* protected by lock */
 	pthread_mutex_t lock;
 	struct fs_node **by_ino;  /* protected by lock */
 	struct fs_node **by_name; /* protected by lock */
@@ -111,7 +126,7 @@ struct fs_inodes *fs_inodes_new(void)
 	if (!root->name || !root->fullpath)
 		goto fail;
 	fs_path_parse("", &root->p);
-	root->ino = FS_ROOT_INO;
+	root->ino = root->st_ino = FS_ROOT_INO;
 	root->is_dir = true;
 	root->nlookup = 1;
 	t->next_ino = FS_ROOT_INO + 1;
@@ -139,10 +154,69 @@ void fs_inodes_free(struct fs_inodes *t)
 			fs_node_free(n);
 		}
 	}
+	for (size_t i = 0; i < FS_KEPT_BUCKETS; i++) {
+		struct fs_kept *k = t->kept[i], *next;
+
+		for (; k; k = next) {
+			next = k->next;
+			free(k->fullpath);
+			free(k);
+		}
+	}
 	free(t->by_ino);
 	free(t->by_name);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
+}
+
+static struct fs_kept **fs_kept_locked(struct fs_inodes *t, const char *fullpath)
+{
+	struct fs_kept **pk = &t->kept[fs_hash_name(0, fullpath) & (FS_KEPT_BUCKETS - 1)];
+
+	while (*pk && strcmp((*pk)->fullpath, fullpath))
+		pk = &(*pk)->next;
+	return pk;
+}
+
+static void fs_kept_drop_locked(struct fs_inodes *t, const char *fullpath)
+{
+	struct fs_kept **pk = fs_kept_locked(t, fullpath), *k = *pk;
+
+	if (k) {
+		*pk = k->next;
+		free(k->fullpath);
+		free(k);
+	}
+}
+
+/* Keeps @st_ino for @fullpath (taking ownership of it).  Returns 0 or
+ * -ENOMEM (then @fullpath is freed). */
+static int fs_kept_add_locked(struct fs_inodes *t, char *fullpath, uint64_t st_ino, bool is_dir)
+{
+	struct fs_kept **pk = fs_kept_locked(t, fullpath), *k = *pk;
+
+	if (!k) {
+		k = calloc(1, sizeof(*k));
+		if (!k) {
+			free(fullpath);
+			return -ENOMEM;
+		}
+		*pk = k;
+	} else {
+		free(k->fullpath);
+	}
+	k->fullpath = fullpath;
+	k->st_ino = st_ino;
+	k->is_dir = is_dir;
+	return 0;
+}
+
+/* Whether @path is @dir or under it. */
+static bool fs_path_under(const char *path, const char *dir)
+{
+	size_t len = strlen(dir);
+
+	return !strncmp(path, dir, len) && (path[len] == '\0' || path[len] == '/');
 }
 
 static struct fs_node *fs_find_ino_locked(struct fs_inodes *t, uint64_t ino)
@@ -213,6 +287,13 @@ static bool fs_same(const struct fs_node *a, const struct fs_node *b)
 		return false;
 	if (a->p.kind != FS_PATH_ENTRY)
 		return true;
+	/* The staged content of a path changes under its node (@a is live, or
+	 * was made for staged content): a new node for each staged version
+	 * would split the kernel's pages of one file in two. */
+	if (!a->is_dir && !b->is_dir && !strncmp(b->oid, "staged:", 7) &&
+	    (!strncmp(a->oid, "staged:", 7) || __atomic_load_n(&a->live, __ATOMIC_ACQUIRE)) &&
+	    !strcmp(a->fullpath, b->fullpath))
+		return true;
 	/* Same content; the date may differ (a branch moved, the file did not). */
 	return a->is_dir == b->is_dir && a->size == b->size && !strcmp(a->oid, b->oid) &&
 	       !strcmp(a->sha256, b->sha256);
@@ -257,16 +338,26 @@ struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const
 		proto->name = proto->fullpath = NULL;
 		return NULL;
 	}
+	*n = *proto;
+	/* p.path points into fullpath, which moved with the struct copy only
+	 * as a pointer: it is still valid. */
+	n->ino = t->next_ino++;
+	n->st_ino = n->ino;
+	if (n->p.kind == FS_PATH_ENTRY) {
+		/* the same file, changed or renamed here, keeps its number */
+		struct fs_kept *k = *fs_kept_locked(t, n->fullpath);
+
+		if (found && found->p.kind == FS_PATH_ENTRY && found->is_dir == n->is_dir)
+			n->st_ino = found->st_ino;
+		else if (k && k->is_dir == n->is_dir)
+			n->st_ino = k->st_ino;
+	}
 	if (found) {
 		/* The name now means something else: the old node stays for
 		 * whoever still holds it, but lookups find the new one. */
 		fs_unhash_locked(t, found);
 		fs_maybe_free_locked(t, found);
 	}
-	*n = *proto;
-	/* p.path points into fullpath, which moved with the struct copy only
-	 * as a pointer: it is still valid. */
-	n->ino = t->next_ino++;
 	n->nlookup = 1;
 	n->refs = 1;
 	n->hashed = true;
@@ -288,6 +379,117 @@ void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup)
 		fs_maybe_free_locked(t, n);
 	}
 	pthread_mutex_unlock(&t->lock);
+}
+
+static struct fs_node *fs_find_name_locked(struct fs_inodes *t, uint64_t parent, const char *name)
+{
+	struct fs_node *n = t->by_name[fs_hash_name(parent, name) & (t->buckets - 1)];
+
+	while (n && !(n->parent == parent && !strcmp(n->name, name)))
+		n = n->next_name;
+	return n;
+}
+
+/* Unhashes @n, the file at a name that is gone or another one now. */
+static void fs_unlinked_locked(struct fs_inodes *t, struct fs_node *n)
+{
+	__atomic_store_n(&n->unlinked, true, __ATOMIC_RELEASE);
+	fs_unhash_locked(t, n);
+	fs_maybe_free_locked(t, n);
+}
+
+void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name, const char *fullpath)
+{
+	struct fs_node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = fs_find_name_locked(t, parent, name);
+	if (n)
+		fs_unlinked_locked(t, n);
+	fs_kept_drop_locked(t, fullpath);
+	pthread_mutex_unlock(&t->lock);
+}
+
+int fs_inode_rename(struct fs_inodes *t, uint64_t parent, const char *name, uint64_t newparent,
+		    const char *newname, const char *from, const char *to)
+{
+	size_t flen = strlen(from);
+	struct fs_node *src, *dst;
+	struct fs_kept *k, **pk, *moved = NULL;
+	uint64_t st_ino = 0;
+	bool is_dir = false;
+	char *path;
+	int rc = 0;
+
+	pthread_mutex_lock(&t->lock);
+	src = fs_find_name_locked(t, parent, name);
+	dst = fs_find_name_locked(t, newparent, newname);
+	k = *fs_kept_locked(t, from);
+	if (src) {
+		st_ino = src->st_ino;
+		is_dir = src->is_dir;
+	} else if (k) {
+		st_ino = k->st_ino;
+		is_dir = k->is_dir;
+	}
+	if (dst && dst != src)
+		fs_unlinked_locked(t, dst);
+	if (src && src != dst) {
+		fs_unhash_locked(t, src);
+		fs_maybe_free_locked(t, src);
+	}
+	/* what was kept for the target and under it is gone; what was kept
+	 * under the source moves along (the source's own record is @st_ino) */
+	for (size_t i = 0; i < FS_KEPT_BUCKETS; i++) {
+		for (pk = &t->kept[i]; *pk;) {
+			k = *pk;
+			if (!fs_path_under(k->fullpath, from) && !fs_path_under(k->fullpath, to)) {
+				pk = &k->next;
+				continue;
+			}
+			*pk = k->next;
+			path = NULL;
+			if (fs_path_under(k->fullpath, from) && k->fullpath[flen] &&
+			    asprintf(&path, "%s%s", to, k->fullpath + flen) < 0)
+				path = NULL;
+			free(k->fullpath);
+			k->fullpath = path;
+			if (path) {
+				k->next = moved;
+				moved = k;
+			} else {
+				free(k);
+			}
+		}
+	}
+	while (moved) {
+		k = moved;
+		moved = k->next;
+		pk = fs_kept_locked(t, k->fullpath);
+		k->next = *pk;
+		*pk = k;
+	}
+	/* the nodes the kernel knows under a directory moved keep their
+	 * numbers too */
+	if (src && is_dir) {
+		for (size_t i = 0; i < t->buckets && !rc; i++) {
+			for (struct fs_node *n = t->by_ino[i]; n && !rc; n = n->next_ino) {
+				if (n->p.kind != FS_PATH_ENTRY || !n->hashed || n->fullpath[flen] != '/' ||
+				    strncmp(n->fullpath, from, flen))
+					continue;
+				if (asprintf(&path, "%s%s", to, n->fullpath + flen) < 0)
+					rc = -ENOMEM;
+				else
+					rc = fs_kept_add_locked(t, path, n->st_ino, n->is_dir);
+			}
+		}
+	}
+	if (!rc && st_ino) {
+		path = strdup(to);
+		rc = path ? fs_kept_add_locked(t, path, st_ino, is_dir) : -ENOMEM;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return rc;
 }
 
 uint64_t fs_inode_find(struct fs_inodes *t, uint64_t parent, const char *name)

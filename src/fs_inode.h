@@ -6,7 +6,19 @@
  * revision the tree entry it was found as.  A file node's content never
  * changes: when a branch moves and a file's content changes, the next lookup
  * of its name makes a new node (new inode number), so the kernel may keep
- * each node's pages cached for as long as it likes.
+ * each node's pages cached for as long as it likes.  The exception is a
+ * file of a branch view whose staged content (stage.h) was opened through a
+ * node ("live"): that content changes under the node, as a local file's
+ * does, and later lookups of the path find the same node while the overlay
+ * has the file.
+ *
+ * A node's inode number (FUSE's node id) names its content for the kernel's
+ * page cache; the number stat(2) shows (st_ino) names the file: a node made
+ * for a name whose node it replaces (new content at the path) shows the old
+ * node's number, and so does a node made for the name a file was renamed to
+ * by this mount (the table keeps the number for that path until it is
+ * unlinked or renamed away), so that a file keeps its st_ino when it
+ * changes or is renamed.
  *
  * Nodes are counted the kernel's way (nlookup: lookups minus forgets) plus
  * internal references (open files, requests in progress).  A node is freed
@@ -27,6 +39,7 @@
 
 struct fs_node {
 	uint64_t ino;
+	uint64_t st_ino;          /* what stat shows: see above */
 	uint64_t parent;
 	char *name;               /* in the parent ("" for the root) */
 	char *fullpath;           /* from the mount root, no leading '/' */
@@ -42,6 +55,11 @@ struct fs_node {
 				     path, so the content may differ now */
 	bool writable;            /* its mode shows write permission (set when the
 				     node is made: fs_ops.c, fs_child()) */
+	bool live;                /* atomic: a writer or the overlay's content was
+				     opened through it, so its content is the
+				     path's staged one, which changes (fs_ops.c) */
+	bool unlinked;            /* atomic: unlinked, removed or renamed over by
+				     this mount (fs_inode_unhash(), fs_inode_rename()) */
 	/* The rest is the table's. */
 	uint64_t nlookup;         /* protected by the table's lock */
 	uint64_t refs;            /* protected by the table's lock */
@@ -66,14 +84,31 @@ void fs_inode_put(struct fs_inodes *t, struct fs_node *n);
  * caller: fullpath, p, entry fields; the table takes ownership of its
  * strings, also on failure).  If a hashed child of that name exists and is
  * the same (same kind, and for entries the same content ids), it is returned
- * with its mtime updated (read it with __atomic_load_n); otherwise @proto becomes a new node replacing the old one in the
- * name index.  In both cases nlookup is incremented and a reference taken.
+ * with its mtime updated (read it with __atomic_load_n); otherwise @proto
+ * becomes a new node replacing the old one in the name index, with its
+ * st_ino (or the one fs_inode_rename() kept for its path) when both are
+ * files or both directories.  In both cases nlookup is incremented and a
+ * reference taken.
  * Returns NULL when out of memory. */
 struct fs_node *fs_inode_link(struct fs_inodes *t, struct fs_node *parent, const char *name,
 			      struct fs_node *proto);
 
 /* The kernel forgot @nlookup lookups of @ino. */
 void fs_inode_forget(struct fs_inodes *t, uint64_t ino, uint64_t nlookup);
+
+/* Lookups of @name in @parent (full path @fullpath) find no node any more:
+ * the file there was unlinked or removed, so the next file of that name is
+ * another one.  The node stays for who holds it, marked unlinked. */
+void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name, const char *fullpath);
+
+/* After this mount renamed @name of @parent (full path @from) to @newname of
+ * @newparent (@to): the nodes of both names are unhashed, the one at @to
+ * marked unlinked (it was replaced), and the source's st_ino is kept for
+ * @to, and for the paths under it when a directory moved, so that the nodes
+ * made for them show it.  Returns 0 or -ENOMEM (the file then shows a new
+ * number). */
+int fs_inode_rename(struct fs_inodes *t, uint64_t parent, const char *name, uint64_t newparent,
+		    const char *newname, const char *from, const char *to);
 
 /* The inode number of the node that lookups of @name in @parent find, or 0
  * when there is none. */

@@ -1,5 +1,6 @@
 /*
- * FUSE operations.  See fs_ops.h.
+ * FUSE operations: the read side and the operations table.  See fs_ops.h;
+ * the writes are in fs_write.c, what both share in fs_internal.h.
  *
  * Every request resolves its inode to a node (a reference held for the
  * request), decides from the node's parsed path what it is, and answers from
@@ -15,25 +16,33 @@
  * sequential reader gets a read-ahead window that doubles per read up to
  * FS_READAHEAD_MAX, fetched in parallel by fetch's threads.
  *
- * Writes (branch views only, decided with the repo's refs): an open for
- * writing takes the path's writer from the staging overlay (stage.h), which
- * copies an existing file in through the cache first; flush and release
- * journal it, fsync commits the branch and waits.  Lookups, stat, listings
- * and reads of an entry ask the overlay before the tree.  A staged file's
- * node gets the oid "staged:N" (a new node per staged version); its content
- * changes under open handles, so they use direct_io instead of keep_cache
- * (no mmap of a staged file).  Once committed, a "staged:" node is answered
- * from the tree.  rename within a branch view, mkdir and rmdir go to the
- * overlay too (stage_rename(), stage_mkdir(), stage_rmdir()); mkdir of a
- * repo directory creates the repo on the Hub.  After a rename the kernel
- * names the new path by the old path's inode until its entry expires (and
- * invalidating the entry after the reply races with the kernel's own move of
- * it), so getattr and open of a node whose path was renamed away follow the
- * overlay to where it went (fs_moved()).
+ * Branch views: lookups, stat, listings and reads of an entry ask the
+ * staging overlay (stage.h) before the tree.  A staged file's node gets the
+ * oid "staged:N"; once committed, it is answered from the tree.  An open for
+ * writing takes the path's writer (fs_writer_open(), in fs_write.c).  A
+ * node through which a writer or staged content was opened is "live"
+ * (fs_inode.h): its content changes under it, as a local file's does, so
+ * its opens drop the kernel's pages (no keep_cache), every handle of it
+ * reads the path's staged content as it is now (fs_read_staged()), and
+ * changes made through other nodes of the path drop its pages
+ * (fs_live_changed()).  The kernel's page cache of a live node thus holds
+ * one version, and shared maps of files being written work: a write through
+ * a map is written back through the node's writer, and msync commits.  After a rename the kernel names the new path by the old
+ * path's inode until its entry expires (and invalidating the entry after the
+ * reply races with the kernel's own move of it), so getattr and open of a
+ * node whose path was renamed away follow the overlay to where it went
+ * (fs_moved()), and lookups in a renamed directory find its new path
+ * (fs_dir_view()).
+ *
+ * Locking: no lock of this file is held across a reply or a call into meta,
+ * the cache or the stage.  fs->moves_lock protects the list of renamed
+ * directories, fs->notify_lock the session that notifications go to; an
+ * open file's lock its read-ahead state.
  */
 #include "config.h"
 
 #include "fs_ops.h"
+#include "fs_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,22 +64,6 @@
  * are verified before any of their bytes is served. */
 #define FS_WHOLE_MAX (8u << 20)
 
-/* An open file. */
-struct fs_file {
-	struct fs_node *node;       /* a reference */
-	uint64_t size;              /* of the blob */
-	struct cache_blob *blob;    /* NULL for an empty file */
-	struct fetch_source *src;
-	int fd;                     /* staged content read-only, or -1 */
-	struct stage_writer *w;     /* opened for writing: the path's writer, or NULL */
-	bool append;                /* O_APPEND */
-	pthread_mutex_t lock;
-	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
-	uint64_t run;               /* protected by lock: bytes read sequentially so far */
-	uint64_t window;            /* protected by lock: read-ahead window */
-	uint64_t ahead;             /* protected by lock: read-ahead queued up to here */
-};
-
 /* An open directory: its whole listing, built at opendir. */
 struct fs_dir {
 	char *buf;      /* the entries, as fuse_add_direntry() lays them out */
@@ -80,25 +72,15 @@ struct fs_dir {
 	size_t n, n_cap;
 };
 
-static struct fs *fs_of(fuse_req_t req)
-{
-	return fuse_req_userdata(req);
-}
-
-static bool fs_is_dir(const struct fs_node *n)
-{
-	return n->p.kind != FS_PATH_ME && (n->p.kind != FS_PATH_ENTRY || n->is_dir);
-}
-
 /* Names and attributes under a full commit id never change. */
-static double fs_timeout(struct fs *fs, const struct fs_node *n)
+double fs_timeout(struct fs *fs, const struct fs_node *n)
 {
 	if (n->p.kind >= FS_PATH_REVISION && n->p.pinned && hub_commit_id_valid(n->p.rev, false))
 		return FS_PINNED_TIMEOUT;
 	return fs->ttl;
 }
 
-static void fs_repo_of(const struct fs_node *n, struct hub_repo *repo)
+void fs_repo_of(const struct fs_node *n, struct hub_repo *repo)
 {
 	repo->type = n->p.type;
 	repo->ns = n->p.ns;
@@ -106,7 +88,7 @@ static void fs_repo_of(const struct fs_node *n, struct hub_repo *repo)
 }
 
 /* Resolves the revision of a node at or below a revision root. */
-static int fs_revision(struct fs *fs, const struct fs_node *n, struct hub_revision *rev)
+int fs_revision(struct fs *fs, const struct fs_node *n, struct hub_revision *rev)
 {
 	struct hub_repo repo;
 
@@ -115,7 +97,7 @@ static int fs_revision(struct fs *fs, const struct fs_node *n, struct hub_revisi
 }
 
 /* The staging key of a node's repo. */
-static void fs_stage_key(const struct fs_node *n, char key[STAGE_REPO_KEY_MAX])
+void fs_stage_key(const struct fs_node *n, char key[STAGE_REPO_KEY_MAX])
 {
 	struct hub_repo repo;
 
@@ -125,7 +107,7 @@ static void fs_stage_key(const struct fs_node *n, char key[STAGE_REPO_KEY_MAX])
 
 /* Whether a node at or below a revision root is in a branch view (writable):
  * 1, 0 (a tag, a commit id, a PR ref), or -errno. */
-static int fs_is_branch(struct fs *fs, const struct fs_node *n)
+int fs_is_branch(struct fs *fs, const struct fs_node *n)
 {
 	struct hub_repo repo;
 	struct hub_refs refs;
@@ -147,7 +129,7 @@ static int fs_is_branch(struct fs *fs, const struct fs_node *n)
 }
 
 /* What the overlay says of an entry node's path. */
-static void fs_staged(struct fs *fs, const struct fs_node *n, struct stage_stat *st)
+void fs_staged(struct fs *fs, const struct fs_node *n, struct stage_stat *st)
 {
 	char key[STAGE_REPO_KEY_MAX];
 
@@ -189,7 +171,7 @@ static int fs_ref_exists(struct fs *fs, const struct fs_path *p)
 static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->st_ino = n->ino;
+	st->st_ino = n->st_ino;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_blksize = FS_MAX_READ;
@@ -198,12 +180,15 @@ static void fs_fill_stat(struct fs *fs, const struct fs_node *n, int64_t mtime, 
 		st->st_size = fs->me ? (off_t)strlen(fs->me) : 0;
 		st->st_nlink = 1;
 	} else if (fs_is_dir(n)) {
+		/* above a revision, the subdirectories are not counted (a
+		 * listing would cost a request): 1, as the convention for
+		 * "not counted" has it; below, fs_stat() counts them */
 		st->st_mode = S_IFDIR | 0555;
-		st->st_nlink = 2;
+		st->st_nlink = 1;
 		st->st_size = 4096;
 	} else {
 		st->st_mode = S_IFREG | 0444;
-		st->st_nlink = 1;
+		st->st_nlink = __atomic_load_n(&n->unlinked, __ATOMIC_ACQUIRE) ? 0 : 1;
 		st->st_size = (off_t)n->size;
 		st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
 	}
@@ -279,8 +264,10 @@ static bool fs_writable(struct fs *fs, const struct fs_node *parent, const struc
 	return n->p.kind >= FS_PATH_REVISION && fs_is_branch(fs, n) == 1;
 }
 
+static nlink_t fs_dir_nlink(struct fs *fs, const struct fs_node *n);
+
 /* The attributes of @n now. */
-static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
+int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 {
 	struct hub_revision rev;
 	int64_t mtime = fs->mount_time;
@@ -297,6 +284,9 @@ static int fs_stat(struct fs *fs, const struct fs_node *n, struct stat *st)
 	fs_fill_stat(fs, n, mtime, st);
 	if (n->writable)
 		st->st_mode |= S_ISDIR(st->st_mode) ? 0755 : 0644;
+	if (n->p.kind >= FS_PATH_REVISION && fs_is_dir(n))
+		st->st_nlink = __atomic_load_n(&n->unlinked, __ATOMIC_ACQUIRE) ? 0
+										: fs_dir_nlink(fs, n);
 	if (n->p.kind == FS_PATH_ENTRY && !n->is_dir) {
 		struct stage_stat ss;
 		struct cache_entry e;
@@ -325,7 +315,7 @@ struct fs_dir_move {
 
 /* Records that directory node @ino is at @fullpath now.  Returns 0 or
  * -ENOMEM. */
-static int fs_dir_moved(struct fs *fs, uint64_t ino, const char *fullpath)
+int fs_dir_moved(struct fs *fs, uint64_t ino, const char *fullpath)
 {
 	struct fs_dir_move *m;
 	char *copy = strdup(fullpath);
@@ -415,12 +405,107 @@ static const struct fs_node *fs_dir_view(struct fs *fs, const struct fs_node *n,
 	return tmp;
 }
 
-typedef int (*fs_child_fn)(struct fs *fs, const struct fs_node *parent, const char *name,
-			   struct fs_node *proto);
+/* Counting the subdirectories of a directory of a revision. */
+struct fs_nlink {
+	struct fs *fs;
+	const struct fs_node *dir;
+	const char *commit;
+	char key[STAGE_REPO_KEY_MAX];
+	bool in_tree; /* the tree may have the directory */
+	nlink_t n;
+};
+
+/* A directory of the tree counts unless the overlay deleted it or made it a
+ * file. */
+static int fs_nlink_tree(void *arg, const struct cache_entry *e)
+{
+	struct fs_nlink *c = arg;
+	struct stage_stat ss;
+
+	if (!e->is_dir)
+		return 0;
+	if (c->fs->stage) {
+		stage_stat(c->fs->stage, c->key, c->dir->p.rev, e->path, &ss);
+		if (ss.what == STAGE_DELETED || ss.what == STAGE_FILE)
+			return 0;
+	}
+	c->n++;
+	return 0;
+}
+
+/* A directory of the overlay counts unless the tree has a directory there
+ * (counted above). */
+static int fs_nlink_staged(void *arg, const char *name, bool is_dir)
+{
+	struct fs_nlink *c = arg;
+	struct hub_repo repo;
+	struct cache_entry e;
+	char *path;
+	int rc;
+
+	if (!is_dir)
+		return 0;
+	if (!c->in_tree) {
+		c->n++;
+		return 0;
+	}
+	if (asprintf(&path, "%s%s%s", c->dir->p.path, *c->dir->p.path ? "/" : "", name) < 0)
+		return -ENOMEM;
+	fs_repo_of(c->dir, &repo);
+	rc = meta_lookup(c->fs->meta, &repo, c->commit, path, &e);
+	free(path);
+	if (rc == 0) {
+		if (!e.is_dir)
+			c->n++; /* where the tree has a file the overlay deleted */
+		cache_entry_release(&e);
+		return 0;
+	}
+	if (rc == -ENOENT || rc == -ENOTDIR) {
+		c->n++;
+		return 0;
+	}
+	return rc;
+}
+
+/* The link count of directory @n of a revision: 2 and one per subdirectory
+ * that its listing shows (opendir's rules).  Counted from a listing the
+ * cache index has, never with a request to the Hub (ls -l of a directory
+ * would cost one per subdirectory): 1, "not counted", until the directory
+ * was listed, and on errors. */
+static nlink_t fs_dir_nlink(struct fs *fs, const struct fs_node *n)
+{
+	struct fs_node tmp;
+	const struct fs_node *v = fs_dir_view(fs, n, &tmp); /* renamed? */
+	struct fs_nlink c = { .fs = fs, .dir = v, .commit = v->commit, .in_tree = true };
+	struct hub_revision rev;
+	struct hub_repo repo;
+	int rc = 0;
+
+	fs_repo_of(v, &repo);
+	fs_stage_key(v, c.key);
+	if (v->p.kind == FS_PATH_REVISION || fs->stage) {
+		/* a branch view lists the branch's current head */
+		rc = fs_revision(fs, v, &rev);
+		c.commit = rev.commit;
+	}
+	/* a directory that only the overlay had when its node was made (no
+	 * tree id): the overlay's subdirectories are all there is */
+	if (v->p.kind == FS_PATH_ENTRY && !v->oid[0])
+		c.in_tree = false;
+	if (!rc && c.in_tree)
+		rc = meta_list_cached(fs->meta, &repo, c.commit, v->p.path, fs_nlink_tree, &c);
+	if ((rc == -ENOENT || rc == -ENOTDIR) && fs->stage)
+		rc = 0;
+	if (!rc && fs->stage)
+		rc = stage_list_dir(fs->stage, c.key, v->p.rev, v->p.path, fs_nlink_staged, &c);
+	if (v == &tmp)
+		free(tmp.fullpath);
+	return rc ? 1 : 2 + c.n;
+}
 
 /* Calls @fn with the directory that @parent stands for now (fs_dir_view()). */
-static int fs_child_in_view(struct fs *fs, const struct fs_node *parent, const char *name,
-			    struct fs_node *proto, fs_child_fn fn)
+int fs_child_in_view(struct fs *fs, const struct fs_node *parent, const char *name,
+		     struct fs_node *proto, fs_child_fn fn)
 {
 	struct fs_node tmp;
 	const struct fs_node *v = fs_dir_view(fs, parent, &tmp);
@@ -431,18 +516,13 @@ static int fs_child_in_view(struct fs *fs, const struct fs_node *parent, const c
 	return rc;
 }
 
-/* Builds and checks the node that @name in @parent would be. */
-static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
-		       struct fs_node *proto);
-
-static int fs_child(struct fs *fs, const struct fs_node *parent, const char *name,
-		    struct fs_node *proto)
+int fs_child(struct fs *fs, const struct fs_node *parent, const char *name, struct fs_node *proto)
 {
 	return fs_child_in_view(fs, parent, name, proto, fs_child_at);
 }
 
-static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
-		       struct fs_node *proto)
+int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
+		struct fs_node *proto)
 {
 	struct hub_revision rev;
 	struct hub_repo repo;
@@ -515,6 +595,16 @@ static int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *
 			break;
 		}
 		rc = meta_lookup(fs->meta, &repo, rev.commit, proto->p.path, &e);
+		if (rc == 0 && ss.what == STAGE_DIR && !e.is_dir) {
+			/* a directory made where the tree has a file the
+			 * overlay deleted: the directory is what the view has */
+			cache_entry_release(&e);
+			rc = -ENOENT;
+		}
+		/* the parent is a directory of the view: where the tree has a
+		 * file above the path, the overlay made a directory of it */
+		if (rc == -ENOTDIR)
+			rc = -ENOENT;
 		if (rc == -ENOENT && ss.what == STAGE_DIR) {
 			proto->is_dir = true;
 			memcpy(proto->commit, rev.commit, sizeof(proto->commit));
@@ -547,7 +637,7 @@ fail:
 /* Replies to a lookup (or mkdir) with the node @n that fs_inode_link() just
  * returned, and drops the request's reference to it.  Returns 0 once
  * replied; on -errno nothing was replied and the lookup of @n is undone. */
-static int fs_reply_node(fuse_req_t req, struct fs *fs, struct fs_node *n)
+int fs_reply_node(fuse_req_t req, struct fs *fs, struct fs_node *n)
 {
 	struct fuse_entry_param ep;
 	int rc;
@@ -682,23 +772,29 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
+	struct fs_node moved;
 	struct stat st;
+	uint64_t size;
 	int rc;
 
-	struct fs_node moved;
-
-	(void)fi;
 	if (!n) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
+	(void)fi; /* NULL for fstat(2) too */
 	rc = fs_moved(fs, n, &moved);
 	if (rc == 1) {
 		rc = fs_stat(fs, &moved, &st);
-		st.st_ino = n->ino;
+		st.st_ino = n->st_ino;
 		free(moved.fullpath);
 	} else if (rc == 0) {
 		rc = fs_stat(fs, n, &st);
+	}
+	if (!rc && __atomic_load_n(&n->unlinked, __ATOMIC_ACQUIRE) && !fs_is_dir(n) &&
+	    fs_live_size(fs, n, &size)) {
+		/* fstat(2) of an unlinked file: what its open files have */
+		st.st_size = (off_t)size;
+		st.st_blocks = (blkcnt_t)((size + 511) / 512);
 	}
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -876,12 +972,18 @@ static int fs_tree_entry(void *arg, const struct cache_entry *e)
 	const char *name = strrchr(e->path, '/');
 	struct stage_stat ss;
 
+	bool is_dir = e->is_dir;
+
 	if (l->fs->stage) {
 		stage_stat(l->fs->stage, l->key, l->n->p.rev, e->path, &ss);
 		if (ss.what == STAGE_DELETED)
 			return 0;
+		/* the overlay's kind wins: a file made where a folder was
+		 * removed, a directory made where a file was unlinked */
+		if (ss.what == STAGE_FILE || ss.what == STAGE_DIR)
+			is_dir = ss.what == STAGE_DIR;
 	}
-	return fs_dir_add(l->req, l->d, name ? name + 1 : e->path, e->is_dir ? S_IFDIR : S_IFREG);
+	return fs_dir_add(l->req, l->d, name ? name + 1 : e->path, is_dir ? S_IFDIR : S_IFREG);
 }
 
 /* A name the overlay adds to a listing, unless the tree has it already. */
@@ -902,9 +1004,17 @@ static int fs_staged_entry(void *arg, const char *name, bool is_dir)
 		cache_entry_release(&e);
 		return 0;
 	}
-	if (rc != -ENOENT)
+	if (rc != -ENOENT && rc != -ENOTDIR) /* ENOTDIR: a file of the tree above */
 		return rc;
 	return fs_dir_add(l->req, l->d, name, is_dir ? S_IFDIR : S_IFREG);
+}
+
+/* Stops a listing at its first entry. */
+static int fs_stop(void *arg, const struct cache_entry *e)
+{
+	(void)arg;
+	(void)e;
+	return 1;
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -959,6 +1069,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		struct hub_repo repo;
 		struct hub_revision rev;
 		const char *commit = v->commit;
+		bool fresh;
 
 		fs_repo_of(v, &repo);
 		fs_stage_key(v, l.key);
@@ -968,9 +1079,15 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			commit = rev.commit;
 		}
 		l.commit = commit;
+		/* listed for the first time: the kernel's attributes of the
+		 * directory have an uncounted link count (fs_dir_nlink()) */
+		fresh = !rc && meta_list_cached(fs->meta, &repo, commit, v->p.path, fs_stop,
+						NULL) == -ENODATA;
 		if (!rc)
 			rc = meta_list(fs->meta, &repo, commit, v->p.path, fs_tree_entry, &l);
-		if (rc == -ENOENT && fs->stage)
+		if (!rc && fresh)
+			fs_live_inval(fs, n->ino);
+		if ((rc == -ENOENT || rc == -ENOTDIR) && fs->stage)
 			rc = 0; /* a directory that only staged files make */
 		if (!rc && fs->stage)
 			rc = stage_list_dir(fs->stage, l.key, v->p.rev, v->p.path, fs_staged_entry, &l);
@@ -1045,8 +1162,10 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 /* ---- files ---- */
 
-static void fs_file_free(struct fs *fs, struct fs_file *f)
+void fs_file_free(struct fs *fs, struct fs_file *f)
 {
+	fs_live_remove(fs, f);
+	free(f->path);
 	if (f->w && stage_writer_close(f->w))
 		log_msg(LOG_ERR, "'%s': the last writes could not be journaled", f->node->fullpath);
 	if (f->fd >= 0)
@@ -1056,133 +1175,6 @@ static void fs_file_free(struct fs *fs, struct fs_file *f)
 	fs_inode_put(fs->inodes, f->node);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
-}
-
-static bool fs_interrupted(void *arg);
-
-/* What the copy of a file of the tree into a staged file needs. */
-struct fs_copy {
-	struct fs *fs;
-	const struct fs_node *n;
-	const char *commit;
-	const char *path; /* in the tree of commit */
-	struct cache_entry e;
-};
-
-/* Copies a file of the tree, through the cache, into a new staged file. */
-static int fs_copy_in(void *arg, int fd)
-{
-	struct fs_copy *c = arg;
-	struct fs *fs = c->fs;
-	const char *id = c->e.sha256[0] ? c->e.sha256 : c->e.oid;
-	struct fetch_call call = { 0 };
-	struct cache_blob *blob;
-	struct hub_repo repo;
-	uint64_t off = 0;
-	char *url, *buf;
-	int rc = 0;
-
-	if (c->e.size == 0)
-		return 0;
-	fs_repo_of(c->n, &repo);
-	url = hub_resolve_url(fs->http, &repo, c->commit, c->path);
-	buf = malloc(FS_MAX_READ);
-	blob = cache_blob_get(fs->cache, id, c->e.size, &rc);
-	call.src = url ? fetch_source_new(fs->fetch, url, id, c->e.size) : NULL;
-	if (!url || !buf || !call.src) {
-		rc = rc ? rc : -ENOMEM;
-		goto out;
-	}
-	while (blob && off < c->e.size) {
-		ssize_t n = cache_blob_read(blob, buf, FS_MAX_READ, off,
-					    fs->offline ? NULL : fetch_fill, &call);
-
-		if (n <= 0) {
-			rc = n == -ENODATA ? -EIO : n < 0 ? (int)n : -EIO;
-			break;
-		}
-		if (pwrite(fd, buf, (size_t)n, (off_t)off) != n) {
-			rc = -errno ? -errno : -EIO;
-			break;
-		}
-		off += (uint64_t)n;
-	}
-out:
-	cache_blob_put(blob);
-	fetch_source_unref(call.src);
-	free(buf);
-	free(url);
-	return rc;
-}
-
-/* The fill of a source that the overlay had when the caller looked: asked
- * only when the overlay has it no more (committed meanwhile), so that the
- * caller looks again instead of starting from nothing. */
-static int fs_fill_again(void *arg, int fd)
-{
-	(void)arg;
-	(void)fd;
-	return -EAGAIN;
-}
-
-/* Opens the writer of file node @n (a branch view, checked by the caller). */
-static struct stage_writer *fs_writer_open(struct fs *fs, const struct fs_node *n, bool trunc,
-					   int *err)
-{
-	struct fs_copy c = { .fs = fs, .n = n, .path = n->p.path };
-	struct hub_revision rev;
-	struct hub_repo repo;
-	struct stage_stat ss;
-	char key[STAGE_REPO_KEY_MAX];
-	struct stage_writer *w;
-	bool have = false;
-
-	fs_repo_of(n, &repo);
-	fs_stage_key(n, key);
-	/* the overlay may commit the path meanwhile: look again then */
-	for (int i = 0; i < 3; i++) {
-		stage_fill_fn fill = NULL;
-
-		if (have)
-			cache_entry_release(&c.e);
-		have = false;
-		c.path = n->p.path;
-		*err = fs_revision(fs, n, &rev);
-		if (*err)
-			return NULL;
-		fs_staged(fs, n, &ss);
-		if (!trunc && ss.what == STAGE_NONE) {
-			*err = meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &c.e);
-			if (*err == 0 && c.e.is_dir) {
-				cache_entry_release(&c.e);
-				*err = -EISDIR;
-				return NULL;
-			}
-			if (*err && *err != -ENOENT)
-				return NULL;
-			have = *err == 0;
-			c.commit = rev.commit;
-		} else if (!trunc && ss.what == STAGE_FILE && ss.from[0]) {
-			/* moved by reference: the content is the old path's */
-			*err = meta_lookup(fs->meta, &repo, ss.base, ss.from, &c.e);
-			if (*err)
-				return NULL;
-			have = true;
-			c.commit = ss.base;
-			c.path = ss.from;
-		} else if (!trunc && ss.what == STAGE_FILE) {
-			fill = fs_fill_again;
-		}
-		if (have)
-			fill = fs_copy_in;
-		w = stage_writer_open(fs->stage, key, n->p.rev, n->p.path, rev.commit, trunc, fill,
-				      &c, err);
-		if (w || *err != -EAGAIN)
-			break;
-	}
-	if (have)
-		cache_entry_release(&c.e);
-	return w;
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1219,6 +1211,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	if (writing) {
+		rc = fs_may_change(req);
+		if (rc)
+			goto fail;
 		rc = fs_is_branch(fs, n);
 		if (rc <= 0) {
 			rc = rc ? rc : -EROFS;
@@ -1240,6 +1235,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (!f->w)
 			goto fail;
 		f->append = (fi->flags & O_APPEND) != 0;
+		__atomic_store_n(&f->node->live, true, __ATOMIC_RELEASE);
 		goto opened;
 	}
 	fs_staged(fs, v, &ss);
@@ -1247,11 +1243,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		rc = -ENOENT;
 		goto fail;
 	}
+	if (ss.what == STAGE_FILE)
+		__atomic_store_n(&f->node->live, true, __ATOMIC_RELEASE);
 	if (ss.what == STAGE_FILE && ss.from[0]) {
 		/* an LFS file moved by reference: the old path's content */
 		f->size = ss.size;
-		fi->keep_cache = 0;
-		fi->direct_io = 1;
 		if (f->size > 0) {
 			fs_repo_of(v, &repo);
 			url = hub_resolve_url(fs->http, &repo, ss.base, ss.from);
@@ -1313,15 +1309,26 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	free(url);
 	url = NULL;
 opened:
+	if (__atomic_load_n(&f->node->live, __ATOMIC_ACQUIRE)) {
+		/* the path's staged content: its pages may be older than it
+		 * (written through another node), and it changes under the
+		 * node (through its pages: fs_live_changed() for the rest) */
+		fi->keep_cache = 0;
+	}
+	if (f->node->writable && f->node->p.kind == FS_PATH_ENTRY) {
+		f->path = strdup(v->p.path);
+		if (!f->path) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		fs_live_add(fs, f);
+		if (f->w && (fi->flags & O_TRUNC))
+			fs_live_changed(fs, v, v->p.path, f->node->ino);
+	}
 	fi->fh = fs_handle_add(fs->files, f);
 	if (!fi->fh) {
 		rc = -ENOMEM;
 		goto fail;
-	}
-	if (f->w || f->fd >= 0) {
-		/* staged content changes under the same node */
-		fi->keep_cache = 0;
-		fi->direct_io = 1;
 	}
 	if (fuse_reply_open(req, fi))
 		fs_handle_release(fs->files, fi->fh);
@@ -1369,6 +1376,29 @@ static char *fs_read_buffer(void)
 	return buf;
 }
 
+/* Reads the staged content that the path of @f has now (a handle of a live
+ * node: see fs_inode.h).  Returns the bytes read, -ENOENT when the overlay
+ * has no file there, or -errno. */
+static ssize_t fs_read_staged(struct fs *fs, const struct fs_file *f, char *buf, size_t size,
+			      off_t off)
+{
+	char key[STAGE_REPO_KEY_MAX];
+	ssize_t n;
+	int fd;
+
+	if (!fs->stage)
+		return -ENOENT;
+	fs_stage_key(f->node, key);
+	fd = stage_open_read(fs->stage, key, f->node->p.rev, f->path);
+	if (fd < 0)
+		return fd;
+	n = pread(fd, buf, size, off);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	return n;
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -1391,7 +1421,11 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		goto out;
 	}
-	if (f->w || f->fd >= 0) {
+	if (f->w || f->fd >= 0 || (f->path && __atomic_load_n(&f->node->live, __ATOMIC_ACQUIRE))) {
+		/* staged content: what the path has now, so that the node's
+		 * pages, which every handle of the node shares, never mix
+		 * versions; once the overlay has nothing there (unlinked,
+		 * renamed, committed), what the handle opened */
 		if (size > FS_MAX_READ)
 			size = FS_MAX_READ;
 		buf = fs_read_buffer();
@@ -1402,15 +1436,23 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (f->w) {
 			n = stage_writer_read(f->w, buf, size, (uint64_t)off);
 		} else {
-			n = pread(f->fd, buf, size, off);
-			if (n < 0)
-				n = -errno;
+			/* an unlinked or replaced file is not the path's any more */
+			n = f->path && !__atomic_load_n(&f->node->unlinked, __ATOMIC_ACQUIRE)
+				    ? fs_read_staged(fs, f, buf, size, off)
+				    : -ENOENT;
+			if (n == -ENOENT && f->fd >= 0) {
+				n = pread(f->fd, buf, size, off);
+				if (n < 0)
+					n = -errno;
+			}
 		}
-		if (n < 0)
-			fuse_reply_err(req, (int)-n);
-		else
-			fuse_reply_buf(req, buf, (size_t)n);
-		goto out;
+		if (n != -ENOENT || f->w || f->fd >= 0) {
+			if (n < 0)
+				fuse_reply_err(req, (int)-n);
+			else
+				fuse_reply_buf(req, buf, (size_t)n);
+			goto out;
+		}
 	}
 	if (!f->blob || (uint64_t)off >= f->size) {
 		fuse_reply_buf(req, NULL, 0);
@@ -1464,122 +1506,6 @@ fail:
 		fuse_reply_buf(req, buf, (size_t)n);
 out:
 	fs_handle_put(fs->files, fi->fh, f);
-}
-
-static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
-		     struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
-	ssize_t n;
-
-	(void)ino;
-	if (!f) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	if (!f->w || off < 0) {
-		fuse_reply_err(req, f->w ? EINVAL : EBADF);
-	} else {
-		n = stage_writer_write(f->w, buf, size, (uint64_t)off, f->append);
-		if (n < 0)
-			fuse_reply_err(req, (int)-n);
-		else
-			fuse_reply_write(req, (size_t)n);
-	}
-	fs_handle_put(fs->files, fi->fh, f);
-}
-
-/* Journals what a handle wrote: the result goes to close(2). */
-static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
-	int rc = 0;
-
-	(void)ino;
-	if (!f) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	if (f->w)
-		rc = stage_writer_flush(f->w);
-	fs_handle_put(fs->files, fi->fh, f);
-	fuse_reply_err(req, -rc);
-}
-
-static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
-
-	(void)ino;
-	/* journaled before the reply, even if a read still holds the handle */
-	if (f && f->w && stage_writer_flush(f->w))
-		log_msg(LOG_ERR, "'%s': the last writes could not be journaled", f->node->fullpath);
-	if (f)
-		fs_handle_put(fs->files, fi->fh, f);
-	fs_handle_release(fs->files, fi->fh);
-	fuse_reply_err(req, 0);
-}
-
-/* Commits the branch of @n now; 0 once the commit is on the Hub. */
-/* fsync: commits the branch of @n now; for a file (@file) answers for that
- * file (stage_sync_path()).  A local-only file (editor scratch) is synced
- * locally only: its journaled bytes are on disk already. */
-static int fs_commit_now(struct fs *fs, const struct fs_node *n, bool file)
-{
-	char key[STAGE_REPO_KEY_MAX];
-	int rc;
-
-	if (n->p.kind < FS_PATH_REVISION || !fs->stage)
-		return 0;
-	rc = fs_is_branch(fs, n);
-	if (rc <= 0)
-		return rc;
-	if (file && n->p.path[0] && stage_local_only(fs->stage, n->p.path))
-		return 0;
-	fs_stage_key(n, key);
-	if (file && n->p.path[0])
-		return stage_sync_path(fs->stage, key, n->p.rev, n->p.path);
-	return stage_sync(fs->stage, key, n->p.rev);
-}
-
-static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
-	int rc = 0;
-
-	(void)ino;
-	(void)datasync;
-	if (!f) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	if (f->w)
-		rc = stage_writer_flush(f->w);
-	if (!rc)
-		rc = fs_commit_now(fs, f->node, true);
-	fs_handle_put(fs->files, fi->fh, f);
-	fuse_reply_err(req, -rc);
-}
-
-static void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *n = fs_inode_get(fs->inodes, ino);
-	int rc;
-
-	(void)datasync;
-	(void)fi;
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	rc = fs_commit_now(fs, n, false);
-	fs_inode_put(fs->inodes, n);
-	fuse_reply_err(req, -rc);
 }
 
 /* ---- extended attributes ---- */
@@ -1835,960 +1761,6 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_ASYNC_READ;
 }
 
-/* What is not done yet answers EROFS: mkdir, rmdir, rename, links. */
-static void fs_erofs_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
-{
-	(void)parent;
-	(void)name;
-	(void)mode;
-	fuse_reply_err(req, EROFS);
-}
-
-static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
-{
-	(void)rdev;
-	fs_erofs_entry(req, parent, name, mode);
-}
-
-static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
-			   struct fs_node *proto);
-
-/* mkdir in a branch view: a directory of the overlay (stage_mkdir()).
- * Returns 0 with @proto the new directory's node, or -errno. */
-static int fs_branch_mkdir(struct fs *fs, const struct fs_node *parent, const char *name,
-			   struct fs_node *proto)
-{
-	char key[STAGE_REPO_KEY_MAX];
-	int rc = fs_branch_child(fs, parent, name, proto);
-
-	if (rc == 0) {
-		free(proto->fullpath);
-		proto->fullpath = NULL;
-		return -EEXIST;
-	}
-	if (rc != -ENOENT)
-		return rc;
-	fs_stage_key(proto, key);
-	rc = stage_mkdir(fs->stage, key, proto->p.rev, proto->p.path);
-	free(proto->fullpath);
-	proto->fullpath = NULL;
-	if (rc)
-		return rc;
-	return fs_child(fs, parent, name, proto);
-}
-
-struct fs_empty {
-	struct fs *fs;
-	const char *key, *rev;
-	bool empty;
-};
-
-static int fs_empty_tree(void *arg, const struct cache_entry *e)
-{
-	struct fs_empty *x = arg;
-	struct stage_stat ss;
-
-	stage_stat(x->fs->stage, x->key, x->rev, e->path, &ss);
-	if (ss.what == STAGE_DELETED)
-		return 0;
-	x->empty = false;
-	return 1;
-}
-
-static int fs_empty_staged(void *arg, const char *name, bool is_dir)
-{
-	struct fs_empty *x = arg;
-
-	(void)name;
-	(void)is_dir;
-	x->empty = false;
-	return 1;
-}
-
-/* Whether directory @dir (an entry of a branch view) shows nothing; with
- * *@in_tree whether the tree of @commit has it.  Returns 0 or -errno. */
-static int fs_dir_empty(struct fs *fs, const struct fs_node *dir, const char *commit, bool *empty,
-			bool *in_tree)
-{
-	struct fs_empty x = { .fs = fs, .empty = true };
-	struct hub_repo repo;
-	struct cache_entry e;
-	char key[STAGE_REPO_KEY_MAX];
-	int rc;
-
-	fs_repo_of(dir, &repo);
-	fs_stage_key(dir, key);
-	x.key = key;
-	x.rev = dir->p.rev;
-	rc = meta_list(fs->meta, &repo, commit, dir->p.path, fs_empty_tree, &x);
-	if (rc < 0 && rc != -ENOENT)
-		return rc;
-	if (x.empty)
-		stage_list_dir(fs->stage, key, dir->p.rev, dir->p.path, fs_empty_staged, &x);
-	*empty = x.empty;
-	*in_tree = false;
-	rc = meta_lookup(fs->meta, &repo, commit, dir->p.path, &e);
-	if (rc == 0) {
-		*in_tree = e.is_dir;
-		cache_entry_release(&e);
-	}
-	return rc == -ENOENT ? 0 : rc;
-}
-
-/* rmdir in a branch view: ENOTEMPTY unless the view shows nothing in the
- * directory; a folder of the tree becomes a DELETE_FOLDER change. */
-static int fs_branch_rmdir(struct fs *fs, const struct fs_node *parent, const char *name)
-{
-	struct fs_node proto;
-	struct hub_revision rev;
-	char key[STAGE_REPO_KEY_MAX];
-	bool empty, in_tree;
-	int rc = fs_branch_child(fs, parent, name, &proto);
-
-	if (rc)
-		goto out;
-	if (!proto.is_dir || proto.p.kind != FS_PATH_ENTRY) {
-		rc = proto.is_dir ? -EBUSY : -ENOTDIR;
-		goto out;
-	}
-	rc = fs_revision(fs, &proto, &rev);
-	if (!rc)
-		rc = fs_dir_empty(fs, &proto, rev.commit, &empty, &in_tree);
-	if (rc)
-		goto out;
-	if (!empty) {
-		rc = -ENOTEMPTY;
-		goto out;
-	}
-	fs_stage_key(&proto, key);
-	rc = stage_rmdir(fs->stage, key, proto.p.rev, proto.p.path, rev.commit, in_tree);
-out:
-	free(proto.fullpath);
-	return rc;
-}
-
-/* mkdir NS/NAME (datasets/NS/NAME, spaces/NS/NAME): creates the repo on the
- * Hub, private unless --public-repos; its main branch is then writable.
- * Inside a branch view: a directory of the overlay.  Elsewhere: EROFS. */
-static void fs_mkdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino), *n;
-	struct fuse_entry_param ep;
-	struct fs_node proto;
-	struct hub_repo repo;
-	int rc;
-
-	(void)mode;
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	memset(&ep, 0, sizeof(ep));
-	if (parent->p.kind != FS_PATH_NAMESPACE) {
-		rc = fs_branch_mkdir(fs, parent, name, &proto);
-		if (rc)
-			goto out;
-		goto made;
-	}
-	rc = fs_child(fs, parent, name, &proto);
-	if (rc == 0) {
-		free(proto.fullpath);
-		rc = -EEXIST;
-		goto out;
-	}
-	if (rc != -ENOENT)
-		goto out;
-	if (!fs->stage || fs->offline) {
-		rc = -EROFS;
-		goto out;
-	}
-	repo.type = parent->p.type;
-	repo.ns = parent->p.ns;
-	repo.name = name;
-	if (!hub_name_valid(name)) {
-		rc = -EINVAL;
-		goto out;
-	}
-	rc = hub_create_repo(fs->http, &repo, !fs->public_repos);
-	if (rc) {
-		log_msg(LOG_WARNING, "cannot create repo '%s/%s': %s", repo.ns, name,
-			strerror(-rc));
-		goto out;
-	}
-	log_msg(LOG_NOTICE, "created %s repo '%s/%s'", fs->public_repos ? "public" : "private",
-		repo.ns, name);
-	meta_forget_repo(fs->meta, &repo);
-	rc = fs_child(fs, parent, name, &proto);
-	if (rc)
-		goto out;
-made:
-	n = fs_inode_link(fs->inodes, parent, name, &proto);
-	if (!n) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	rc = fs_reply_node(req, fs, n);
-	if (rc)
-		goto out;
-	fs_inode_put(fs->inodes, parent);
-	return;
-out:
-	fs_inode_put(fs->inodes, parent);
-	fuse_reply_err(req, -rc);
-}
-
-/* rmdir of a repo is refused: deleting repos is not a filesystem operation.
- * Inside a branch view: see fs_branch_rmdir().  Elsewhere: EROFS. */
-static void fs_rmdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
-	int rc = -EROFS;
-
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	if (parent->p.kind == FS_PATH_NAMESPACE) {
-		struct fs_node proto;
-
-		rc = fs_child(fs, parent, name, &proto);
-		if (rc == 0) {
-			free(proto.fullpath);
-			rc = -EPERM;
-		}
-	} else if (parent->p.kind >= FS_PATH_REVISION) {
-		rc = fs_branch_rmdir(fs, parent, name);
-	}
-	fs_inode_put(fs->inodes, parent);
-	fuse_reply_err(req, -rc);
-}
-
-/* The node @name of @parent would be, when @parent is a directory of a
- * branch view.  Returns 0 (the caller frees proto->fullpath), -EROFS, or
- * -errno. */
-static int fs_branch_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
-			      struct fs_node *proto);
-
-static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
-			   struct fs_node *proto)
-{
-	return fs_child_in_view(fs, parent, name, proto, fs_branch_child_at);
-}
-
-static int fs_branch_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
-			      struct fs_node *proto)
-{
-	int rc;
-
-	memset(proto, 0, sizeof(*proto));
-	if (!fs_is_dir(parent))
-		return -ENOTDIR;
-	if (parent->p.kind < FS_PATH_REVISION)
-		return -EROFS;
-	rc = fs_is_branch(fs, parent);
-	if (rc <= 0)
-		return rc ? rc : -EROFS;
-	rc = fs_child_at(fs, parent, name, proto);
-	if (rc == -ENOENT) {
-		/* a new name: parse it all the same */
-		if (asprintf(&proto->fullpath, "%s/%s", parent->fullpath, name) < 0) {
-			proto->fullpath = NULL;
-			return -ENOMEM;
-		}
-		rc = fs_path_parse(proto->fullpath, &proto->p);
-		if (rc) {
-			free(proto->fullpath);
-			proto->fullpath = NULL;
-			return rc == -ENOENT ? -EINVAL : rc;
-		}
-		return -ENOENT;
-	}
-	return rc;
-}
-
-static void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
-	struct hub_revision rev;
-	struct fs_node proto;
-	char key[STAGE_REPO_KEY_MAX];
-	int rc;
-
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	rc = fs_branch_child(fs, parent, name, &proto);
-	if (rc == 0 && proto.is_dir)
-		rc = -EISDIR;
-	if (rc == 0)
-		rc = fs_revision(fs, &proto, &rev);
-	if (rc == 0) {
-		fs_stage_key(&proto, key);
-		rc = stage_unlink(fs->stage, key, proto.p.rev, proto.p.path, rev.commit);
-	}
-	free(proto.fullpath);
-	fs_inode_put(fs->inodes, parent);
-	fuse_reply_err(req, -rc);
-}
-
-static void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
-{
-	(void)link;
-	fs_erofs_entry(req, parent, name, 0);
-}
-
-#ifndef RENAME_NOREPLACE
-#define RENAME_NOREPLACE (1 << 0)
-#endif
-
-/* Whether two entry nodes are in the same branch view of the same repo. */
-static bool fs_same_view(const struct fs_node *a, const struct fs_node *b)
-{
-	return a->p.kind == FS_PATH_ENTRY && b->p.kind == FS_PATH_ENTRY && a->p.type == b->p.type &&
-	       !strcmp(a->p.ns, b->p.ns) && !strcmp(a->p.repo, b->p.repo) &&
-	       !strcmp(a->p.rev, b->p.rev);
-}
-
-/* A file under a directory being renamed. */
-struct fs_mv_file {
-	char *path;		/* in the repo */
-	bool staged;		/* the overlay has its content */
-	struct cache_entry e;	/* otherwise the tree's entry (e.path NULL) */
-};
-
-struct fs_mv_walk {
-	struct fs *fs;
-	struct hub_repo repo;
-	const char *key, *rev, *commit;
-	struct fs_mv_file *files;
-	size_t n, cap;
-	char **dirs; /* to walk */
-	size_t ndirs, capdirs;
-	const char *dir; /* being walked */
-};
-
-static int fs_mv_add(struct fs_mv_walk *w, const char *path, bool staged,
-		     const struct cache_entry *e)
-{
-	struct fs_mv_file *f;
-
-	if (w->n == w->cap) {
-		size_t cap = w->cap ? 2 * w->cap : 64;
-		struct fs_mv_file *v = realloc(w->files, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		w->files = v;
-		w->cap = cap;
-	}
-	f = &w->files[w->n];
-	memset(f, 0, sizeof(*f));
-	f->path = strdup(path);
-	if (!f->path)
-		return -ENOMEM;
-	f->staged = staged;
-	if (e) {
-		f->e.size = e->size;
-		memcpy(f->e.oid, e->oid, sizeof(f->e.oid));
-		memcpy(f->e.sha256, e->sha256, sizeof(f->e.sha256));
-	}
-	w->n++;
-	return 0;
-}
-
-static int fs_mv_push(struct fs_mv_walk *w, const char *path)
-{
-	if (w->ndirs == w->capdirs) {
-		size_t cap = w->capdirs ? 2 * w->capdirs : 16;
-		char **v = realloc(w->dirs, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		w->dirs = v;
-		w->capdirs = cap;
-	}
-	w->dirs[w->ndirs] = strdup(path);
-	return w->dirs[w->ndirs++] ? 0 : -ENOMEM;
-}
-
-/* A tree entry of the directory walked: what the view shows there. */
-static int fs_mv_tree(void *arg, const struct cache_entry *e)
-{
-	struct fs_mv_walk *w = arg;
-	struct stage_stat ss;
-
-	stage_stat(w->fs->stage, w->key, w->rev, e->path, &ss);
-	if (ss.what == STAGE_DELETED)
-		return 0;
-	if (ss.what == STAGE_FILE && !ss.committed)
-		return fs_mv_add(w, e->path, true, NULL);
-	if (e->is_dir)
-		return fs_mv_push(w, e->path);
-	return fs_mv_add(w, e->path, false, e);
-}
-
-/* A name the overlay adds to the directory walked. */
-static int fs_mv_staged(void *arg, const char *name, bool is_dir)
-{
-	struct fs_mv_walk *w = arg;
-	struct cache_entry e;
-	char *path;
-	int rc;
-
-	if (asprintf(&path, "%s/%s", w->dir, name) < 0)
-		return -ENOMEM;
-	rc = meta_lookup(w->fs->meta, &w->repo, w->commit, path, &e);
-	if (rc == 0) {
-		cache_entry_release(&e); /* the tree walk saw it */
-	} else if (rc == -ENOENT) {
-		rc = is_dir ? fs_mv_push(w, path) : fs_mv_add(w, path, true, NULL);
-	}
-	free(path);
-	return rc;
-}
-
-/* Looks again at the source of @f (the overlay committed it, or staged it,
- * since the walk).  Returns 0 or -errno. */
-static int fs_mv_refresh(struct fs_mv_walk *w, struct fs_mv_file *f)
-{
-	struct stage_stat ss;
-	struct cache_entry e;
-	int rc;
-
-	stage_stat(w->fs->stage, w->key, w->rev, f->path, &ss);
-	if (ss.what == STAGE_FILE && !ss.committed) {
-		f->staged = true;
-		return 0;
-	}
-	if (ss.what == STAGE_DELETED)
-		return -ENOENT;
-	rc = meta_lookup(w->fs->meta, &w->repo, w->commit, f->path, &e);
-	if (rc == -ENOENT && ss.what == STAGE_FILE) {
-		/* committed after the commit the walk saw: the overlay reads it */
-		f->staged = true;
-		return 0;
-	}
-	if (rc)
-		return rc;
-	f->staged = false;
-	f->e.size = e.size;
-	memcpy(f->e.oid, e.oid, sizeof(f->e.oid));
-	memcpy(f->e.sha256, e.sha256, sizeof(f->e.sha256));
-	cache_entry_release(&e);
-	return 0;
-}
-
-/* Renames directory @src to @dst (not there: @rd -ENOENT; or there, @rd 0)
- * within one branch view: every file under it is renamed, in ONE commit
- * (the branch is held meanwhile).  A failure half-way leaves the files
- * moved so far under @dst and the rest under @src: nothing is lost. */
-static int fs_rename_dir(struct fs *fs, const struct fs_node *src, const struct fs_node *dst,
-			 int rd, unsigned int flags)
-{
-	struct fs_mv_walk w = { .fs = fs };
-	struct hub_revision rev;
-	char key[STAGE_REPO_KEY_MAX];
-	size_t slen = strlen(src->p.path);
-	bool empty, in_tree;
-	int rc;
-
-	if (src->p.kind != FS_PATH_ENTRY)
-		return -EBUSY; /* a revision root */
-	if (!strncmp(dst->p.path, src->p.path, slen) && dst->p.path[slen] == '/')
-		return -EINVAL; /* into itself */
-	if (!strcmp(src->p.path, dst->p.path))
-		return 0;
-	rc = fs_revision(fs, src, &rev);
-	if (rc)
-		return rc;
-	fs_stage_key(src, key);
-	if (rd == 0) {
-		if (flags & RENAME_NOREPLACE)
-			return -EEXIST;
-		if (!dst->is_dir)
-			return -ENOTDIR;
-		rc = fs_dir_empty(fs, dst, rev.commit, &empty, &in_tree);
-		if (rc)
-			return rc;
-		if (!empty)
-			return -ENOTEMPTY;
-		/* an empty directory of the tree has its files deleted already */
-		if (!in_tree)
-			stage_rmdir(fs->stage, key, dst->p.rev, dst->p.path, rev.commit, false);
-	}
-	fs_repo_of(src, &w.repo);
-	w.key = key;
-	w.rev = src->p.rev;
-	w.commit = rev.commit;
-	rc = fs_mv_push(&w, src->p.path);
-	while (!rc && w.ndirs) {
-		char *dir = w.dirs[--w.ndirs];
-
-		w.dir = dir;
-		rc = meta_list(fs->meta, &w.repo, rev.commit, dir, fs_mv_tree, &w);
-		if (rc == -ENOENT)
-			rc = 0; /* only the overlay has it */
-		if (!rc)
-			rc = stage_list_dir(fs->stage, key, w.rev, dir, fs_mv_staged, &w);
-		free(dir);
-	}
-	if (!rc)
-		rc = stage_hold(fs->stage, key, w.rev);
-	if (rc)
-		goto out;
-	for (size_t i = 0; i < w.n && !rc; i++) {
-		struct fs_mv_file *f = &w.files[i];
-		struct fs_copy c = { .fs = fs, .n = src, .commit = rev.commit, .path = f->path };
-		bool regular = !f->staged && !f->e.sha256[0];
-		char *to;
-
-		if (asprintf(&to, "%s%s", dst->p.path, f->path + slen) < 0) {
-			rc = -ENOMEM;
-			break;
-		}
-		for (int attempt = 0;; attempt++) {
-			c.e = f->e;
-			rc = stage_rename(fs->stage, key, w.rev, f->path, to, rev.commit,
-					  f->staged ? NULL : f->e.sha256, f->e.size,
-					  regular ? fs_copy_in : f->staged ? fs_fill_again : NULL, &c);
-			if (rc != -EAGAIN || attempt == 3)
-				break;
-			/* committed meanwhile (or the reverse): look at it again,
-			 * here, since the files before it moved already */
-			rc = fs_mv_refresh(&w, f);
-			if (rc)
-				break;
-			regular = !f->staged && !f->e.sha256[0];
-		}
-		if (rc)
-			log_msg(LOG_ERR, "cannot move '%s' to '%s': %s; %zu of %zu files moved",
-				f->path, to, strerror(-rc), i, w.n);
-		free(to);
-	}
-	if (!rc)
-		rc = stage_dir_moved(fs->stage, key, w.rev, src->p.path, dst->p.path);
-	stage_unhold(fs->stage, key, w.rev);
-out:
-	for (size_t i = 0; i < w.n; i++)
-		free(w.files[i].path);
-	free(w.files);
-	for (size_t i = 0; i < w.ndirs; i++)
-		free(w.dirs[i]);
-	free(w.dirs);
-	return rc;
-}
-
-/* One try of fs_rename(): fills @src and @dst (the caller frees their
- * fullpath).  Returns 0, -EAGAIN or -errno. */
-static int fs_rename_once(struct fs *fs, const struct fs_node *parent, const char *name,
-			  const struct fs_node *newparent, const char *newname, unsigned int flags,
-			  struct fs_node *src, struct fs_node *dst)
-{
-	struct fs_copy c = { .fs = fs };
-	struct hub_revision rev;
-	struct hub_repo repo;
-	char key[STAGE_REPO_KEY_MAX];
-	bool have = false;
-	int rc, rd;
-
-	rc = fs_branch_child(fs, parent, name, src);
-	if (rc)
-		return rc;
-	rd = fs_branch_child(fs, newparent, newname, dst);
-	if (rd && rd != -ENOENT)
-		return rd == -EROFS ? -EXDEV : rd;
-	if (!fs_same_view(src, dst))
-		return -EXDEV;
-	if (src->is_dir)
-		return fs_rename_dir(fs, src, dst, rd, flags);
-	if (rd == 0 && dst->is_dir)
-		return -EISDIR;
-	if (rd == 0 && (flags & RENAME_NOREPLACE))
-		return -EEXIST;
-	if (!strcmp(src->p.path, dst->p.path))
-		return 0; /* the same file: nothing to do */
-	rc = fs_revision(fs, src, &rev);
-	if (rc)
-		return rc;
-	fs_repo_of(src, &repo);
-	if (strncmp(src->oid, "staged:", 7) && !src->sha256[0]) {
-		/* a regular file of the tree: its content is staged anew */
-		rc = meta_lookup(fs->meta, &repo, rev.commit, src->p.path, &c.e);
-		if (rc)
-			return rc;
-		have = true;
-		c.n = src;
-		c.commit = rev.commit;
-		c.path = src->p.path;
-	}
-	fs_stage_key(src, key);
-	rc = stage_rename(fs->stage, key, src->p.rev, src->p.path, dst->p.path, rev.commit,
-			  strncmp(src->oid, "staged:", 7) ? src->sha256 : NULL, src->size,
-			  have ? fs_copy_in : strncmp(src->oid, "staged:", 7) ? NULL : fs_fill_again,
-			  &c);
-	if (have)
-		cache_entry_release(&c.e);
-	return rc;
-}
-
-/* Renames a file or a directory within one branch view: ONE commit with
- * the adds and the deletes (stage_rename()).  Across views: EXDEV, so that
- * mv copies. */
-static void fs_rename(fuse_req_t req, fuse_ino_t parent_ino, const char *name,
-		      fuse_ino_t newparent_ino, const char *newname, unsigned int flags)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
-	struct fs_node *newparent = fs_inode_get(fs->inodes, newparent_ino);
-	struct fs_node src, dst;
-	int rc;
-
-	memset(&src, 0, sizeof(src));
-	memset(&dst, 0, sizeof(dst));
-	if (!parent || !newparent) {
-		rc = -ESTALE;
-		goto out;
-	}
-	if (flags & ~(unsigned int)RENAME_NOREPLACE) {
-		rc = -EINVAL;
-		goto out;
-	}
-	/* the source may be committed meanwhile (-EAGAIN): look at it again */
-	for (int attempt = 0;; attempt++) {
-		rc = fs_rename_once(fs, parent, name, newparent, newname, flags, &src, &dst);
-		if (rc != -EAGAIN || attempt == 2)
-			break;
-		free(src.fullpath);
-		free(dst.fullpath);
-		memset(&src, 0, sizeof(src));
-		memset(&dst, 0, sizeof(dst));
-	}
-	if (rc == 0 && src.is_dir && strcmp(src.fullpath, dst.fullpath)) {
-		/* the kernel keeps the directory's node: lookups in it must
-		 * find the new path */
-		uint64_t ino = fs_inode_find(fs->inodes, parent_ino, name);
-
-		if (ino && fs_dir_moved(fs, ino, dst.fullpath))
-			log_msg(LOG_ERR, "out of memory: '%s' may look empty until --ttl",
-				dst.fullpath);
-	}
-out:
-	free(src.fullpath);
-	free(dst.fullpath);
-	fuse_reply_err(req, -rc);
-	if (rc == 0 && fs->se) {
-		/* the kernel moved its dentry to the old file's node: drop it, so
-		 * that the next lookup finds the renamed file (after the reply:
-		 * the kernel holds the directory until it has it) */
-		int nrc = fuse_lowlevel_notify_inval_entry(fs->se, newparent_ino, newname,
-							   strlen(newname));
-
-		if (nrc && nrc != -ENOENT)
-			log_msg(LOG_WARNING, "cannot tell the kernel that '%s' was renamed: %s",
-				newname, strerror(-nrc));
-	}
-	fs_inode_put(fs->inodes, parent);
-	fs_inode_put(fs->inodes, newparent);
-}
-
-static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
-{
-	(void)ino;
-	fs_erofs_entry(req, newparent, newname, 0);
-}
-
-static void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode,
-		      struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino), *n = NULL;
-	struct fuse_entry_param ep;
-	struct fs_node proto;
-	struct fs_file *f = NULL;
-	struct stage_writer *w = NULL;
-	int rc;
-
-	if (!parent) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	memset(&ep, 0, sizeof(ep));
-	if (!S_ISREG(mode)) {
-		rc = -EPERM;
-		goto fail;
-	}
-	rc = fs_branch_child(fs, parent, name, &proto);
-	if (rc == 0 && (fi->flags & O_EXCL))
-		rc = -EEXIST;
-	if (rc == 0 && proto.is_dir)
-		rc = -EISDIR;
-	if (rc && rc != -ENOENT)
-		goto fail_proto;
-	/* exists: O_TRUNC decides; new: an empty file */
-	w = fs_writer_open(fs, &proto, rc == -ENOENT || (fi->flags & O_TRUNC), &rc);
-	free(proto.fullpath);
-	proto.fullpath = NULL;
-	if (!w)
-		goto fail;
-	rc = fs_child(fs, parent, name, &proto);
-	if (rc)
-		goto fail;
-	n = fs_inode_link(fs->inodes, parent, name, &proto);
-	if (!n) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	rc = fs_stat(fs, n, &ep.attr);
-	f = calloc(1, sizeof(*f));
-	if (rc || !f) {
-		rc = rc ? rc : -ENOMEM;
-		fs_inode_forget(fs->inodes, n->ino, 1);
-		goto fail;
-	}
-	pthread_mutex_init(&f->lock, NULL);
-	f->fd = -1;
-	f->w = w;
-	w = NULL;
-	f->append = (fi->flags & O_APPEND) != 0;
-	f->node = n;
-	n = NULL;
-	ep.ino = f->node->ino;
-	ep.generation = 1;
-	ep.attr_timeout = ep.entry_timeout = fs_timeout(fs, f->node);
-	fi->fh = fs_handle_add(fs->files, f);
-	if (!fi->fh) {
-		fs_inode_forget(fs->inodes, f->node->ino, 1);
-		rc = -ENOMEM;
-		goto fail;
-	}
-	fi->keep_cache = 0;
-	fi->direct_io = 1;
-	if (fuse_reply_create(req, &ep, fi)) {
-		fs_inode_forget(fs->inodes, ep.ino, 1);
-		fs_handle_release(fs->files, fi->fh);
-	}
-	fs_inode_put(fs->inodes, parent);
-	return;
-fail_proto:
-	free(proto.fullpath);
-fail:
-	if (f)
-		fs_file_free(fs, f);
-	else if (w)
-		stage_writer_close(w);
-	fs_inode_put(fs->inodes, n);
-	fs_inode_put(fs->inodes, parent);
-	fuse_reply_err(req, -rc);
-}
-
-static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
-		       struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *n = fs_inode_get(fs->inodes, ino);
-	struct fs_file *f = NULL;
-	struct stage_writer *w = NULL;
-	struct stat st;
-	int rc;
-
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	rc = fs_stat(fs, n, &st);
-	if (rc)
-		goto out;
-	/* modes and owners are the Hub's: only a change to nothing passes */
-	if (((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (st.st_mode & 07777)) ||
-	    ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != st.st_uid) ||
-	    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != st.st_gid)) {
-		rc = -EPERM;
-		goto out;
-	}
-	if (!(to_set & FUSE_SET_ATTR_SIZE))
-		goto reply; /* times are accepted and not kept */
-	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {
-		rc = -EISDIR;
-		goto out;
-	}
-	if (fi)
-		f = fs_handle_get(fs->files, fi->fh);
-	if (f && f->w) {
-		rc = stage_writer_truncate(f->w, (uint64_t)attr->st_size);
-	} else {
-		rc = fs_is_branch(fs, n);
-		if (rc <= 0) {
-			rc = rc ? rc : -EROFS;
-			goto out;
-		}
-		w = fs_writer_open(fs, n, attr->st_size == 0, &rc);
-		if (w) {
-			rc = stage_writer_truncate(w, (uint64_t)attr->st_size);
-			if (stage_writer_close(w) && !rc)
-				rc = -EIO;
-		}
-	}
-	if (rc)
-		goto out;
-reply:
-	rc = fs_stat(fs, n, &st);
-	if (!rc)
-		fuse_reply_attr(req, &st, fs_timeout(fs, n));
-out:
-	if (f)
-		fs_handle_put(fs->files, fi->fh, f);
-	if (rc)
-		fuse_reply_err(req, -rc);
-	fs_inode_put(fs->inodes, n);
-}
-
-/* A boolean xattr value: "1", "0", "true", "false" (a newline may end it). */
-static int fs_parse_bool(const char *value, size_t size, bool *out)
-{
-	if (size > 0 && value[size - 1] == '\n')
-		size--;
-	if ((size == 1 && value[0] == '1') || (size == 4 && !strncmp(value, "true", 4)))
-		*out = true;
-	else if ((size == 1 && value[0] == '0') || (size == 5 && !strncmp(value, "false", 5)))
-		*out = false;
-	else
-		return -EINVAL;
-	return 0;
-}
-
-/* user.hub.resolve on a file or a branch root: "ours" commits the changes
- * in conflict on top of the branch's head, "theirs" drops the staged changes
- * (stage_resolve()). */
-static int fs_resolve(struct fs *fs, const struct fs_node *n, const char *value, size_t size)
-{
-	char key[STAGE_REPO_KEY_MAX];
-	const char *path = n->p.kind == FS_PATH_ENTRY ? n->p.path : NULL;
-	struct hub_revision rev;
-	struct hub_repo repo;
-	bool ours;
-	int rc;
-
-	if (size > 0 && value[size - 1] == '\n')
-		size--;
-	if (size == 4 && !strncmp(value, "ours", 4))
-		ours = true;
-	else if (size == 6 && !strncmp(value, "theirs", 6))
-		ours = false;
-	else
-		return -EINVAL;
-	rc = fs_is_branch(fs, n);
-	if (rc <= 0)
-		return rc ? rc : -EROFS;
-	fs_repo_of(n, &repo);
-	fs_stage_key(n, key);
-	meta_forget_revision(fs->meta, &repo, n->p.rev); /* the head now */
-	rc = fs_revision(fs, n, &rev);
-	if (!rc)
-		rc = stage_resolve(fs->stage, key, n->p.rev, path, ours, rev.commit);
-	if (!rc && path)
-		fs_committed(fs, key, n->p.rev, &path, 1); /* the content shown changed */
-	return rc;
-}
-
-/* Settable: user.hub.private of a repo directory (its visibility, through
- * the settings API), user.hub.message of a branch's root (the message of
- * its next commits).  Other hubfs attributes are facts (EPERM); other names
- * have no place to go (ENOTSUP, which cp -a and rsync -X pass over). */
-static int fs_set_xattr(struct fs *fs, const struct fs_node *n, const char *name,
-			const char *value, size_t size, int flags)
-{
-	char key[STAGE_REPO_KEY_MAX], msg[STAGE_MESSAGE_MAX + 2], *old;
-	struct hub_repo repo;
-	bool priv;
-	int rc;
-
-	if (n->p.kind == FS_PATH_REPO && !strcmp(name, "user.hub.private")) {
-		if (flags & XATTR_CREATE)
-			return -EEXIST;
-		if (fs_parse_bool(value, size, &priv))
-			return -EINVAL;
-		if (!fs->stage)
-			return -EROFS; /* --offline */
-		fs_repo_of(n, &repo);
-		rc = hub_set_private(fs->http, &repo, priv);
-		if (rc)
-			return rc;
-		meta_forget_repo(fs->meta, &repo);
-		log_msg(LOG_NOTICE, "'%s' is %s now", n->fullpath, priv ? "private" : "public");
-		return 0;
-	}
-	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.message")) {
-		rc = fs_is_branch(fs, n);
-		if (rc <= 0)
-			return rc ? rc : -EROFS;
-		if (size > 0 && value[size - 1] == '\n')
-			size--;
-		if (size > STAGE_MESSAGE_MAX)
-			return -E2BIG;
-		memcpy(msg, value, size);
-		msg[size] = '\0';
-		if (!stage_message_valid(msg))
-			return -EINVAL;
-		fs_stage_key(n, key);
-		old = stage_get_message(fs->stage, key, n->p.rev);
-		free(old);
-		if ((flags & XATTR_CREATE) && old)
-			return -EEXIST;
-		if ((flags & XATTR_REPLACE) && !old)
-			return -ENODATA;
-		return stage_set_message(fs->stage, key, n->p.rev, msg);
-	}
-	if (!strcmp(name, "user.hub.resolve") &&
-	    (n->p.kind == FS_PATH_REVISION || (n->p.kind == FS_PATH_ENTRY && !n->is_dir)))
-		return fs_resolve(fs, n, value, size);
-	if (!strncmp(name, "user.hub.", 9) || !strncmp(name, "user.hubfs.", 11))
-		return -EPERM;
-	return -ENOTSUP;
-}
-
-static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-			size_t size, int flags)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *n = fs_inode_get(fs->inodes, ino);
-
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	fuse_reply_err(req, -fs_set_xattr(fs, n, name, value, size, flags));
-	fs_inode_put(fs->inodes, n);
-}
-
-static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
-{
-	struct fs *fs = fs_of(req);
-	struct fs_node *n = fs_inode_get(fs->inodes, ino);
-	char key[STAGE_REPO_KEY_MAX], *old;
-	int rc;
-
-	if (!n) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	if (n->p.kind == FS_PATH_REVISION && !strcmp(name, "user.hub.message") && fs->stage) {
-		fs_stage_key(n, key);
-		old = stage_get_message(fs->stage, key, n->p.rev);
-		rc = old ? stage_set_message(fs->stage, key, n->p.rev, NULL) : -ENODATA;
-		free(old);
-	} else if (!strncmp(name, "user.hub.", 9) || !strncmp(name, "user.hubfs.", 11)) {
-		rc = -EPERM;
-	} else {
-		rc = -ENODATA;
-	}
-	fuse_reply_err(req, -rc);
-	fs_inode_put(fs->inodes, n);
-}
-
 static void fs_dir_free_cb(void *ctx, void *obj)
 {
 	(void)ctx;
@@ -2806,7 +1778,9 @@ int fs_handles_init(struct fs *fs)
 	pthread_mutex_init(&fs->moves_lock, NULL);
 	fs->dirs = fs_handles_new(fs_dir_free_cb, fs);
 	fs->files = fs_handles_new(fs_file_free_cb, fs);
-	return fs->dirs && fs->files ? 0 : -ENOMEM;
+	if (!fs->dirs || !fs->files)
+		return -ENOMEM;
+	return fs_live_init(fs);
 }
 
 void fs_set_session(struct fs *fs, struct fuse_session *se)
@@ -2830,6 +1804,7 @@ void fs_handles_release(struct fs *fs)
 	fs_handles_free(fs->dirs);
 	fs_handles_free(fs->files);
 	fs->dirs = fs->files = NULL;
+	fs_live_release(fs);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {
@@ -2845,6 +1820,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.open = fs_open,
 	.read = fs_read,
 	.write = fs_write,
+	.fallocate = fs_fallocate,
 	.flush = fs_flush,
 	.release = fs_release,
 	.fsync = fs_fsync,

@@ -1,12 +1,13 @@
 /*
  * The FUSE operations of a mount (libfuse's low-level API).
  *
- * Branch views are writable: files are created, written, truncated and
- * unlinked through the staging overlay and committed by its worker
- * (stage.h); tags, commit ids and PR refs answer EROFS, and so do mkdir,
- * rmdir, rename, symlink and link everywhere (not done yet).  No HTTP and no
- * SQL here: names go through the path grammar (fs_path.h), facts through
- * meta.h, bytes through the cache and fetch.h.
+ * Branch views are writable: files are created, written, truncated,
+ * unlinked and renamed, directories made, removed and renamed, through the
+ * staging overlay, and committed by its worker (stage.h); mkdir NS/NAME
+ * creates a repo.  Tags, commit ids and PR refs answer EROFS, and so do
+ * symlink, link and mknod everywhere.  No HTTP and no SQL here: names go
+ * through the path grammar (fs_path.h), facts through meta.h, bytes through
+ * the cache and fetch.h.  The read side is fs_ops.c, the writes fs_write.c.
  */
 #ifndef HUBFS_FS_OPS_H
 #define HUBFS_FS_OPS_H
@@ -52,6 +53,9 @@ struct fs {
 	struct fs_dir_move *moves;  /* protected by moves_lock; read atomically for NULL */
 	pthread_mutex_t moves_lock; /* initialised by fs_handles_init() */
 	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
+	/* Open files of branch views and the page invalidations their changes
+	 * call for (fs_write.c; created by fs_handles_init()). */
+	struct fs_live *live;
 };
 
 /* Creates fs->dirs and fs->files.  Returns 0 or -ENOMEM. */

@@ -797,6 +797,15 @@ int meta_lookup(struct meta *m, const struct hub_repo *repo, const char *commit,
 	return rc;
 }
 
+int meta_list_cached(struct meta *m, const struct hub_repo *repo, const char *commit,
+		     const char *dir, cache_tree_fn fn, void *arg)
+{
+	char key[2 * META_KEY_MAX];
+
+	meta_tree_key(m, repo, commit, key, sizeof(key));
+	return cache_tree_list(m->cache, key, dir, fn, arg);
+}
+
 int meta_list(struct meta *m, const struct hub_repo *repo, const char *commit, const char *dir,
 	      cache_tree_fn fn, void *arg)
 {

@@ -90,4 +90,9 @@ int meta_lookup(struct meta *m, const struct hub_repo *repo, const char *commit,
 int meta_list(struct meta *m, const struct hub_repo *repo, const char *commit, const char *dir,
 	      cache_tree_fn fn, void *arg);
 
+/* meta_list() of a directory listed before only: -ENODATA (and no request)
+ * when the cache index does not have its listing. */
+int meta_list_cached(struct meta *m, const struct hub_repo *repo, const char *commit,
+		     const char *dir, cache_tree_fn fn, void *arg);
+
 #endif

@@ -630,6 +630,11 @@ ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size,
 	return n;
 }
 
+uint64_t stage_writer_size(struct stage_writer *w)
+{
+	return __atomic_load_n(&w->size, __ATOMIC_RELAXED);
+}
+
 int stage_writer_truncate(struct stage_writer *w, uint64_t size)
 {
 	int rc;
@@ -641,6 +646,22 @@ int stage_writer_truncate(struct stage_writer *w, uint64_t size)
 	if (!rc) {
 		w->dirty = true;
 		__atomic_store_n(&w->size, size, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return rc;
+}
+
+int stage_writer_allocate(struct stage_writer *w, uint64_t off, uint64_t len)
+{
+	int rc;
+
+	pthread_mutex_lock(&w->lock);
+	rc = stage_writer_thaw(w);
+	if (!rc)
+		rc = -posix_fallocate(w->fd, (off_t)off, (off_t)len);
+	if (!rc && off + len > w->size) {
+		w->dirty = true;
+		__atomic_store_n(&w->size, off + len, __ATOMIC_RELAXED);
 	}
 	pthread_mutex_unlock(&w->lock);
 	return rc;
@@ -805,6 +826,46 @@ int stage_unlink(struct stage *s, const char *repo, const char *branch, const ch
 	return stage_journal_deletion(s, repo, branch, path, CACHE_STAGE_DELETE_FILE, rbase);
 }
 
+int stage_drop(struct stage *s, const char *repo, const char *branch, const char *path)
+{
+	char(*staged)[CACHE_STAGE_NAME_SIZE] = NULL;
+	struct stage_entry *e;
+	size_t nstaged = 0;
+	int64_t id = 0;
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->wr) {
+		e->wr->unlinked = true; /* an open writer lives on, as an open file does */
+		e->wr = NULL;
+	}
+	if (e)
+		id = e->row;
+	if (e && !id) {
+		e->version = ++s->versions;
+		stage_entry_gc(s, e);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!id)
+		return 0;
+	rc = cache_stage_forget(s->cache, repo, branch, &id, 1, &staged, &nstaged);
+	if (rc) {
+		log_msg(LOG_ERR, "cannot forget '%s' of '%s@%s': %s", path, repo, branch,
+			strerror(-rc));
+		return rc;
+	}
+	for (size_t i = 0; i < nstaged; i++)
+		cache_stage_file_remove(s->cache, staged[i]);
+	free(staged);
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, path);
+	if (e && e->row == id)
+		stage_entry_forget_row(s, e, false);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
 int stage_hold(struct stage *s, const char *repo, const char *branch)
 {
 	struct stage_branch *b;
@@ -883,6 +944,11 @@ static int stage_unmove(struct stage *s, const char *repo, const char *branch, c
 	e = stage_find(s, repo, branch, to);
 	if (e && e->deleted && e->row && e->moved_to && !strcmp(e->moved_to, from) && !e->wr)
 		tid = e->row;
+	/* the worker is committing the move: forgetting its rows now would
+	 * lose the file (the Hub gets the move, the view forgets both paths) */
+	for (struct stage_branch *b = s->branches; b && tid; b = b->next)
+		if (b->busy && !strcmp(b->branch, branch) && !strcmp(b->repo, repo))
+			tid = 0;
 	pthread_mutex_unlock(&s->lock);
 	if (!tid)
 		return -EXDEV;

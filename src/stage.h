@@ -137,8 +137,16 @@ ssize_t stage_writer_read(struct stage_writer *w, void *buf, size_t size, uint64
 ssize_t stage_writer_write(struct stage_writer *w, const void *buf, size_t size, uint64_t off,
 			   bool append);
 
+/* The size of the content now (also of a writer whose path was unlinked). */
+uint64_t stage_writer_size(struct stage_writer *w);
+
 /* Sets the size of the content.  Returns 0 or -errno. */
 int stage_writer_truncate(struct stage_writer *w, uint64_t size);
+
+/* Reserves bytes @off to @off + @len of the content (posix_fallocate()):
+ * the content grows to @off + @len when it is shorter, with zeros.  Returns
+ * 0 or -errno (-ENOSPC ...). */
+int stage_writer_allocate(struct stage_writer *w, uint64_t off, uint64_t len);
 
 /* Journals the writer's content if it changed since it was last journaled,
  * and queues its branch.  Returns 0 or -errno (-ENOSPC ...). */
@@ -152,6 +160,13 @@ int stage_writer_close(struct stage_writer *w);
  * queues the branch.  Returns 0 or -errno. */
 int stage_unlink(struct stage *s, const char *repo, const char *branch, const char *path,
 		 const char *base);
+
+/* Forgets the staged file @path of the view, which never was on the Hub
+ * (the tree has a file where the view has a directory above it: there is
+ * nothing to delete, and a deletion could not be committed): its journal row
+ * and staged content go, an open writer lives on detached, as after an
+ * unlink, and the path shows nothing.  Returns 0 or -errno. */
+int stage_drop(struct stage *s, const char *repo, const char *branch, const char *path);
 
 /* Journals the rename of file @from to @to (paths of the view of @repo
  * @branch; a file at @to is replaced), based on @base, as ONE change of the
