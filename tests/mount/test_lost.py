@@ -23,25 +23,15 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mountlib import Mount, Tap, have_fuse, hubfs_binary, sha256, with_timeout  # noqa: E402
+from mountlib import Mount, Tap, have_fuse, sha256, with_timeout  # noqa: E402
 from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
+from test_status import hubfs  # noqa: E402
 
 T = Tap()
 REPO = "alice/tiny-model"
 NAME = "lost.bin"
 UMOUNT_TIMEOUT = 90
 LOST_NAME = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{16}\.data$")
-
-
-def hubfs(*args, home=None, timeout=30):
-    """Runs the hubfs command line; returns (status, stdout, stderr)."""
-    env = dict(os.environ)
-    for k in ("HF_TOKEN", "HF_ENDPOINT", "XDG_CACHE_HOME"):
-        env.pop(k, None)
-    env["HOME"] = home or tempfile.gettempdir()
-    r = subprocess.run([hubfs_binary()] + list(args), capture_output=True, text=True, env=env,
-                       stdin=subprocess.DEVNULL, timeout=timeout)
-    return r.returncode, r.stdout, r.stderr
 
 
 def commits(hub):
