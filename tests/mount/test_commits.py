@@ -21,10 +21,10 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mountlib import Mount, Tap, have_fuse, sha256, with_timeout  # noqa: E402
+from mountlib import Mount, Tap, have_fuse, with_timeout  # noqa: E402
 from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
 from test_read import commit_files  # noqa: E402
-from test_write import commits, downloaded, fsync_path, hub_tree, titles, wait_for, write_file  # noqa: E402
+from test_write import commits, downloaded, fsync_path, hub_tree, titles, write_file  # noqa: E402
 import test_write  # noqa: E402
 from test_write_faults import hubfs_status  # noqa: E402
 from test_status import hubfs  # noqa: E402
