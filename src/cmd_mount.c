@@ -773,7 +773,8 @@ static int umount_report(struct cache *c, const char *dir, bool waited)
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
-		uint64_t failed = b[i].by_state[CACHE_STAGE_FAILED] + b[i].by_state[CACHE_STAGE_REFUSED];
+		uint64_t failed = b[i].by_state[CACHE_STAGE_FAILED];
+		uint64_t refused = b[i].by_state[CACHE_STAGE_REFUSED];
 		uint64_t conflict = b[i].by_state[CACHE_STAGE_CONFLICT];
 		/* scratch files are never committed: not "still staged" */
 		uint64_t changes = b[i].changes - b[i].by_state[CACHE_STAGE_LOCAL];
@@ -781,9 +782,10 @@ static int umount_report(struct cache *c, const char *dir, bool waited)
 		if (!changes)
 			continue;
 		why[0] = '\0';
-		if (conflict || failed)
-			snprintf(why, sizeof(why), " (%s%s%s%s%s)", conflict ? "in conflict" : "",
-				 conflict && failed ? ", " : "", failed ? "failed or refused" : "",
+		if (conflict || failed || refused)
+			snprintf(why, sizeof(why), " (%s%s%s%s%s%s%s)", conflict ? "in conflict" : "",
+				 conflict && (failed || refused) ? ", " : "", failed ? "failed" : "",
+				 failed && refused ? ", " : "", refused ? "refused" : "",
 				 b[i].error[0] ? ": " : "", b[i].error);
 		log_msg(LOG_WARNING, "%llu change%s of %s@%s %s still staged%s",
 			(unsigned long long)changes, changes == 1 ? "" : "s",
