@@ -474,8 +474,9 @@ int fs_inode_rename(struct fs_inodes *t, uint64_t parent, const char *name, uint
 	if (src && is_dir) {
 		for (size_t i = 0; i < t->buckets && !rc; i++) {
 			for (struct fs_node *n = t->by_ino[i]; n && !rc; n = n->next_ino) {
-				if (n->p.kind != FS_PATH_ENTRY || !n->hashed || n->fullpath[flen] != '/' ||
-				    strncmp(n->fullpath, from, flen))
+				/* the prefix first: a shorter path ends before [flen] */
+				if (n->p.kind != FS_PATH_ENTRY || !n->hashed ||
+				    strncmp(n->fullpath, from, flen) || n->fullpath[flen] != '/')
 					continue;
 				if (asprintf(&path, "%s%s", to, n->fullpath + flen) < 0)
 					rc = -ENOMEM;
