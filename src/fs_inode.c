@@ -58,6 +58,7 @@ static size_t fs_bucket_ino(const struct fs_inodes *t, uint64_t ino)
 
 static void fs_node_free(struct fs_node *n)
 {
+	free(n->renamed_to);
 	free(n->name);
 	free(n->fullpath);
 	free(n);
@@ -398,6 +399,19 @@ static void fs_unlinked_locked(struct fs_inodes *t, struct fs_node *n)
 	fs_maybe_free_locked(t, n);
 }
 
+char *fs_inode_renamed_to(struct fs_inodes *t, uint64_t ino)
+{
+	struct fs_node *n;
+	char *path = NULL;
+
+	pthread_mutex_lock(&t->lock);
+	n = fs_find_ino_locked(t, ino);
+	if (n && n->renamed_to)
+		path = strdup(n->renamed_to);
+	pthread_mutex_unlock(&t->lock);
+	return path;
+}
+
 void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name, const char *fullpath)
 {
 	struct fs_node *n;
@@ -435,6 +449,11 @@ int fs_inode_rename(struct fs_inodes *t, uint64_t parent, const char *name, uint
 	if (dst && dst != src)
 		fs_unlinked_locked(t, dst);
 	if (src && src != dst) {
+		path = strdup(to);
+		if (path) {
+			free(src->renamed_to);
+			src->renamed_to = path;
+		}
 		fs_unhash_locked(t, src);
 		fs_maybe_free_locked(t, src);
 	}

@@ -61,6 +61,8 @@ struct fs_node {
 	bool unlinked;            /* atomic: unlinked, removed or renamed over by
 				     this mount (fs_inode_unhash(), fs_inode_rename()) */
 	/* The rest is the table's. */
+	char *renamed_to;         /* protected by the table's lock: the full path
+				     this mount renamed the node's file to, or NULL */
 	uint64_t nlookup;         /* protected by the table's lock */
 	uint64_t refs;            /* protected by the table's lock */
 	bool hashed;              /* protected by the table's lock: findable by name */
@@ -109,6 +111,10 @@ void fs_inode_unhash(struct fs_inodes *t, uint64_t parent, const char *name, con
  * number). */
 int fs_inode_rename(struct fs_inodes *t, uint64_t parent, const char *name, uint64_t newparent,
 		    const char *newname, const char *from, const char *to);
+
+/* The full path this mount last renamed the file of node @ino to (the
+ * caller frees it), or NULL. */
+char *fs_inode_renamed_to(struct fs_inodes *t, uint64_t ino);
 
 /* The inode number of the node that lookups of @name in @parent find, or 0
  * when there is none. */

@@ -709,9 +709,27 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+/* Whether the tree of @n's revision now has @n's path (errors count as
+ * yes: the node stands). */
+static bool fs_path_in_tree(struct fs *fs, const struct fs_node *n)
+{
+	struct hub_revision rev;
+	struct hub_repo repo;
+	struct cache_entry e;
+	int rc;
+
+	if (fs_revision(fs, n, &rev))
+		return true;
+	fs_repo_of(n, &repo);
+	rc = meta_lookup(fs->meta, &repo, rev.commit, n->p.path, &e);
+	if (rc == 0)
+		cache_entry_release(&e);
+	return rc != -ENOENT && rc != -ENOTDIR;
+}
+
 /* What the kernel may still call @n: after a rename, it names the new path
  * by the old path's inode until its entry expires; the overlay knows where
- * the old path went.  Returns 1 with @proto the node of the new path (the
+ * the old path went, and once that is committed the inode table.  Returns 1 with @proto the node of the new path (the
  * caller frees proto->fullpath), 0 when @n was not renamed away, or -errno. */
 static int fs_moved(struct fs *fs, const struct fs_node *n, struct fs_node *proto)
 {
@@ -738,13 +756,23 @@ static int fs_moved(struct fs *fs, const struct fs_node *n, struct fs_node *prot
 		}
 		stage_stat(fs->stage, key, n->p.rev, path, ss);
 	}
-	if (!path)
+	if (!path && ss->what != STAGE_FILE && ss->what != STAGE_DIR) {
+		/* once the move is committed the overlay forgets it, but the
+		 * kernel may still name the new path by this node: the inode
+		 * table remembers where this mount renamed it (unless the file
+		 * is back at the node's path) */
+		full = fs_inode_renamed_to(fs->inodes, n->ino);
+		if (!full || fs_path_in_tree(fs, n))
+			goto out;
+	} else if (!path) {
 		goto out;
-	prefix = (size_t)(n->p.path - n->fullpath);
-	if (asprintf(&full, "%.*s%s", (int)prefix, n->fullpath, path) < 0) {
-		full = NULL;
-		rc = -ENOMEM;
-		goto out;
+	} else {
+		prefix = (size_t)(n->p.path - n->fullpath);
+		if (asprintf(&full, "%.*s%s", (int)prefix, n->fullpath, path) < 0) {
+			full = NULL;
+			rc = -ENOMEM;
+			goto out;
+		}
 	}
 	slash = strrchr(full, '/');
 	if (!slash) {

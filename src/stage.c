@@ -955,6 +955,14 @@ static int stage_unmove(struct stage *s, const char *repo, const char *branch, c
 	rc = stage_journal_deletion(s, repo, branch, from, CACHE_STAGE_DELETE_FILE, base);
 	if (rc)
 		return rc;
+	/* the kernel may still name @to by @from's inode */
+	pthread_mutex_lock(&s->lock);
+	e = stage_find(s, repo, branch, from);
+	if (e && e->deleted) {
+		free(e->moved_to);
+		e->moved_to = strdup(to);
+	}
+	pthread_mutex_unlock(&s->lock);
 	rc = cache_stage_forget(s->cache, repo, branch, &tid, 1, &staged, &nstaged);
 	if (rc) {
 		/* the deletion of @to stays: the file is gone, not lost (the

@@ -437,6 +437,42 @@ def test_inodes(hub, m):
     T.eq(os.lstat(m.p(REPO)).st_nlink, 1, "a repo directory (above a revision): 1, not counted")
 
 
+def test_reopen(hub, m):
+    """The kernel names a renamed file by the node it had: reopening an open file (/proc/self/fd)
+    after its rename was committed, and after a rename undone, reads it."""
+    base = m.p(REPO + "/main/")
+    T.ok(write_file(base + "reopen-a.txt", b"reopen me\n") is None, "a committed file")
+
+    def committed_rename():
+        fd = os.open(base + "reopen-a.txt", os.O_RDONLY)
+        try:
+            os.rename(base + "reopen-a.txt", base + "reopen-b.txt")
+            dfd = os.open(base, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            with open("/proc/self/fd/%d" % fd, "rb") as f:
+                return f.read()
+        finally:
+            os.close(fd)
+    got, err = with_timeout(committed_rename, TOOL_TIMEOUT)
+    T.ok(err is None and got == b"reopen me\n", "an open file renamed, the rename committed: reopened, it reads", err)
+
+    def undone_rename():
+        os.rename(base + "reopen-b.txt", base + "reopen-c.txt")
+        os.stat(base + "reopen-c.txt")  # a node for the new name
+        fd = os.open(base + "reopen-c.txt", os.O_RDONLY)
+        try:
+            os.rename(base + "reopen-c.txt", base + "reopen-b.txt")  # back: the move is undone
+            with open("/proc/self/fd/%d" % fd, "rb") as f:
+                return f.read()
+        finally:
+            os.close(fd)
+    got, err = with_timeout(undone_rename, TOOL_TIMEOUT)
+    T.ok(err is None and got == b"reopen me\n", "an open file renamed back (the move undone): reopened, it reads", err)
+
+
 def view_of(base, name):
     """What readdir and stat say of @name in @base: (kind in the listing, kind by stat)."""
     listed = {e.name: ("dir" if e.is_dir(follow_symlinks=False) else "file") for e in os.scandir(base)}
@@ -628,6 +664,7 @@ def main():
             test_fallocate(hub, m)
             test_mmap(hub, m)
             test_inodes(hub, m)
+            test_reopen(hub, m)
             test_file_to_dir(hub, m)
             test_dir_to_file(hub, m)
             status = m.unmount()
