@@ -525,24 +525,35 @@ void fs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_
 	fuse_reply_err(req, -rc);
 }
 
+static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
+			   struct fs_node *proto);
+
 /* What the Hub cannot hold (symlinks, hard links, device nodes, FIFOs,
- * sockets): EPERM in a branch view, where the parent could take a file;
- * EROFS elsewhere.  Replies. */
-static void fs_no_entry(fuse_req_t req, fuse_ino_t parent_ino)
+ * sockets) named @name: EEXIST when the name is taken, else EPERM in a
+ * branch view, where the parent could take a file; EROFS elsewhere.
+ * Replies. */
+static void fs_no_entry(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct fs_node *parent = fs_inode_get(fs->inodes, parent_ino);
+	struct fs_node proto;
 	int rc;
 
 	if (fs_refuse(req, parent))
 		return;
 	rc = fs_is_branch(fs, parent);
+	if (rc > 0) {
+		/* a name that is taken is EEXIST first, as on any filesystem */
+		int child = fs_branch_child(fs, parent, name, &proto);
+
+		if (child == 0) {
+			free(proto.fullpath);
+			rc = -EEXIST;
+		}
+	}
 	fs_inode_put(fs->inodes, parent);
 	fuse_reply_err(req, rc < 0 ? -rc : rc ? EPERM : EROFS);
 }
-
-static int fs_branch_child(struct fs *fs, const struct fs_node *parent, const char *name,
-			   struct fs_node *proto);
 
 /* mknod of a regular file makes an empty file, as create does; the rest is
  * what the Hub cannot hold (fs_no_entry()). */
@@ -556,7 +567,7 @@ void fs_mknod(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mo
 
 	(void)rdev;
 	if (!S_ISREG(mode)) {
-		fs_no_entry(req, parent_ino);
+		fs_no_entry(req, parent_ino, name);
 		return;
 	}
 	parent = fs_inode_get(fs->inodes, parent_ino);
@@ -887,8 +898,7 @@ void fs_unlink(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 void fs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
 	(void)link;
-	(void)name;
-	fs_no_entry(req, parent);
+	fs_no_entry(req, parent, name);
 }
 
 #ifndef RENAME_NOREPLACE
@@ -1259,8 +1269,7 @@ out:
 void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
 	(void)ino;
-	(void)newname;
-	fs_no_entry(req, newparent);
+	fs_no_entry(req, newparent, newname);
 }
 
 void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mode,

@@ -188,6 +188,9 @@ def test_links(hub, m):
     T.eq(errno_of(os.mkfifo, base + "a-fifo"), errno.EPERM, "mkfifo in a branch is EPERM")
     T.eq(errno_of(os.mknod, base + "a-dev", stat.S_IFCHR | 0o600, os.makedev(1, 3)), errno.EPERM,
          "mknod of a device in a branch is EPERM")
+    T.eq([errno_of(os.symlink, "x", base + "config.json"), errno_of(os.link, base + "README.md", base + "config.json"),
+          errno_of(os.mkfifo, base + "config.json")], [errno.EEXIST] * 3,
+         "symlink, link and mkfifo over a name that exists: EEXIST first, as POSIX has it")
     T.ok(not any(os.path.lexists(base + n) for n in ("a-link", "a-hard-link", "a-fifo", "a-dev")),
          "and nothing appears")
     T.eq(errno_of(os.mknod, base + "by-mknod.txt", stat.S_IFREG | 0o644), 0, "mknod of a regular file makes one")
