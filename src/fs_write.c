@@ -544,12 +544,13 @@ static void fs_no_entry(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 	rc = fs_is_branch(fs, parent);
 	if (rc > 0) {
 		/* a name that is taken is EEXIST first, as on any filesystem */
-		int child = fs_branch_child(fs, parent, name, &proto);
+		int child;
 
-		if (child == 0) {
-			free(proto.fullpath);
+		memset(&proto, 0, sizeof(proto));
+		child = fs_branch_child(fs, parent, name, &proto);
+		if (child == 0)
 			rc = -EEXIST;
-		}
+		free(proto.fullpath); /* set for a new name (-ENOENT) too */
 	}
 	fs_inode_put(fs->inodes, parent);
 	fuse_reply_err(req, rc < 0 ? -rc : rc ? EPERM : EROFS);
