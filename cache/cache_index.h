@@ -1,7 +1,9 @@
 /*
- * The cache's SQLite index, private to cache/: the only file of hubfs that
- * includes sqlite3.h is cache_index.c.  The daemon sees cache.h and
- * cache_meta.h; cache.c, cache_blob.c and cache_meta.c call this.
+ * The cache's SQLite index, private to cache/: the only files of hubfs that
+ * include sqlite3.h are cache_index*.c (one handle in cache_index.c, one
+ * file per store: _blobs, _meta, _stage; cache_index_internal.h is what they
+ * share).  The daemon sees cache.h and cache_meta.h; cache.c, cache_blob.c
+ * and cache_meta.c call this.
  *
  * One database, DIR/hubfs.db in WAL mode, holds:
  *   blobs         per blob: id, size, chunk size, the persisted presence
