@@ -37,6 +37,13 @@
 #define HTTP_MAX_HOPS 5
 #define HTTP_ERROR_BODY_MAX (64 * 1024)
 #define HTTP_DEFAULT_BODY_MAX (16 * 1024 * 1024)
+/* URLs remembered as late (see http_late_check). */
+#define HTTP_LATE_MAX 32
+
+struct http_late {
+	char *url;
+	struct timespec at;
+};
 
 struct http_origin {
 	char *scheme;
@@ -57,6 +64,9 @@ struct http_client {
 	pthread_mutex_t pool_lock;
 	CURL *pool[HTTP_POOL_MAX]; /* protected by pool_lock */
 	int pool_len;              /* protected by pool_lock */
+	pthread_mutex_t late_lock; /* never held with pool_lock */
+	struct http_late late[HTTP_LATE_MAX]; /* protected by late_lock */
+	int late_next;             /* protected by late_lock */
 };
 
 int http_global_init(void)
@@ -252,6 +262,7 @@ struct http_client *http_client_new(const struct http_client_config *cfg, int *e
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&c->share_locks[i], NULL);
 	pthread_mutex_init(&c->pool_lock, NULL);
+	pthread_mutex_init(&c->late_lock, NULL);
 	c->endpoint = strdup(cfg->endpoint ? cfg->endpoint : "");
 	if (!c->endpoint) {
 		*err = -ENOMEM;
@@ -320,6 +331,9 @@ void http_client_free(struct http_client *c)
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_destroy(&c->share_locks[i]);
 	pthread_mutex_destroy(&c->pool_lock);
+	for (int i = 0; i < HTTP_LATE_MAX; i++)
+		free(c->late[i].url);
+	pthread_mutex_destroy(&c->late_lock);
 	free(c);
 }
 
@@ -376,7 +390,14 @@ struct http_xfer {
 	int use_sink;   /* -1 unknown, 0 buffer, 1 sink: decided at the first byte */
 	uint64_t sent;  /* bytes of a file body read so far */
 	bool headers_done; /* resp's header fields are filled */
+	long timeout;   /* the client's stall_timeout, seconds */
+	struct timespec window; /* when the current deadline window began */
+	uint64_t window_moved;  /* bytes moved when it began */
+	uint64_t window_need;   /* bytes it must move before its end */
 };
+
+/* The floor rate of a transfer, bytes per second (see http_deadline). */
+#define HTTP_FLOOR_RATE 1024
 
 static void http_response_headers(CURL *h, struct http_response *r);
 
@@ -471,18 +492,74 @@ static size_t http_read_cb(char *buf, size_t size, size_t nmemb, void *arg)
 	return (size_t)n;
 }
 
-/* libcurl's progress tick: asks the request's cancel function, and reports
+static double http_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+/* Starts a deadline window: within x->timeout seconds, the transfer must
+ * move the lesser of the floor rate's worth of bytes and what is left of it
+ * (the rest of the body sent, then the first byte of the answer, then the
+ * rest of the answer's body when its length is known). */
+static void http_window_start(struct http_xfer *x, uint64_t moved, curl_off_t dltotal,
+			      curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	uint64_t need = (uint64_t)HTTP_FLOOR_RATE * (uint64_t)x->timeout;
+	uint64_t left;
+	long status = 0;
+
+	curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
+	if (!status)
+		left = (ultotal > ulnow ? (uint64_t)(ultotal - ulnow) : 0) + 1;
+	else if (dltotal > 0)
+		left = dltotal > dlnow ? (uint64_t)(dltotal - dlnow) : 1;
+	else
+		left = need;
+	clock_gettime(CLOCK_MONOTONIC, &x->window);
+	x->window_moved = moved;
+	x->window_need = left < need ? left : need;
+}
+
+/*
+ * The deadline of a transfer: from its start, the connection and the first
+ * byte of the answer (after the request body, if any) within x->timeout
+ * seconds; after that, at least HTTP_FLOOR_RATE bytes per second over every
+ * window of x->timeout seconds (less when less is left).  A window that is
+ * met starts the next one at once.  Returns true when the transfer is late.
+ */
+static bool http_deadline(struct http_xfer *x, curl_off_t dltotal, curl_off_t dlnow,
+			  curl_off_t ultotal, curl_off_t ulnow)
+{
+	long status = 0;
+	uint64_t moved;
+
+	curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
+	moved = (uint64_t)(dlnow > 0 ? dlnow : 0) + (uint64_t)(ulnow > 0 ? ulnow : 0) +
+		(status ? 1 : 0);
+	if (moved - x->window_moved >= x->window_need) {
+		http_window_start(x, moved, dltotal, dlnow, ultotal, ulnow);
+		return false;
+	}
+	return http_since(&x->window) >= (double)x->timeout;
+}
+
+/* libcurl's progress tick: asks the request's cancel function, checks the
+ * transfer's deadline, and reports
  * the bytes of the body sent so far to its progress function. */
 static int http_progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 			    curl_off_t ulnow)
 {
 	struct http_xfer *x = arg;
 
-	(void)dltotal;
-	(void)dlnow;
-	(void)ultotal;
 	if (x->req->cancel && x->req->cancel(x->req->cancel_arg)) {
 		x->abort_rc = -EINTR;
+		return 1;
+	}
+	if (http_deadline(x, dltotal, dlnow, ultotal, ulnow)) {
+		x->abort_rc = -ETIMEDOUT;
 		return 1;
 	}
 	if (x->req->progress && ulnow >= 0)
@@ -643,6 +720,40 @@ static void http_log_url(int level, const char *what, const char *method, const 
 }
 
 /* One hop: one request to @url, no redirect following. */
+/*
+ * A URL whose transfer missed its deadline fails at once for the next
+ * stall_timeout seconds: the kernel asks again for a range whose read ahead
+ * failed, and each ask would otherwise cost another full deadline.  Other
+ * URLs (other files) are not affected.
+ */
+static bool http_late_check(struct http_client *c, const char *url)
+{
+	bool late = false;
+
+	pthread_mutex_lock(&c->late_lock);
+	for (int i = 0; i < HTTP_LATE_MAX && !late; i++)
+		late = c->late[i].url && !strcmp(c->late[i].url, url) &&
+		       http_since(&c->late[i].at) < (double)c->stall_timeout;
+	pthread_mutex_unlock(&c->late_lock);
+	return late;
+}
+
+static void http_late_add(struct http_client *c, const char *url)
+{
+	char *dup = strdup(url);
+	char *old;
+
+	if (!dup)
+		return;
+	pthread_mutex_lock(&c->late_lock);
+	old = c->late[c->late_next].url;
+	c->late[c->late_next].url = dup;
+	clock_gettime(CLOCK_MONOTONIC, &c->late[c->late_next].at);
+	c->late_next = (c->late_next + 1) % HTTP_LATE_MAX;
+	pthread_mutex_unlock(&c->late_lock);
+	free(old);
+}
+
 static int http_hop(struct http_client *c, CURL *h, const struct http_request *req, const char *method,
 		    const char *url, bool with_body, struct http_response *resp)
 {
@@ -654,6 +765,14 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 	int rc = 0;
 
 	x.limit = req->max_body ? req->max_body : HTTP_DEFAULT_BODY_MAX;
+	if (http_late_check(c, url)) {
+		log_msg(LOG_WARNING, "%s %.*s: missed its deadline less than %ld s ago, failing at once",
+			method, (int)strcspn(url, "?"), url, c->stall_timeout);
+		return -ETIMEDOUT;
+	}
+	x.timeout = c->stall_timeout;
+	clock_gettime(CLOCK_MONOTONIC, &x.window);
+	x.window_need = 1; /* the connection, then a first byte either way */
 	resp->auth_sent = c->auth_header && http_same_origin(c, url);
 	if (resp->auth_sent && (tmp = curl_slist_append(headers, c->auth_header)))
 		headers = tmp;
@@ -678,7 +797,8 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c->connect_timeout);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT,
+			 c->connect_timeout < c->stall_timeout ? c->connect_timeout : c->stall_timeout);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, c->stall_timeout);
 	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -726,7 +846,12 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
 	if (cc != CURLE_OK) {
 		rc = x.abort_rc ? x.abort_rc : http_curl_errno(cc);
-		if (rc != -EINTR)
+		if (rc == -ETIMEDOUT)
+			http_late_add(c, url);
+		if (x.abort_rc == -ETIMEDOUT)
+			log_msg(LOG_WARNING, "%s %.*s: less than %" PRIu64 " bytes in %ld s, giving up",
+				method, (int)strcspn(url, "?"), url, x.window_need, x.timeout);
+		else if (rc != -EINTR)
 			log_msg(LOG_INFO, "%s %.*s: %s", method, (int)strcspn(url, "?"), url,
 				curl_easy_strerror(cc));
 		goto out;

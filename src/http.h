@@ -48,7 +48,9 @@ struct http_client_config {
 	const char *token;      /* access token, or NULL: copied */
 	const char *user_agent; /* NULL for "hubfs/VERSION" */
 	long connect_timeout;   /* seconds; 0 for 10 */
-	long stall_timeout;     /* seconds below 1 byte/s before a transfer fails; 0 for 30 */
+	long stall_timeout;     /* the deadline window of a transfer, seconds; 0 for 30: the
+				 * connection and the answer's first byte within it, then
+				 * 1 KiB/s (or what is left) over every window, or -ETIMEDOUT */
 	long api_timeout;       /* seconds for a whole API call; 0 for 60 */
 	int max_retries;        /* retries of retryable failures; -1 for 5 */
 	double backoff_unit;    /* seconds of the first backoff; 0 for 1 */

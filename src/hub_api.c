@@ -43,6 +43,28 @@ int64_t hub_parse_time(const char *s)
 	return (int64_t)timegm(&tm);
 }
 
+/*
+ * cJSON turns the escape \u0000 into a NUL byte and every string it hands
+ * out ends there: "main\u0000x" would read as "main".  Rewrites each such
+ * escape, in place, to \u0001, a control character that every name check
+ * of this file refuses, so that a string with a NUL is refused whole instead
+ * of being cut.  An escaped backslash ("\\u0000") is left alone.
+ */
+static void hub_json_unnul(char *body, size_t len)
+{
+	for (size_t i = 0; i + 6 <= len; i++) {
+		size_t run = 0;
+
+		if (body[i] != '\\')
+			continue;
+		while (i + run < len && body[i + run] == '\\')
+			run++;
+		i += run - 1; /* the last backslash of the run */
+		if (run % 2 == 1 && i + 6 <= len && !memcmp(body + i + 1, "u0000", 5))
+			body[i + 5] = '1';
+	}
+}
+
 /* Fetches @url and parses its JSON body into *@json (caller frees with
  * cJSON_Delete).  On success, @resp is released unless @keep is set. */
 static int hub_get_json(struct http_client *http, const char *url, cJSON **json,
@@ -63,6 +85,8 @@ static int hub_get_json(struct http_client *http, const char *url, cJSON **json,
 	rc = http_status_errno(resp);
 	if (rc)
 		goto fail;
+	if (resp->body)
+		hub_json_unnul(resp->body, resp->body_len);
 	*json = cJSON_ParseWithLength(resp->body ? resp->body : "", resp->body_len);
 	if (!*json) {
 		log_msg(LOG_WARNING, "'%.*s': the answer is not JSON", (int)strcspn(url, "?"), url);
@@ -451,7 +475,49 @@ char *hub_resolve_url(struct http_client *http, const struct hub_repo *repo, con
 	return url;
 }
 
-/* Checks one tree entry of a listing of @dir and fills @e. */
+/* The git blob id and the sha256 of the empty file: the only ids of size 0. */
+#define HUB_EMPTY_BLOB "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+#define HUB_EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/* Largest file size believed: doubles hold every integer up to here, and the
+ * cache indexes far more (CACHE_CHUNKS_MAX chunks). */
+#define HUB_SIZE_MAX 9007199254740992.0 /* 2^53 */
+
+/* Logs why the tree entry @path is refused (control characters shown as
+ * '?', the path cut at 200 bytes) and returns @rc. */
+static int hub_entry_refuse(const char *path, const char *why, int rc)
+{
+	char shown[201];
+	size_t i;
+
+	for (i = 0; path[i] && i < sizeof(shown) - 1; i++)
+		shown[i] = (unsigned char)path[i] < 0x20 || path[i] == 0x7f ? '?' : path[i];
+	shown[i] = '\0';
+	log_msg(LOG_WARNING, "tree entry '%s%s' refused: %s", shown, path[i] ? "..." : "", why);
+	return rc;
+}
+
+/* Reads a JSON file size into *@out: a number that is an integer in
+ * [0, 2^53]; false for anything else (missing, a string, 1.5, -1, 1e300). */
+static bool hub_json_size(const cJSON *item, uint64_t *out)
+{
+	double v;
+
+	if (!cJSON_IsNumber(item))
+		return false;
+	v = item->valuedouble;
+	if (!(v >= 0 && v <= HUB_SIZE_MAX) || v != (double)(uint64_t)v)
+		return false;
+	*out = (uint64_t)v;
+	return true;
+}
+
+/*
+ * Checks one tree entry of a listing of @dir and fills @e.  Returns 0, 1 for
+ * an entry to skip (an unknown kind, or a name that is refused: the rest of
+ * the listing stays usable), or -EIO for an answer that cannot be trusted
+ * (no oid, or a size that cannot be its oid's: serving it would give wrong
+ * bytes, such as an empty file for a non-empty blob).
+ */
 static int hub_tree_entry(const cJSON *item, const char *dir, struct hub_entry *e)
 {
 	const char *type = hub_json_string(item, "type");
@@ -461,17 +527,18 @@ static int hub_tree_entry(const cJSON *item, const char *dir, struct hub_entry *
 	const cJSON *lfs = cJSON_GetObjectItemCaseSensitive(item, "lfs");
 	size_t dlen = strlen(dir);
 	const char *name;
+	bool empty;
 
 	memset(e, 0, sizeof(*e));
 	if (!type || !path || !oid)
 		return hub_malformed("tree entry without type, path or oid");
 	if (dlen && (strncmp(path, dir, dlen) || path[dlen] != '/'))
-		return hub_malformed("tree entry outside the listed directory");
+		return hub_entry_refuse(path, "not in the listed directory", 1);
 	name = dlen ? path + dlen + 1 : path;
 	if (!*name || strchr(name, '/') || !hub_repo_path_valid(name))
-		return hub_malformed("tree entry with an invalid name");
+		return hub_entry_refuse(path, "an invalid name", 1);
 	if (!hub_is_commit(oid))
-		return hub_malformed("tree entry with an invalid oid");
+		return hub_entry_refuse(path, "an invalid oid", -EIO);
 	e->name = name;
 	memcpy(e->oid, oid, HUB_COMMIT_LEN + 1);
 	if (!strcmp(type, "directory")) {
@@ -480,18 +547,28 @@ static int hub_tree_entry(const cJSON *item, const char *dir, struct hub_entry *
 	}
 	if (strcmp(type, "file"))
 		return 1; /* unknown kinds are skipped */
-	if (cJSON_IsNumber(size) && size->valuedouble >= 0 && size->valuedouble < 9.0e18)
-		e->size = (uint64_t)size->valuedouble;
+	if (!hub_json_size(size, &e->size))
+		return hub_entry_refuse(path, "its size is not an integer in [0, 2^53]", -EIO);
+	empty = !strcmp(oid, HUB_EMPTY_BLOB);
 	if (cJSON_IsObject(lfs)) {
 		const char *sha = hub_json_string(lfs, "oid");
 		const cJSON *lsize = cJSON_GetObjectItemCaseSensitive(lfs, "size");
 
 		if (!sha || strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
-			return hub_malformed("tree entry with an invalid LFS oid");
+			return hub_entry_refuse(path, "an invalid LFS oid", -EIO);
 		memcpy(e->sha256, sha, 65);
-		if (cJSON_IsNumber(lsize) && lsize->valuedouble >= 0 && lsize->valuedouble < 9.0e18)
-			e->size = (uint64_t)lsize->valuedouble;
+		if (!hub_json_size(lsize, &e->size))
+			return hub_entry_refuse(path, "its LFS size is not an integer in [0, 2^53]",
+						-EIO);
+		/* the git oid is the pointer file's: the LFS object decides */
+		empty = !strcmp(sha, HUB_EMPTY_SHA256);
+	} else if (!cJSON_IsNull(lfs) && lfs) {
+		return hub_entry_refuse(path, "its lfs field is not an object", -EIO);
 	}
+	if (empty != (e->size == 0))
+		return hub_entry_refuse(path, empty ? "the empty blob with a size that is not 0"
+						    : "size 0 for a blob that is not empty",
+					-EIO);
 	return 0;
 }
 

@@ -100,9 +100,14 @@ struct hub_entry {
 typedef int (*hub_entries_fn)(void *arg, const struct hub_entry *entries, size_t n);
 
 /* GET .../tree/COMMIT/DIR, every page, non-recursive.  @dir is "" for the
- * root.  Each page's entries are checked (a direct child of @dir, valid name,
- * valid ids) before @fn sees them.  -ENOENT if @dir does not exist, -ENOTDIR
- * if it is a file. */
+ * root.  Each page's entries are checked before @fn sees them: an entry that
+ * is not a direct child of @dir or whose name is invalid (a NUL, "", ".",
+ * "..", ".git", a control character) is skipped with a log line; an entry
+ * without a valid oid, or whose size cannot be its blob's (not an integer in
+ * [0, 2^53], 0 for a blob that is not the empty one or the reverse; for an
+ * LFS file the LFS oid and size decide) fails the listing with -EIO and a
+ * log line naming it.  -ENOENT if @dir does not exist, -ENOTDIR if it is a
+ * file. */
 int hub_list_tree(struct http_client *http, const struct hub_repo *repo, const char *commit,
 		  const char *dir, hub_entries_fn fn, void *arg);
 
