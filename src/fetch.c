@@ -26,6 +26,8 @@
 #define FETCH_CDN_MAX 4096
 /* Redirect hops followed on the endpoint's origin. */
 #define FETCH_HOPS_MAX 5
+/* Read-ahead threads, thus range requests in flight at most. */
+#define FETCH_THREADS 8
 /* "The sink has what it wanted": stops a 200 answer early. */
 #define FETCH_DONE 1
 
@@ -158,6 +160,38 @@ static void fetch_cdn_set(struct fetch *f, const char *id, const char *url)
 	pthread_mutex_unlock(&f->lock);
 }
 
+/* Bytes of an answer gathered before they go to the cache: whole chunks
+ * (the chunk size, at most this) are written at once, page-aligned, so the
+ * blob file takes one write per chunk instead of one per piece the network
+ * delivers (partial pages cost the page cache a zeroing and a read-modify,
+ * and every write takes the file's lock that the other fills contend for). */
+#define FETCH_GATHER_MAX (1u << 20)
+
+static pthread_key_t fetch_buf_key;
+static pthread_once_t fetch_buf_once = PTHREAD_ONCE_INIT;
+
+static void fetch_buf_key_init(void)
+{
+	pthread_key_create(&fetch_buf_key, free);
+}
+
+/* This thread's gathering buffer (FETCH_GATHER_MAX bytes, page-aligned). */
+static unsigned char *fetch_gather_buffer(void)
+{
+	unsigned char *buf;
+
+	pthread_once(&fetch_buf_once, fetch_buf_key_init);
+	buf = pthread_getspecific(fetch_buf_key);
+	if (!buf) {
+		buf = aligned_alloc(4096, FETCH_GATHER_MAX);
+		if (buf && pthread_setspecific(fetch_buf_key, buf)) {
+			free(buf);
+			buf = NULL;
+		}
+	}
+	return buf;
+}
+
 /* One ranged transfer into the cache. */
 struct fetch_sink {
 	struct cache_blob *blob;
@@ -165,7 +199,55 @@ struct fetch_sink {
 	uint64_t end;   /* end of the wanted range (exclusive) */
 	uint64_t skip;  /* bytes of a whole-file answer to drop first */
 	uint64_t size;  /* the blob's size */
+	unsigned char *buf; /* gathered bytes, for [pos - n, pos); NULL: none */
+	size_t n;
+	uint64_t unit;  /* write once this many bytes are gathered (a chunk) */
 };
+
+/* Writes what @s gathered to the cache.  Returns 0 or -errno; on an error,
+ * s->pos goes back to where the bytes written end. */
+static int fetch_sink_flush(struct fetch_sink *s)
+{
+	int rc;
+
+	if (!s->n)
+		return 0;
+	rc = cache_blob_write(s->blob, s->pos - s->n, s->buf, s->n);
+	if (rc)
+		s->pos -= s->n;
+	s->n = 0;
+	return rc;
+}
+
+/* Delivers @len bytes at s->pos: gathered up to the end of their chunk. */
+static int fetch_sink_put(struct fetch_sink *s, const char *p, size_t len)
+{
+	int rc;
+
+	if (!s->buf) {
+		rc = cache_blob_write(s->blob, s->pos, p, len);
+		if (!rc)
+			s->pos += len;
+		return rc;
+	}
+	while (len) {
+		/* gathered bytes always start a chunk, or where the fill started */
+		uint64_t room = s->unit - (s->pos % s->unit);
+		size_t k = len < room ? len : (size_t)room;
+
+		memcpy(s->buf + s->n, p, k);
+		s->n += k;
+		s->pos += k;
+		p += k;
+		len -= k;
+		if (s->pos % s->unit == 0 || s->pos == s->end) {
+			rc = fetch_sink_flush(s);
+			if (rc)
+				return rc;
+		}
+	}
+	return 0;
+}
 
 static int fetch_on_headers(void *arg, const struct http_response *resp)
 {
@@ -215,18 +297,10 @@ static int fetch_sink_write(void *arg, const void *data, size_t len)
 		/* A whole-file answer: keep what was wanted, stop there. */
 		if (s->end - s->pos == 0)
 			return FETCH_DONE;
-		len = (size_t)(s->end - s->pos);
-		rc = cache_blob_write(s->blob, s->pos, p, len);
-		if (rc)
-			return rc;
-		s->pos += len;
-		return FETCH_DONE;
+		rc = fetch_sink_put(s, p, (size_t)(s->end - s->pos));
+		return rc ? rc : FETCH_DONE;
 	}
-	rc = cache_blob_write(s->blob, s->pos, p, len);
-	if (rc)
-		return rc;
-	s->pos += len;
-	return 0;
+	return fetch_sink_put(s, p, len);
 }
 
 /* Whether a CDN answer means its signed URL is no longer good. */
@@ -240,11 +314,14 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 	struct fetch_call *call = arg;
 	struct fetch_source *src = call->src;
 	struct fetch *f = src->f;
-	struct fetch_sink sink = { .blob = b, .pos = off, .end = off + len, .size = src->size };
+	struct fetch_sink sink = { .blob = b, .pos = off, .end = off + len, .size = src->size,
+				   .unit = cache_chunk_size(f->cache) };
 	int attempt = 0, max_retries = http_client_max_retries(f->http);
 	bool re_resolved = false;
 	int rc = 0;
 
+	if (sink.unit <= FETCH_GATHER_MAX)
+		sink.buf = fetch_gather_buffer();
 	while (sink.pos < sink.end) {
 		struct http_response resp;
 		uint64_t before = sink.pos;
@@ -285,6 +362,15 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 		free(url);
 		if (rc == FETCH_DONE)
 			rc = 0;
+		if (sink.n) {
+			/* what a cut transfer gathered is good: keep it */
+			int wrc = fetch_sink_flush(&sink);
+
+			if (wrc) {
+				http_response_release(&resp);
+				return wrc;
+			}
+		}
 		if (sink.pos > before)
 			attempt = 0; /* progress: the retry budget starts over */
 		if (rc == 0 && (resp.status == 200 || resp.status == 206)) {
@@ -369,7 +455,7 @@ static void *fetch_worker(void *arg)
 }
 
 void fetch_readahead(struct fetch *f, struct cache_blob *b, struct fetch_source *src,
-		     uint64_t off, uint64_t len)
+		     uint64_t off, uint64_t len, uint64_t piece)
 {
 	uint64_t chunk = cache_chunk_size(f->cache), size = cache_blob_size(b);
 	uint64_t end = off + len;
@@ -378,7 +464,7 @@ void fetch_readahead(struct fetch *f, struct cache_blob *b, struct fetch_source 
 		end = size;
 	off -= off % chunk;
 	while (off < end) {
-		uint64_t n = f->piece;
+		uint64_t n = piece ? piece : f->piece;
 		struct fetch_job *j;
 		int err;
 
@@ -435,7 +521,7 @@ struct fetch *fetch_new(const struct fetch_config *cfg, int *err)
 	f->piece -= f->piece % chunk;
 	pthread_mutex_init(&f->lock, NULL);
 	pthread_cond_init(&f->cond, NULL);
-	f->n_threads = cfg->threads > 0 ? cfg->threads : 4;
+	f->n_threads = cfg->threads > 0 ? cfg->threads : FETCH_THREADS;
 	f->threads = calloc((size_t)f->n_threads, sizeof(pthread_t));
 	if (!f->threads) {
 		*err = -ENOMEM;

@@ -28,7 +28,7 @@
 struct fetch_config {
 	struct http_client *http; /* borrowed */
 	struct cache *cache;      /* borrowed */
-	int threads;              /* read-ahead threads; 0 for 4 */
+	int threads;              /* read-ahead threads; 0 for 8 */
 	uint64_t piece;           /* bytes per read-ahead request; 0 for 8 MiB */
 };
 
@@ -61,9 +61,11 @@ struct fetch_call {
 /* The cache's fill callback (cache_fill_fn); @arg is a struct fetch_call. */
 int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len);
 
-/* Queues read-ahead of [@off, @off+@len) of @b from @src.  Takes its own
- * references.  Returns at once. */
+/* Queues read-ahead of [@off, @off+@len) of @b from @src, one range request
+ * per @piece bytes (a multiple of the chunk size; 0 for the configured
+ * piece), skipping pieces already present.  Takes its own references.
+ * Returns at once. */
 void fetch_readahead(struct fetch *f, struct cache_blob *b, struct fetch_source *src,
-		     uint64_t off, uint64_t len);
+		     uint64_t off, uint64_t len, uint64_t piece);
 
 #endif

@@ -33,7 +33,6 @@ struct fs_file {
 	pthread_mutex_t lock;
 	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
 	uint64_t run;               /* protected by lock: bytes read sequentially so far */
-	uint64_t window;            /* protected by lock: read-ahead window */
 	uint64_t ahead;             /* protected by lock: read-ahead queued up to here */
 };
 

@@ -13,8 +13,9 @@
  * Reads: a present range is one pread from the blob file into a per-thread
  * buffer and one reply (a copy beat splice on this kind of machine, see
  * MEASUREMENTS.md).  Missing chunks are filled through fetch_fill.  A
- * sequential reader gets a read-ahead window that doubles per read up to
- * FS_READAHEAD_MAX, fetched in parallel by fetch's threads.
+ * sequential reader gets a read-ahead window that grows with what it read
+ * (FS_READAHEAD_MIN to FS_READAHEAD_MAX), fetched in parallel pieces by
+ * fetch's threads.
  *
  * Branch views: lookups, stat, listings and reads of an entry ask the
  * staging overlay (stage.h) before the tree.  A staged file's node gets the
@@ -58,8 +59,17 @@
 #include "log.h"
 
 #define FS_PINNED_TIMEOUT 86400.0
-#define FS_READAHEAD_MIN (4u << 20)
-#define FS_READAHEAD_MAX (64u << 20)
+/* Read-ahead of a sequential reader.  The window (bytes queued past the
+ * read) is a quarter of what the reader read in sequence plus a chunk, at
+ * least FS_READAHEAD_MIN, at most FS_READAHEAD_MAX: a reader that stops (a
+ * tensor loaded through a map) costs at most a quarter more than it read,
+ * plus 2 MiB.  So the window grows by a quarter per round trip, from 2 MiB:
+ * with 50 ms per request it reaches 128 MiB after about a second.  It is fetched in pieces of a quarter of the window, at most
+ * FS_PIECE_MAX, so that four to eight range requests are in flight whatever
+ * the latency, and a GiB costs about a hundred requests. */
+#define FS_READAHEAD_MIN (2u << 20)
+#define FS_READAHEAD_MAX (128u << 20)
+#define FS_PIECE_MAX (16u << 20)
 /* Files up to this size are fetched whole at their first read, so that they
  * are verified before any of their bytes is served. */
 #define FS_WHOLE_MAX (8u << 20)
@@ -1427,6 +1437,36 @@ static ssize_t fs_read_staged(struct fs *fs, const struct fs_file *f, char *buf,
 	return n;
 }
 
+/* What a sequential reader of @f, whose read ends at @end, gets queued:
+ * whole pieces from where the queued read-ahead ends up to the window's end
+ * (nothing when less than a piece is missing, unless the file ends there).
+ * Called with f->lock held. */
+static void fs_readahead_plan(struct fs_file *f, uint64_t end, uint64_t chunk, uint64_t *from,
+			      uint64_t *len, uint64_t *piece)
+{
+	uint64_t window = f->run / 4 + chunk, p, stop;
+
+	if (window < FS_READAHEAD_MIN)
+		window = FS_READAHEAD_MIN;
+	if (window > FS_READAHEAD_MAX)
+		window = FS_READAHEAD_MAX;
+	p = window / 4 < FS_PIECE_MAX ? window / 4 : FS_PIECE_MAX;
+	p = p > chunk ? p - p % chunk : chunk;
+	if (f->ahead < end) /* the reader overtook it (or it starts now) */
+		f->ahead = (end + chunk - 1) / chunk * chunk;
+	stop = end + window < f->size ? end + window : f->size;
+	if (f->ahead >= stop)
+		return;
+	if (stop - f->ahead < p && stop < f->size)
+		return;
+	*from = f->ahead;
+	*len = stop - f->ahead;
+	if (stop < f->size)
+		*len -= *len % p;
+	*piece = p;
+	f->ahead += *len;
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -1435,7 +1475,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fetch_call call = { .cancel = fs_interrupted, .cancel_arg = req };
 	/* Offline, only what is cached can be read. */
 	cache_fill_fn fill = fs->offline ? NULL : fetch_fill;
-	uint64_t end, ra_from = 0, ra_len = 0;
+	uint64_t end, ra_from = 0, ra_len = 0, ra_piece = 0;
 	char *buf;
 	ssize_t n;
 
@@ -1498,24 +1538,14 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	f->run = (uint64_t)off == f->next_off ? f->run + size : size;
 	/* Read-ahead starts with the third sequential request: the kernel's own
 	 * read-ahead of a small read (a safetensors header) stays unanswered. */
-	if (f->run > 2 * FS_MAX_READ) {
-		/* sequential: grow the window and queue what lies beyond it */
-		f->window = f->window ? f->window * 2 : FS_READAHEAD_MIN;
-		if (f->window > FS_READAHEAD_MAX)
-			f->window = FS_READAHEAD_MAX;
-		ra_from = f->ahead > end ? f->ahead : end;
-		if (end + f->window > ra_from) {
-			ra_len = end + f->window - ra_from;
-			f->ahead = ra_from + ra_len;
-		}
-	} else if (f->run == size) {
-		f->window = 0;
+	if (f->run > 2 * FS_MAX_READ)
+		fs_readahead_plan(f, end, cache_chunk_size(fs->cache), &ra_from, &ra_len, &ra_piece);
+	else if (f->run == size)
 		f->ahead = 0;
-	}
 	f->next_off = end;
 	pthread_mutex_unlock(&f->lock);
 	if (ra_len && fill)
-		fetch_readahead(fs->fetch, f->blob, f->src, ra_from, ra_len);
+		fetch_readahead(fs->fetch, f->blob, f->src, ra_from, ra_len, ra_piece);
 
 	if (f->size <= FS_WHOLE_MAX && !cache_blob_complete(f->blob)) {
 		n = cache_blob_prefetch(f->blob, 0, f->size, fill, &call);
