@@ -102,6 +102,17 @@ const char *const cache_index_sql[STMT_COUNT] = {
 		      "FROM trees t JOIN tree_dirs d ON d.tree = t.tree AND d.path = ?2 "
 		      "LEFT JOIN tree_entries e ON e.dir = d.dir "
 		      "WHERE t.key = ?1 ORDER BY e.name",
+	/* A complete listing of a directory whose git tree id is ?1, in a tree
+	 * whose key starts with ?2 (the same endpoint). */
+	[STMT_TREE_SOURCE] = "SELECT c.dir FROM tree_entries e INDEXED BY tree_entries_by_oid "
+			     "JOIN tree_dirs p ON p.dir = e.dir "
+			     "JOIN trees t ON t.tree = p.tree AND substr(t.key, 1, length(?2)) = ?2 "
+			     "JOIN tree_dirs c ON c.tree = p.tree AND c.complete = 1 AND c.path = "
+			     "(CASE p.path WHEN '' THEN e.name ELSE p.path || '/' || e.name END) "
+			     "WHERE e.is_dir = 1 AND e.oid = ?1 LIMIT 1",
+	[STMT_ENTRIES_COPY] = "INSERT INTO tree_entries (dir, name, is_dir, size, oid, sha256) "
+			      "SELECT ?1, name, is_dir, size, oid, sha256 FROM tree_entries "
+			      "WHERE dir = ?2",
 	[STMT_SYNC_FULL] = "PRAGMA synchronous = FULL",
 	[STMT_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
 	[STMT_STAGE_INSERT] = "INSERT INTO stage (repo, branch, kind, path, old_path, staged, size, "
@@ -494,6 +505,12 @@ static int index_has_column(sqlite3 *db, const char *table, const char *column, 
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Version 5: directories found by their git tree id, so that a directory
+ * unchanged between two commits is listed once (cache_tree_adopt()).  Only
+ * directory entries are indexed. */
+static const char index_schema_v5[] =
+    "CREATE INDEX IF NOT EXISTS tree_entries_by_oid ON tree_entries (oid) WHERE is_dir = 1;";
+
 /* Brings the schema from @version (0: a new database) to
  * CACHE_INDEX_VERSION, inside the caller's transaction.  Each step is the
  * schema of one version on top of the previous one; an old cache keeps its
@@ -509,6 +526,7 @@ static int index_migrate(struct cache_index *idx, int version)
 	    {index_schema_v2, NULL, NULL},
 	    {index_schema_v3, "stage", "sent"},
 	    {index_schema_v4, NULL, NULL},
+	    {index_schema_v5, NULL, NULL},
 	};
 	sqlite3 *db = idx->writer->db;
 	char pragma[64];

@@ -42,7 +42,7 @@
 #include "cache_stage.h"
 
 /* The schema version this code writes. */
-#define CACHE_INDEX_VERSION 4
+#define CACHE_INDEX_VERSION 5
 
 struct cache_index;
 
@@ -146,6 +146,8 @@ int cache_index_tree_list(struct cache_index *idx, const char *tree_key, const c
 			  struct cache_entry **entries, size_t *n);
 void cache_index_entries_free(struct cache_entry *entries, size_t n);
 int cache_index_tree_delete(struct cache_index *idx, const char *tree_key);
+int cache_index_tree_adopt(struct cache_index *idx, const char *tree_key, const char *dir,
+			   const char *oid, const char *scope);
 
 /* The journal of cache_stage.h, arguments already checked by cache_stage.c.
  * Its writes are durable against a power loss (synchronous=FULL). */

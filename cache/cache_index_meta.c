@@ -559,3 +559,56 @@ int cache_index_tree_delete(struct cache_index *idx, const char *tree_key)
 end_tx:
 	return cache_index_writer_end(idx, conn, err);
 }
+
+int cache_index_tree_adopt(struct cache_index *idx, const char *tree_key, const char *dir,
+			   const char *oid, const char *scope)
+{
+	struct tree_put tp = {.idx = idx, .scope = dir, .scope_len = strlen(dir)};
+	int64_t source = 0, target;
+	sqlite3_stmt *st;
+	int err = cache_index_writer_begin(idx, &tp.conn), rc;
+
+	if (err)
+		return err;
+	err = cache_index_stmt(idx, tp.conn, STMT_TREE_SOURCE, &st);
+	if (err)
+		goto end_tx;
+	sqlite3_bind_text(st, 1, oid, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, scope, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		source = sqlite3_column_int64(st, 0);
+	else if (rc == SQLITE_DONE)
+		err = -ENOENT;
+	else
+		err = cache_index_fail(idx, tp.conn->db, rc, "find directory by tree id");
+	sqlite3_reset(st);
+	if (err)
+		goto end_tx;
+	err = tree_id(idx, tp.conn, tree_key, true, &tp.tree);
+	if (!err)
+		err = dir_ensure(&tp, dir, tp.scope_len, 0, &target);
+	if (!err && target == source)
+		goto end_tx; /* complete already */
+	if (!err)
+		err = cache_index_stmt(idx, tp.conn, STMT_ENTRIES_DELETE_DIR, &st);
+	if (!err) {
+		sqlite3_bind_int64(st, 1, target);
+		err = cache_index_done(idx, tp.conn, st, "delete entries");
+	}
+	if (!err)
+		err = cache_index_stmt(idx, tp.conn, STMT_ENTRIES_COPY, &st);
+	if (!err) {
+		sqlite3_bind_int64(st, 1, target);
+		sqlite3_bind_int64(st, 2, source);
+		err = cache_index_done(idx, tp.conn, st, "copy entries");
+	}
+	if (!err)
+		err = cache_index_stmt(idx, tp.conn, STMT_DIR_COMPLETE, &st);
+	if (!err) {
+		sqlite3_bind_int64(st, 1, target);
+		err = cache_index_done(idx, tp.conn, st, "complete directory");
+	}
+end_tx:
+	return cache_index_writer_end(idx, tp.conn, err);
+}

@@ -181,6 +181,15 @@ int cache_tree_list(struct cache *c, const char *tree_key, const char *dir, cach
 	return err;
 }
 
+int cache_tree_adopt(struct cache *c, const char *tree_key, const char *dir, const char *oid,
+		     const char *scope)
+{
+	if (!key_valid(tree_key) || !cache_path_valid(dir, false) || !oid || !*oid ||
+	    !cache_hex_valid(oid, 41, 40) || !scope)
+		return -EINVAL;
+	return cache_index_tree_adopt(c->idx, tree_key, dir, oid, scope);
+}
+
 int cache_tree_delete(struct cache *c, const char *tree_key)
 {
 	if (!key_valid(tree_key))

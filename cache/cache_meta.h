@@ -112,6 +112,14 @@ typedef int (*cache_tree_fn)(void *arg, const struct cache_entry *e);
 int cache_tree_list(struct cache *c, const char *tree_key, const char *dir, cache_tree_fn fn,
 		    void *arg);
 
+/* Gives directory @dir of tree @tree_key the listing of a directory whose git
+ * tree id is @oid, known complete in any tree whose key starts with @scope
+ * (a listing is the same wherever its tree id is: the id hashes it).
+ * Returns 0, -ENOENT when no such listing is known (nothing changes),
+ * -EINVAL or -errno. */
+int cache_tree_adopt(struct cache *c, const char *tree_key, const char *dir, const char *oid,
+		     const char *scope);
+
 /* Forgets tree @tree_key.  Returns 0 (also when unknown) or -errno. */
 int cache_tree_delete(struct cache *c, const char *tree_key);
 

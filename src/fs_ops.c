@@ -252,6 +252,18 @@ static int fs_current(struct fs *fs, const struct fs_node *n, struct cache_entry
 	return 1;
 }
 
+/* Whether @ns is the token's user or one of its organisations (known from
+ * whoami at mount: no lookup needed). */
+static bool fs_own_namespace(const struct fs *fs, const char *ns)
+{
+	if (fs->me && !strcmp(ns, fs->me))
+		return true;
+	for (size_t i = 0; i < fs->orgs.n; i++)
+		if (!strcmp(fs->orgs.names[i], ns))
+			return true;
+	return false;
+}
+
 /* Whether the mode of node @n (a child of @parent) shows write permission:
  * what is in a branch view, and the namespaces where mkdir makes repos (the
  * token's user and orgs).  Asked once, when the node is made: an entry is
@@ -263,14 +275,8 @@ static bool fs_writable(struct fs *fs, const struct fs_node *parent, const struc
 		return false;
 	if (n->p.kind == FS_PATH_ENTRY)
 		return parent->writable;
-	if (n->p.kind == FS_PATH_NAMESPACE) {
-		if (fs->me && !strcmp(n->p.ns, fs->me))
-			return true;
-		for (size_t i = 0; i < fs->orgs.n; i++)
-			if (!strcmp(fs->orgs.names[i], n->p.ns))
-				return true;
-		return false;
-	}
+	if (n->p.kind == FS_PATH_NAMESPACE)
+		return fs_own_namespace(fs, n->p.ns);
 	return n->p.kind >= FS_PATH_REVISION && fs_is_branch(fs, n) == 1;
 }
 
@@ -564,7 +570,7 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 		rc = 0;
 		break;
 	case FS_PATH_NAMESPACE:
-		rc = meta_namespace(fs->meta, proto->p.ns);
+		rc = fs_own_namespace(fs, proto->p.ns) ? 0 : meta_namespace(fs->meta, proto->p.ns);
 		break;
 	case FS_PATH_REPO: {
 		struct hub_refs refs;

@@ -219,7 +219,9 @@ int hub_ping(struct http_client *http)
 
 int hub_namespace_exists(struct http_client *http, const char *ns)
 {
-	static const char *const kinds[] = { "users", "organizations" };
+	/* Organisations first: most namespaces read from (and not the token's
+	 * own, known from whoami) are organisations. */
+	static const char *const kinds[] = { "organizations", "users" };
 	int rc = -ENOENT;
 
 	if (!hub_name_valid(ns))

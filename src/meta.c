@@ -735,9 +735,21 @@ static int meta_fetch_dir(struct meta *m, const struct hub_repo *repo, const cha
 			  const char *tree_key, const char *dir)
 {
 	struct meta_tree_acc acc = { .dir = dir };
-	char flight[3 * META_KEY_MAX + HUB_PATH_MAX];
+	char flight[3 * META_KEY_MAX + HUB_PATH_MAX], scope[META_KEY_MAX];
+	struct cache_entry e;
 	int rc;
 
+	/* A directory whose tree id was listed before, in any commit of any
+	 * repo of this endpoint, has that listing: no request. */
+	if (*dir && cache_tree_lookup(m->cache, tree_key, dir, &e) == 0) {
+		rc = -ENOENT;
+		snprintf(scope, sizeof(scope), "%s ", m->tree_scope);
+		if (e.is_dir && e.oid[0])
+			rc = cache_tree_adopt(m->cache, tree_key, dir, e.oid, scope);
+		cache_entry_release(&e);
+		if (rc == 0)
+			return 0;
+	}
 	if (m->offline_mode) {
 		log_msg(LOG_INFO, "offline: '%s' of '%s' was never listed", dir, tree_key);
 		return -EIO;

@@ -456,6 +456,62 @@ def test_offline_and_eviction(hub):
         T.ok(r.returncode == 0 and 0 <= used <= 20 * MiB, "eviction keeps the cache under its limit (%d bytes)" % used, r.stderr)
 
 
+def tree_requests(records):
+    return [r for r in api_requests(records) if "/tree/" in r["path"]]
+
+
+def test_listings(hub):
+    """Listings by git tree id, and the API requests of a first ls -l."""
+    status, body, _ = hub.json("POST", "/api/repos/create", ALICE_WRITE_TOKEN,
+                               {"name": "layered", "type": "model", "organization": "acme-research"})
+    T.ok(status == 200, "an org repo is created (%d)" % status, body)
+    repo = "acme-research/layered"
+    commit_files(hub, repo, {"top.txt": b"one\n", "a/x.txt": b"x\n", "a/deep/z.txt": b"z\n", "b/y.txt": b"y\n"})
+    first = hub_commit(hub, "model", repo, "main")
+    commit_files(hub, repo, {"top.txt": b"two\n", "b/y.txt": b"y2\n"})
+    second = hub_commit(hub, "model", repo, "main")
+
+    def ls_l(m, rel):
+        names = os.listdir(m.p(rel))
+        for name in names:
+            os.lstat(m.p(rel + "/" + name))
+        return names
+
+    for token, who, limit in ((ALICE_WRITE_TOKEN, "a member of the org", 3), (BOB_WRITE_TOKEN, "not a member", 4)):
+        with Mount(hub, token=token) as fresh:
+            hub.clear_log()
+            names = ls_l(fresh, repo + "/main")
+            api = api_requests(hub.log())
+            T.ok(sorted(names) == [".gitattributes", "a", "b", "top.txt"] and len(api) <= limit,
+                 "first ls -l of an org repo's branch from a cold mount, %s: %d API requests (at most %d)"
+                 % (who, len(api), limit), "\n".join(r["method"] + " " + r["path"] for r in api))
+            fresh.unmount()
+            check_sanitizers(fresh, "first ls -l")
+
+    with Mount(hub, token=ALICE_WRITE_TOKEN) as fresh:
+        for rel in ("", "/a", "/a/deep", "/b"):
+            ls_l(fresh, "%s@%s%s" % (repo, first, rel))
+        hub.clear_log()
+        seen = {}
+        for rel in ("", "/a", "/a/deep", "/b"):
+            seen[rel] = sorted(ls_l(fresh, "%s@%s%s" % (repo, second, rel)))
+        trees = [r["path"] for r in tree_requests(hub.log())]
+        # the root and b/ changed; a/ and a/deep/ have the tree ids listed at the first commit
+        T.ok(len(trees) == 2 and not any("/a" in t.split(second, 1)[1] for t in trees),
+             "a newer commit lists only its changed directories (%d tree requests)" % len(trees), "\n".join(trees))
+        T.ok(seen["/a"] == ["deep", "x.txt"] and seen["/a/deep"] == ["z.txt"] and seen["/b"] == ["y.txt"],
+             "reused listings have the directory's entries", repr(seen))
+        with open(fresh.p("%s@%s/a/deep/z.txt" % (repo, second)), "rb") as f:
+            T.eq(f.read(), b"z\n", "a file of a reused listing reads")
+        with open(fresh.p("%s@%s/b/y.txt" % (repo, second)), "rb") as f:
+            T.eq(f.read(), b"y2\n", "a changed directory has the newer file")
+        hub.clear_log()
+        ls_l(fresh, repo + "/main")
+        T.eq(len(tree_requests(hub.log())), 0, "the branch at a commit listed before costs no tree request")
+        fresh.unmount()
+        check_sanitizers(fresh, "listings by tree id")
+
+
 def main():
     if not have_fuse():
         print("1..0 # SKIP /dev/fuse or fusermount3 missing")
@@ -479,7 +535,7 @@ def main():
             check_sanitizers(m, "main mount")
             subprocess.run(["cp", "-a", m.cache_dir, cache_dir], check=True)
         for test, args in ((test_remount_cached, (hub, cache_dir)), (test_threads, (hub,)), (test_many_pages, ()),
-                           (test_faults, (hub,)), (test_private, (hub,)), (test_offline_and_eviction, (hub,))):
+                           (test_faults, (hub,)), (test_private, (hub,)), (test_listings, (hub,)), (test_offline_and_eviction, (hub,))):
             try:
                 test(*args)
             except Exception as e:  # noqa: B902
