@@ -307,6 +307,40 @@ static void test_tree_dirs(struct cache *c)
 	       "delete the tree, and again");
 }
 
+/* A directory of another tree takes the listing of a directory with the same
+ * tree id, within the same scope only. */
+static void test_tree_adopt(struct cache *c)
+{
+	static const char k1[] = "E1 model/alice/m@1111111111111111111111111111111111111111";
+	static const char k2[] = "E1 model/bob/n@2222222222222222222222222222222222222222";
+	static const char oid[] = "3333333333333333333333333333333333333333";
+	struct cache_entry root[] = {{.path = (char *)"src", .is_dir = true, .oid = ""}};
+	struct cache_entry sub[] = {{.path = (char *)"src/a.c", .size = 5},
+				    {.path = (char *)"src/lib", .is_dir = true}};
+	struct cache_entry e = {0};
+	struct list_acc acc = {0};
+
+	snprintf(root[0].oid, sizeof(root[0].oid), "%s", oid);
+	tap_ok(cache_tree_adopt(c, k2, "pkg", oid, "E1 ") == -ENOENT,
+	       "adopt: no listing of that tree id yet, -ENOENT");
+	tap_ok(!cache_tree_put(c, k1, "", root, 1, CACHE_TREE_COMPLETE) &&
+		   !cache_tree_put(c, k1, "src", sub, 2, CACHE_TREE_COMPLETE),
+	       "put a root and its directory src");
+	tap_ok(cache_tree_adopt(c, k2, "pkg", oid, "E2 ") == -ENOENT,
+	       "adopt: a listing of another scope is not taken");
+	tap_ok(!cache_tree_adopt(c, k2, "pkg", oid, "E1 "), "adopt: taken by tree id");
+	tap_ok(!list(c, k2, "pkg", &acc) && acc.n == 2 && acc.sorted,
+	       "the adopted directory lists the same two entries");
+	tap_ok(!cache_tree_lookup(c, k2, "pkg/a.c", &e) && e.size == 5 &&
+		   cache_tree_lookup(c, k2, "pkg/zz", &e) == -ENOENT,
+	       "its entries are found under the new path, others do not exist");
+	cache_entry_release(&e);
+	tap_ok(cache_tree_adopt(c, k2, "pkg", "", "E1 ") == -EINVAL &&
+		   cache_tree_adopt(c, k2, "", oid, "E1 ") == -EINVAL,
+	       "adopt: an empty oid or the root is -EINVAL");
+	tap_ok(!cache_tree_delete(c, k1) && !cache_tree_delete(c, k2), "delete both trees");
+}
+
 struct bad_tree_case {
 	const char *dir;
 	const char *path;
@@ -425,6 +459,7 @@ int main(void)
 		test_kv(c);
 		test_big_tree(c);
 		test_tree_dirs(c);
+		test_tree_adopt(c);
 		test_bad_trees(c);
 		test_read_during_write(c);
 	}
