@@ -452,6 +452,7 @@ struct cache_blob *cache_blob_alloc(struct cache *c, const char *id, enum cache_
 	pthread_rwlock_init(&b->io, &attr);
 	pthread_rwlockattr_destroy(&attr);
 	pthread_mutex_init(&b->lock, NULL);
+	pthread_mutex_init(&b->wlock, NULL);
 	pthread_cond_init(&b->cond, NULL);
 	return b;
 
@@ -502,6 +503,7 @@ void cache_blob_free(struct cache_blob *b)
 	free(b->filling);
 	pthread_cond_destroy(&b->cond);
 	pthread_mutex_destroy(&b->lock);
+	pthread_mutex_destroy(&b->wlock);
 	pthread_rwlock_destroy(&b->io);
 	free(b);
 }
@@ -927,7 +929,12 @@ int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_
 			j++;
 		s = off > chunk_start(b, i) ? off : chunk_start(b, i);
 		e = end < chunk_end(b, j) ? end : chunk_end(b, j);
+		/* One writer at a time: the file system serialises writes to a
+		 * file anyway, and a thread waiting here sleeps where one waiting
+		 * for the inode's lock spins. */
+		pthread_mutex_lock(&b->wlock);
 		err = pwrite_full(b->fd, p + (s - off), e - s, s);
+		pthread_mutex_unlock(&b->wlock);
 		i = j + 1;
 	}
 	if (!err) {

@@ -106,6 +106,7 @@ struct cache_blob {
 	int fd; /* the blob file; protected by io (written write-held) */
 
 	pthread_mutex_t lock;
+	pthread_mutex_t wlock;		/* held across each pwrite of content */
 	pthread_cond_t cond;		/* state, presence, fills, persisting changed */
 	enum cache_blob_state state;	/* protected by lock */
 	int err;			/* protected by lock: why FAILED, or broken */
