@@ -56,6 +56,10 @@ struct fetch {
 	size_t n_cdn;                  /* protected by lock */
 	pthread_t *threads;
 	int n_threads;
+	/* The link as range answers see it, moving averages (protected by lock):
+	 * the wait from request to first byte, and one answer's bytes/s. */
+	double wait_s, rate;
+	bool measured;
 };
 
 struct fetch_source {
@@ -309,6 +313,34 @@ static bool fetch_cdn_refused(long status)
 	return status == 400 || status == 401 || status == 403 || status == 404 || status == 410;
 }
 
+/* Bodies shorter than this say little of the link's rate. */
+#define FETCH_MEASURE_MIN (256u << 10)
+
+/* Folds one range answer of @bytes into the link's averages. */
+static void fetch_measure(struct fetch *f, const struct http_response *resp, uint64_t bytes)
+{
+	double rate = resp->body_s > 0 ? (double)bytes / resp->body_s : 0;
+
+	pthread_mutex_lock(&f->lock);
+	if (!f->measured) {
+		f->wait_s = resp->wait_s;
+		f->measured = true;
+	} else {
+		f->wait_s += (resp->wait_s - f->wait_s) / 4;
+	}
+	if (bytes >= FETCH_MEASURE_MIN && rate > 0)
+		f->rate = f->rate > 0 ? f->rate + (rate - f->rate) / 4 : rate;
+	pthread_mutex_unlock(&f->lock);
+}
+
+void fetch_link(struct fetch *f, double *wait_s, double *rate)
+{
+	pthread_mutex_lock(&f->lock);
+	*wait_s = f->measured ? f->wait_s : 0;
+	*rate = f->rate;
+	pthread_mutex_unlock(&f->lock);
+}
+
 int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 {
 	struct fetch_call *call = arg;
@@ -373,6 +405,8 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 		}
 		if (sink.pos > before)
 			attempt = 0; /* progress: the retry budget starts over */
+		if (rc == 0 && resp.status == 206)
+			fetch_measure(f, &resp, sink.pos - before);
 		if (rc == 0 && (resp.status == 200 || resp.status == 206)) {
 			if (sink.pos < sink.end && sink.pos == before) {
 				/* an empty answer */

@@ -61,6 +61,11 @@ struct fetch_call {
 /* The cache's fill callback (cache_fill_fn); @arg is a struct fetch_call. */
 int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len);
 
+/* The link as range answers measured it (moving averages): *@wait_s, the
+ * seconds from a request to its first byte, and *@rate, one answer's
+ * bytes per second; 0 while unknown. */
+void fetch_link(struct fetch *f, double *wait_s, double *rate);
+
 /* Queues read-ahead of [@off, @off+@len) of @b from @src, one range request
  * per @piece bytes (a multiple of the chunk size; 0 for the configured
  * piece), skipping pieces already present.  Takes its own references.

@@ -63,13 +63,29 @@
  * read) is a quarter of what the reader read in sequence plus a chunk, at
  * least FS_READAHEAD_MIN, at most FS_READAHEAD_MAX: a reader that stops (a
  * tensor loaded through a map) costs at most a quarter more than it read,
- * plus 2 MiB.  So the window grows by a quarter per round trip, from 2 MiB:
- * with 50 ms per request it reaches 128 MiB after about a second.  It is fetched in pieces of a quarter of the window, at most
- * FS_PIECE_MAX, so that four to eight range requests are in flight whatever
- * the latency, and a GiB costs about a hundred requests. */
+ * plus 2 MiB.  It is fetched in pieces of a quarter of the window, at most
+ * FS_PIECE_MAX, so that a GiB costs about a hundred range requests.
+ *
+ * Where range answers wait FS_LATENT or more for their first byte (a far
+ * CDN), that window would leave the link idle for most of each round trip:
+ * the window is then what hides the wait, FS_LATENCY_SHARE times the bytes
+ * one answer moves while a request waits (so that each of the fetch threads'
+ * requests spends most of its time moving bytes), at most what the reader
+ * read plus FS_LATENT_LEAD: it about doubles per round trip, and a reader
+ * that stops costs at most twice what it read plus FS_LATENT_LEAD.  Its
+ * pieces are an eighth of it (one per fetch thread), at most
+ * FS_LATENT_PIECE_MAX, and it grows to FS_LATENT_MAX: with 50 ms per request
+ * and 8 requests in flight, 32 MiB pieces move up to 3 GB/s.  The window
+ * lies in the blob file, not in memory: memory stays what the fetch threads
+ * hold (a 1 MiB buffer each). */
 #define FS_READAHEAD_MIN (2u << 20)
 #define FS_READAHEAD_MAX (128u << 20)
 #define FS_PIECE_MAX (16u << 20)
+#define FS_LATENT 0.010
+#define FS_LATENCY_SHARE 32
+#define FS_LATENT_LEAD (8u << 20)
+#define FS_LATENT_MAX (256u << 20)
+#define FS_LATENT_PIECE_MAX (32u << 20)
 /* Files up to this size are fetched whole at their first read, so that they
  * are verified before any of their bytes is served. */
 #define FS_WHOLE_MAX (8u << 20)
@@ -1447,16 +1463,28 @@ static ssize_t fs_read_staged(struct fs *fs, const struct fs_file *f, char *buf,
  * whole pieces from where the queued read-ahead ends up to the window's end
  * (nothing when less than a piece is missing, unless the file ends there).
  * Called with f->lock held. */
-static void fs_readahead_plan(struct fs_file *f, uint64_t end, uint64_t chunk, uint64_t *from,
-			      uint64_t *len, uint64_t *piece)
+static void fs_readahead_plan(struct fs_file *f, uint64_t end, uint64_t chunk, double wait,
+			      double rate, uint64_t *from, uint64_t *len, uint64_t *piece)
 {
-	uint64_t window = f->run / 4 + chunk, p, stop;
+	uint64_t window = f->run / 4 + chunk, pmax = FS_PIECE_MAX, p, stop;
+	unsigned share = 4;
 
-	if (window < FS_READAHEAD_MIN)
-		window = FS_READAHEAD_MIN;
 	if (window > FS_READAHEAD_MAX)
 		window = FS_READAHEAD_MAX;
-	p = window / 4 < FS_PIECE_MAX ? window / 4 : FS_PIECE_MAX;
+	if (wait >= FS_LATENT && rate > 0) {
+		double hide = FS_LATENCY_SHARE * rate * wait;
+		uint64_t lead = f->run + FS_LATENT_LEAD;
+		uint64_t w = hide < (double)lead ? (uint64_t)hide : lead;
+
+		if (w > window) {
+			window = w < FS_LATENT_MAX ? w : FS_LATENT_MAX;
+			pmax = FS_LATENT_PIECE_MAX;
+			share = 8;
+		}
+	}
+	if (window < FS_READAHEAD_MIN)
+		window = FS_READAHEAD_MIN;
+	p = window / share < pmax ? window / share : pmax;
 	p = p > chunk ? p - p % chunk : chunk;
 	if (f->ahead < end) /* the reader overtook it (or it starts now) */
 		f->ahead = (end + chunk - 1) / chunk * chunk;
@@ -1482,6 +1510,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	/* Offline, only what is cached can be read. */
 	cache_fill_fn fill = fs->offline ? NULL : fetch_fill;
 	uint64_t end, ra_from = 0, ra_len = 0, ra_piece = 0;
+	double wait = 0, rate = 0;
 	char *buf;
 	ssize_t n;
 
@@ -1540,12 +1569,15 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		goto out;
 	}
 	end = (uint64_t)off + size;
+	if (fill && !cache_blob_complete(f->blob))
+		fetch_link(fs->fetch, &wait, &rate);
 	pthread_mutex_lock(&f->lock);
 	f->run = (uint64_t)off == f->next_off ? f->run + size : size;
 	/* Read-ahead starts with the third sequential request: the kernel's own
 	 * read-ahead of a small read (a safetensors header) stays unanswered. */
 	if (f->run > 2 * FS_MAX_READ)
-		fs_readahead_plan(f, end, cache_chunk_size(fs->cache), &ra_from, &ra_len, &ra_piece);
+		fs_readahead_plan(f, end, cache_chunk_size(fs->cache), wait, rate, &ra_from, &ra_len,
+				  &ra_piece);
 	else if (f->run == size)
 		f->ahead = 0;
 	f->next_off = end;

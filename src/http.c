@@ -844,6 +844,15 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 
 	cc = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+	{
+		curl_off_t pre = 0, start = 0, total = 0;
+
+		curl_easy_getinfo(h, CURLINFO_PRETRANSFER_TIME_T, &pre);
+		curl_easy_getinfo(h, CURLINFO_STARTTRANSFER_TIME_T, &start);
+		curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total);
+		resp->wait_s = start > pre ? (double)(start - pre) / 1e6 : 0;
+		resp->body_s = total > start ? (double)(total - start) / 1e6 : 0;
+	}
 	if (cc != CURLE_OK) {
 		rc = x.abort_rc ? x.abort_rc : http_curl_errno(cc);
 		if (rc == -ETIMEDOUT)

@@ -101,6 +101,8 @@ struct http_response {
 	uint64_t range_start, range_end, range_total;
 	long retry_after;         /* seconds asked by RateLimit t= or Retry-After, -1 when none */
 	bool auth_sent;           /* Authorization went with the last hop */
+	double wait_s;            /* last hop: request sent to first byte of the answer */
+	double body_s;            /* last hop: first byte to the end of the body */
 };
 
 struct http_request {

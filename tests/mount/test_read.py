@@ -10,6 +10,7 @@ FUSE is missing.
 import base64
 import errno
 import json
+import mmap
 import os
 import struct
 import subprocess
@@ -240,6 +241,24 @@ def test_requests(hub, m, big_repo, big_oid):
     fetched = sum(r["bytes"] for r in data_requests(hub.log()))
     T.ok("weight" in header and fetched <= 2 * MiB,
          "safetensors header of a 1 GiB file: %d bytes fetched (at most 2 MiB)" % fetched)
+
+    # A tensor loaded through a map: the pages of 64 MiB in the middle of the
+    # file, in order, as numpy.memmap or an mmap-based loader touches them.
+    mm_path = m.p(big_repo + "/main/model.safetensors")
+    hub.clear_log()
+    fd = os.open(mm_path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
+            start = 512 * MiB + 8 + hlen
+            tensor = mm[start:start + 64 * MiB]
+    finally:
+        os.close(fd)
+    want = bytearray(64 * MiB)
+    for i in range((start - 8 - hlen + MiB - 1) // MiB * MiB, start - 8 - hlen + 64 * MiB, MiB):
+        want[i - (start - 8 - hlen):i - (start - 8 - hlen) + 8] = struct.pack("<Q", i)
+    fetched = sum(r["bytes"] for r in data_requests(hub.log()))
+    T.ok(tensor == bytes(want) and fetched <= 64 * MiB * 5 // 4 + 2 * MiB,
+         "a 64 MiB tensor read through mmap: %.1f MiB fetched (at most 1.25x + 2 MiB)" % (fetched / MiB))
 
     path = "alice/big-model/main/model.safetensors"
     first = sha256(m.read(path))
