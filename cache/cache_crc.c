@@ -111,7 +111,7 @@ static uint32_t crc_soft(uint32_t c, const unsigned char *p, size_t len)
 
 #ifdef CRC_X86
 __attribute__((target("sse4.2"))) static uint32_t crc_hard(uint32_t c, const unsigned char *p,
-							    size_t len)
+							   size_t len)
 {
 	uint64_t c0 = c;
 
