@@ -28,6 +28,12 @@
  *   was filled in order); on a mismatch it is discarded and the read that
  *   completed it fails with -EIO.  Bytes that failed verification are never
  *   served again.
+ * - Each chunk has a CRC32C (cache_crc.h) of the bytes written, persisted
+ *   with its presence.  The first read of a chunk through a handle checks
+ *   the file against it; a chunk whose bytes changed on disk since (rot) is
+ *   dropped and filled again by that read, which returns the right bytes.
+ *   Chunks of rows made before the index had CRCs (schema version 4) are
+ *   not checked.
  * - Blobs that no handle uses are evicted, least recently used first, when
  *   the cache holds more than its limit.  A blob with a handle is pinned.
  * - Nothing makes the library write outside DIR: ids are validated, every
@@ -168,7 +174,10 @@ int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_
 /* Reads up to @size bytes at @off into @buf.  Chunks of the range that are
  * missing are filled first by calling @fill(@arg, ...) for the chunks nobody
  * else is filling, and by waiting for the others.  When the range is present
- * this is one pread(2) and no lock but a read lock of the blob.
+ * this is one pread(2) and no lock but a read lock of the blob; the first
+ * read of a chunk through this handle also checks its CRC (from the bytes
+ * read when they cover the chunk, else by reading the chunk), and fills the
+ * chunk again through @fill when the file's bytes do not match.
  * Returns the number of bytes read (short only at the end of the blob, 0 at
  * or past it), or:
  *   the fill's negative errno: the fill failed.  Threads that were waiting
@@ -176,7 +185,8 @@ int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_
  *             retry); the next read tries again.
  *   -EIO      the fill returned 0 without delivering its range, or the blob
  *             became complete and failed verification: it was discarded, a
- *             later read fills it again
+ *             later read fills it again; or a chunk kept failing its CRC
+ *             after being filled again
  *   -ENODATA  a chunk is missing and @fill is NULL (offline)
  *   or the errno of a failed pread/pwrite/fdatasync. */
 ssize_t cache_blob_read(struct cache_blob *b, void *buf, size_t size, uint64_t off,

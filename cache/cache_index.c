@@ -56,13 +56,14 @@ const char *const cache_index_sql[STMT_COUNT] = {
 	[STMT_COMMIT] = "COMMIT",
 	[STMT_ROLLBACK] = "ROLLBACK",
 	[STMT_BLOB_GET] = "SELECT row, size, chunk_size, present, chunks, bytes, complete, "
-			  "last_used FROM blobs WHERE id = ?1",
-	[STMT_BLOB_TOUCH] = "UPDATE blobs SET last_used = ?2, chunk_size = ?3 WHERE row = ?1",
+			  "last_used, crcs FROM blobs WHERE id = ?1",
+	[STMT_BLOB_TOUCH] = "UPDATE blobs SET last_used = ?2, chunk_size = ?3, "
+			   "crcs = CASE WHEN chunk_size = ?3 THEN crcs END WHERE row = ?1",
 	[STMT_BLOB_INSERT] = "INSERT INTO blobs (id, size, chunk_size, present, chunks, bytes, "
 			     "complete, last_used) VALUES (?1, ?2, ?3, NULL, 0, 0, 0, ?4)",
 	[STMT_BLOB_DELETE] = "DELETE FROM blobs WHERE id = ?1",
 	[STMT_BLOB_PERSIST] = "UPDATE blobs SET present = ?2, chunks = ?3, bytes = ?4, "
-			      "complete = ?5, last_used = ?6 WHERE row = ?1",
+			      "complete = ?5, last_used = ?6, crcs = ?7 WHERE row = ?1",
 	[STMT_BLOB_LRU] = "SELECT row, last_used, bytes, id FROM blobs "
 			  "WHERE last_used > ?1 OR (last_used = ?1 AND row > ?2) "
 			  "ORDER BY last_used, row LIMIT ?3",
@@ -261,6 +262,17 @@ static const char index_schema_v4[] =
     " state, error, attempts, created_at, updated_at, commit_id, sent FROM stage;"
     "DROP TABLE stage;"
     "ALTER TABLE stage_v4 RENAME TO stage;";
+
+/* Version 5: directories found by their git tree id, so that a directory
+ * unchanged between two commits is listed once (cache_tree_adopt()).  Only
+ * directory entries are indexed. */
+static const char index_schema_v5[] =
+    "CREATE INDEX IF NOT EXISTS tree_entries_by_oid ON tree_entries (oid) WHERE is_dir = 1;";
+
+/* Version 6: the CRC32C of each chunk of a blob (cache_blob.c), 4 bytes per
+ * chunk, little-endian, persisted with the presence.  NULL in the rows of
+ * older versions: their chunks are not checked. */
+static const char index_schema_v6[] = "ALTER TABLE blobs ADD COLUMN crcs BLOB;";
 
 void cache_index_log(struct cache_index *idx, int level, const char *fmt, ...)
 {
@@ -505,12 +517,6 @@ static int index_has_column(sqlite3 *db, const char *table, const char *column, 
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* Version 5: directories found by their git tree id, so that a directory
- * unchanged between two commits is listed once (cache_tree_adopt()).  Only
- * directory entries are indexed. */
-static const char index_schema_v5[] =
-    "CREATE INDEX IF NOT EXISTS tree_entries_by_oid ON tree_entries (oid) WHERE is_dir = 1;";
-
 /* Brings the schema from @version (0: a new database) to
  * CACHE_INDEX_VERSION, inside the caller's transaction.  Each step is the
  * schema of one version on top of the previous one; an old cache keeps its
@@ -527,6 +533,7 @@ static int index_migrate(struct cache_index *idx, int version)
 	    {index_schema_v3, "stage", "sent"},
 	    {index_schema_v4, NULL, NULL},
 	    {index_schema_v5, NULL, NULL},
+	    {index_schema_v6, "blobs", "crcs"},
 	};
 	sqlite3 *db = idx->writer->db;
 	char pragma[64];

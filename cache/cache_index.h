@@ -15,7 +15,8 @@
  *   stage         the write journal (cache_stage.h), one row per change
  * The schema version is PRAGMA user_version; a newer one is refused, an
  * older one is upgraded in place when the index is opened (version 1 had no
- * journal, version 2 no upload progress in it).
+ * journal, version 2 no upload progress in it, version 4 no index of
+ * directories by tree id, version 5 no chunk CRCs).
  *
  * A blob row is identified by its `row`, never reused (AUTOINCREMENT): a
  * handle updates its row by number, so once a row was deleted (the blob was
@@ -42,7 +43,7 @@
 #include "cache_stage.h"
 
 /* The schema version this code writes. */
-#define CACHE_INDEX_VERSION 5
+#define CACHE_INDEX_VERSION 6
 
 struct cache_index;
 
@@ -67,6 +68,12 @@ struct cache_index_blob {
 	void *present;	   /* bitmap, bit i of byte i/8 = chunk i; the caller
 			      frees it with free(); NULL when none */
 	size_t present_len;
+	void *crcs; /* CRC32C of each chunk, 4 bytes little-endian per
+		       chunk (only those of present chunks mean
+		       anything); the caller frees it with free(); NULL
+		       when none (a row of schema version 5 or older,
+		       or whose chunk size changed) */
+	size_t crcs_len;
 };
 
 /* Reads the row of blob @id into *@out.  Returns 0, -ENOENT or -errno. */
@@ -87,6 +94,8 @@ struct cache_index_persist {
 	uint64_t chunks, bytes;
 	bool complete;
 	int64_t last_used;
+	const void *crcs; /* as in struct cache_index_blob; NULL for none */
+	size_t crcs_len;
 	uint64_t hits, misses; /* added to the counters in the same transaction */
 };
 

@@ -23,7 +23,7 @@
 /* Reads the current row of STMT_BLOB_GET into *@out (copying the bitmap). */
 static int blob_row(sqlite3_stmt *st, struct cache_index_blob *out)
 {
-	const void *present = sqlite3_column_blob(st, 3);
+	const void *present = sqlite3_column_blob(st, 3), *crcs;
 	int len = sqlite3_column_bytes(st, 3);
 
 	memset(out, 0, sizeof(*out));
@@ -40,6 +40,18 @@ static int blob_row(sqlite3_stmt *st, struct cache_index_blob *out)
 			return -ENOMEM;
 		memcpy(out->present, present, (size_t)len);
 		out->present_len = (size_t)len;
+	}
+	crcs = sqlite3_column_blob(st, 8);
+	len = sqlite3_column_bytes(st, 8);
+	if (crcs && len > 0) {
+		out->crcs = malloc((size_t)len);
+		if (!out->crcs) {
+			free(out->present);
+			out->present = NULL;
+			return -ENOMEM;
+		}
+		memcpy(out->crcs, crcs, (size_t)len);
+		out->crcs_len = (size_t)len;
 	}
 	return 0;
 }
@@ -98,12 +110,18 @@ int cache_index_blob_attach(struct cache_index *idx, const char *id, uint64_t si
 			err = cache_index_done(idx, conn, st, "touch blob");
 		}
 		out->last_used = now;
+		if (out->chunk_size != chunk_size) { /* the CRCs were of other chunks */
+			free(out->crcs);
+			out->crcs = NULL;
+			out->crcs_len = 0;
+		}
 		out->chunk_size = chunk_size;
 		goto end_tx;
 	}
 	if (err && err != -ENOENT)
 		goto end_tx;
 	free(out->present);
+	free(out->crcs);
 	/* A fresh row: the old one (if any) described another file. */
 	err = cache_index_stmt(idx, conn, STMT_BLOB_DELETE, &st);
 	if (err)
@@ -128,6 +146,7 @@ end_tx:
 	err = cache_index_writer_end(idx, conn, err);
 	if (err) {
 		free(out->present);
+		free(out->crcs);
 		memset(out, 0, sizeof(*out));
 	}
 	return err;
@@ -170,6 +189,10 @@ int cache_index_blob_persist(struct cache_index *idx, const struct cache_index_p
 	sqlite3_bind_int64(st, 4, (int64_t)p->bytes);
 	sqlite3_bind_int(st, 5, p->complete);
 	sqlite3_bind_int64(st, 6, p->last_used);
+	if (p->crcs)
+		sqlite3_bind_blob(st, 7, p->crcs, (int)p->crcs_len, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 7);
 	err = cache_index_done(idx, conn, st, "persist blob");
 	if (err)
 		goto end_tx;
@@ -200,6 +223,7 @@ int cache_index_blob_delete(struct cache_index *idx, const char *id, uint64_t *b
 	if (err)
 		goto end_tx;
 	free(row.present);
+	free(row.crcs);
 	err = cache_index_stmt(idx, conn, STMT_BLOB_DELETE, &st);
 	if (err)
 		goto end_tx;
@@ -222,6 +246,7 @@ int cache_index_blob_exists(struct cache_index *idx, const char *id, bool *exist
 	*exists = err == 0;
 	if (!err)
 		free(row.present);
+	free(row.crcs);
 	return err == -ENOENT ? 0 : err;
 }
 

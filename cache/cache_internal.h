@@ -121,6 +121,16 @@ struct cache_blob {
 	uint64_t *present;		/* written under lock, read with __atomic anywhere */
 	uint64_t npresent;		/* written under lock, read with __atomic anywhere */
 	bool verified;			/* written under lock, read with __atomic anywhere */
+	uint32_t *crcs;			/* CRC32C of each present chunk: written under lock
+					   before the chunk's present bit is set, read with
+					   __atomic once that bit was seen (io read-held) */
+	uint64_t *checked;		/* chunks whose CRC was checked against the file (or
+					   that were written) since the handle was opened:
+					   set with __atomic anywhere, cleared with lock and
+					   io (write) held */
+	bool crcs_legacy;		/* protected by lock: the row had no CRCs (schema 4
+					   or older, or another chunk size): its chunks are
+					   not checked, no CRCs are persisted until a discard */
 	uint64_t *filling;		/* protected by lock */
 	struct cache_fill *fills;	/* protected by lock */
 	struct cache_partial *partials; /* protected by lock */

@@ -1,5 +1,5 @@
 /* Unit tests: blob reads through the cache (cache/cache_blob.c): fills,
- * sparse files, single flight, errors, verification, import.  Real files and
+ * sparse files, single flight, errors, verification, import, rot.  Real files and
  * a real SQLite index in a temporary directory.
  *
  * HUBFS_CACHE_BENCH=1 adds a benchmark: a 1 GiB blob filled, then read. */
@@ -638,6 +638,150 @@ out:
 }
 
 /*
+ * Rot: bytes changed in a blob file behind the cache's back are caught by
+ * the chunk CRCs on the first read after reopening, and fetched again.
+ */
+
+/* Flips byte @off of blob @id's file under @dir.  Returns 0 or -1. */
+static int flip_byte(const char *dir, const char *id, uint64_t off)
+{
+	char path[512];
+	unsigned char x;
+	int fd, rc = -1;
+
+	snprintf(path, sizeof(path), "%s/blobs/%.2s/%s", dir, id, id);
+	fd = open(path, O_RDWR);
+	if (fd < 0)
+		return -1;
+	if (pread(fd, &x, 1, (off_t)off) == 1) {
+		x ^= 0x01;
+		if (pwrite(fd, &x, 1, (off_t)off) == 1)
+			rc = 0;
+	}
+	close(fd);
+	return rc;
+}
+
+static void test_rot(void)
+{
+	uint64_t size = 6 * CHUNK + 100;
+	unsigned char *data = gen(31, size), *back = NULL;
+	char dir[256], id[CACHE_ID_MAX], file[512];
+	struct source s = source_of(data, 0), s2 = source_of(data, 0);
+	struct cache_blob *b = NULL;
+	struct cache *c;
+	int err = 0, calls, fd;
+
+	new_dir(dir, sizeof(dir));
+	cache_id_of_buffer(CACHE_ID_SHA256, data, size, id);
+	c = open_cache(dir, 0, 0);
+	b = c ? cache_blob_get(c, id, size, &err) : NULL;
+	if (b)
+		back = read_all(b, 10000, &s, &err);
+	tap_ok(back && !memcmp(back, data, size) && cache_blob_complete(b),
+	       "rot: a blob filled and verified");
+	free(back);
+	back = NULL;
+	cache_blob_put(b);
+	cache_close(c);
+
+	tap_ok(flip_byte(dir, id, 3 * CHUNK + 17) == 0,
+	       "rot: a bit flipped in chunk 3 of its file");
+	c = open_cache(dir, 0, 0);
+	b = c ? cache_blob_get(c, id, size, &err) : NULL;
+	if (b)
+		back = read_all(b, 10000, &s2, &err);
+	tap_ok(back && !memcmp(back, data, size), "rot: the right bytes are read after reopening");
+	tap_ok(s2.calls == 1 && s2.chunk_calls[3] == 1 && s2.last_off == 3 * CHUNK &&
+		   s2.last_len == CHUNK,
+	       "rot: one fill, of chunk 3 alone (%d fills, last %llu+%llu)", s2.calls,
+	       (unsigned long long)s2.last_off, (unsigned long long)s2.last_len);
+	tap_ok(b && cache_blob_complete(b), "rot: verified again");
+	free(back);
+	back = NULL;
+	calls = s2.calls;
+	if (b)
+		back = read_all(b, CHUNK, &s2, &err);
+	tap_ok(back && !memcmp(back, data, size) && s2.calls == calls,
+	       "rot: a second read fetches nothing");
+	free(back);
+	back = NULL;
+	cache_blob_put(b);
+	cache_close(c);
+
+	/* The file was mended, and the row still has its CRCs. */
+	snprintf(file, sizeof(file), "%s/blobs/%.2s/%s", dir, id, id);
+	back = malloc(size);
+	fd = open(file, O_RDONLY);
+	tap_ok(fd >= 0 && back && pread(fd, back, size, 0) == (ssize_t)size &&
+		   !memcmp(back, data, size),
+	       "rot: the blob file holds the right bytes again");
+	if (fd >= 0)
+		close(fd);
+	free(back);
+	back = NULL;
+	c = open_cache(dir, 0, 0);
+	b = c ? cache_blob_get(c, id, size, &err) : NULL;
+	if (b)
+		back = read_all(b, CHUNK, NULL, &err);
+	tap_ok(back && !memcmp(back, data, size) && cache_blob_complete(b),
+	       "rot: reopened again, read without fill");
+	free(back);
+	back = NULL;
+	cache_blob_put(b);
+
+	/* A row without CRCs (as schema version 4 left it): served unchecked,
+	 * without a fill, and not given CRCs from a file that may be rotten. */
+	if (!system("command -v sqlite3 >/dev/null 2>&1")) {
+		char cmd[700];
+
+		cache_close(c);
+		snprintf(cmd, sizeof(cmd), "sqlite3 '%s/hubfs.db' 'UPDATE blobs SET crcs = NULL'",
+			 dir);
+		tap_ok(system(cmd) == 0, "rot: the row's CRCs removed with the sqlite3 shell");
+		c = open_cache(dir, 0, 0);
+		b = c ? cache_blob_get(c, id, size, &err) : NULL;
+		if (b)
+			back = read_all(b, CHUNK, NULL, &err);
+		tap_ok(back && !memcmp(back, data, size) && cache_blob_complete(b),
+		       "rot: a blob without CRCs reads without fill");
+		free(back);
+		back = NULL;
+		cache_blob_put(b);
+	}
+
+	/* Imported blobs have CRCs too. */
+	snprintf(file, sizeof(file), "%s/staged-rot", top);
+	fd = open(file, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fd >= 0 && write(fd, data, size) != (ssize_t)size) {
+		close(fd);
+		fd = -1;
+	}
+	data[0] ^= 1; /* another blob: same bytes but the first */
+	if (fd >= 0 && pwrite(fd, data, 1, 0) != 1) {
+		close(fd);
+		fd = -1;
+	}
+	cache_id_of_buffer(CACHE_ID_SHA256, data, size, id);
+	tap_ok(c && fd >= 0 && cache_blob_import(c, id, fd) == 0, "rot: a blob imported");
+	if (fd >= 0)
+		close(fd);
+	cache_close(c);
+	flip_byte(dir, id, 5 * CHUNK + 1);
+	s2 = source_of(data, 0);
+	c = open_cache(dir, 0, 0);
+	b = c ? cache_blob_get(c, id, size, &err) : NULL;
+	if (b)
+		back = read_all(b, 3 * CHUNK, &s2, &err);
+	tap_ok(back && !memcmp(back, data, size) && s2.calls == 1 && s2.chunk_calls[5] == 1,
+	       "rot: a rotten chunk of an imported blob is fetched again (%d fills)", s2.calls);
+	free(back);
+	cache_blob_put(b);
+	cache_close(c);
+	free(data);
+}
+
+/*
  * Benchmark (HUBFS_CACHE_BENCH=1).
  */
 
@@ -728,6 +872,7 @@ int main(void)
 	test_verify_mismatch();
 	test_prefetch();
 	test_import();
+	test_rot();
 	if (getenv("HUBFS_CACHE_BENCH"))
 		bench();
 	rm_rf(top);

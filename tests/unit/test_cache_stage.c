@@ -24,7 +24,7 @@
 
 static char top[] = "/tmp/hubfs-test-cache-stage-XXXXXX";
 /* The schema version of the index (cache_index.h's CACHE_INDEX_VERSION). */
-enum { INDEX_VERSION = 5 };
+enum { INDEX_VERSION = 6 };
 static unsigned dir_serial;
 
 static const char REPO[] = "model/alice/tiny";
