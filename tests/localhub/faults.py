@@ -11,6 +11,9 @@ Actions that answer instead of the application (status, expire, ratelimit)
 leave the request without side effects. stall delays the request before the
 application sees it. reset, truncate, bandwidth and corrupt act on the bytes of
 the real answer, after the application ran (a commit behind a reset is made).
+wan is stall and bandwidth together (a far CDN): it delays each request by
+`seconds`, then paces its body at `bytes_per_sec`. Each connection has its own
+thread, so the cap is per connection, like one TCP stream each.
 """
 
 import hashlib
@@ -23,7 +26,8 @@ import time
 
 from httpcore import Response
 
-ACTIONS = ("status", "reset", "truncate", "stall", "bandwidth", "corrupt", "expire", "ratelimit")
+ACTIONS = ("status", "reset", "truncate", "stall", "bandwidth", "corrupt", "expire", "ratelimit",
+           "wan")
 ORIGINS = ("api", "cdn", "any")
 
 
@@ -66,6 +70,10 @@ class Rule:
         elif self.action == "bandwidth":
             if int(spec.get("bytes_per_sec", 0)) <= 0:
                 raise ValueError("bandwidth needs bytes_per_sec > 0")
+        elif self.action == "wan":
+            self.seconds = float(spec.get("seconds", 0.05))
+            if self.seconds < 0 or int(spec.get("bytes_per_sec", 0)) <= 0:
+                raise ValueError("wan needs seconds >= 0 and bytes_per_sec > 0")
         for key in ("after_bytes",):
             if spec.get(key) is not None and int(spec[key]) < 0:
                 raise ValueError("%s must be >= 0" % key)
@@ -210,6 +218,6 @@ class Faults:
             return Decision("status", spec, resp)
         if rule.action == "expire":
             return Decision("expire", spec, expired_response())
-        if rule.action == "stall":
-            return Decision("stall", spec, extra_headers=extra, seconds=rule.seconds)
+        if rule.action in ("stall", "wan"):
+            return Decision(rule.action, spec, extra_headers=extra, seconds=rule.seconds)
         return Decision(rule.action, spec, extra_headers=extra)

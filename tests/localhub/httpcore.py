@@ -3,7 +3,8 @@
 One thread per connection (daemon threads). Each accepted socket gets
 TCP_NODELAY, and a response's head and a small body leave in one send, so a
 client never waits for a delayed ACK. File bodies go out with os.sendfile
-unless a fault rule has to see the bytes (bandwidth, corrupt, truncate, reset).
+unless a fault rule has to see the bytes (corrupt, truncate, reset); a paced
+answer (bandwidth, wan) sends file bodies with sendfile in timed pieces.
 
 The application object has handle(req) -> Response; for the API origin it also
 has admin(req) -> Response for /_admin/ routes, which bypass faults and the log.
@@ -403,8 +404,8 @@ class Connection(socketserver.BaseRequestHandler):
             if decision.response is not None:
                 resp = decision.response
                 applied = decision.action
-            elif decision.action == "stall":
-                applied = "stall"
+            elif decision.action in ("stall", "wan"):
+                applied = decision.action
                 if server.stopping.wait(decision.seconds):
                     return False
         if resp is None:
@@ -412,7 +413,7 @@ class Connection(socketserver.BaseRequestHandler):
         wire = None
         if decision is not None:
             resp.headers.extend(decision.extra_headers)
-            if decision.action in ("reset", "truncate", "bandwidth", "corrupt"):
+            if decision.action in ("reset", "truncate", "bandwidth", "corrupt", "wan"):
                 wire = decision
                 applied = decision.action
         keep = self._finish_body(req) and req.keep_alive and not resp.close
@@ -477,7 +478,7 @@ class Connection(socketserver.BaseRequestHandler):
         if wire is not None and wire.action == "reset" and wire.params.get("after_bytes") is None:
             self._reset()
             return False
-        head = self._head(req, resp, keep and (wire is None or wire.action in ("bandwidth", "corrupt")))
+        head = self._head(req, resp, keep and (wire is None or wire.action in ("bandwidth", "corrupt", "wan")))
         if wire is None:
             if no_body:
                 sock.sendall(head)
@@ -501,17 +502,9 @@ class Connection(socketserver.BaseRequestHandler):
             if action == "reset":
                 self._reset()
             return False
-        if action == "bandwidth":
+        if action in ("bandwidth", "wan"):
             rate = max(1, int(wire.params.get("bytes_per_sec", 65536)))
-            piece = max(1024, min(1 << 20, rate // 20))
-            start = time.monotonic()
-            for chunk in self._chunks(resp, length, piece):
-                sock.sendall(chunk)
-                self.sent += len(chunk)
-                delay = start + self.sent / rate - time.monotonic()
-                if delay > 0 and self.server.stopping.wait(delay):
-                    return False
-            return True
+            return self._paced(resp, length, rate)
         if action == "corrupt":
             positions = wire.params.get("positions")
             if positions is None:
@@ -529,6 +522,46 @@ class Connection(socketserver.BaseRequestHandler):
                 self.sent += len(chunk)
             return True
         return True
+
+    def _paced(self, resp, length, rate):
+        """Send a body at rate bytes/s in pieces of 1/20 s (1 KiB..1 MiB), sleeping
+        between them; file bodies go out with sendfile. False if the server stops."""
+        piece = max(1024, min(1 << 20, rate // 20))
+        start = time.monotonic()
+        if resp.file is None:
+            pieces = self._chunks(resp, length, piece)
+            fd = None
+        else:
+            pieces = None
+            fd = os.open(resp.file.path, os.O_RDONLY)
+        try:
+            while self.sent < length:
+                n = min(piece, length - self.sent)
+                if fd is None:
+                    self.request.sendall(next(pieces))
+                else:
+                    self._sendfile_range(fd, resp.file.offset + self.sent, n)
+                self.sent += n
+                delay = start + self.sent / rate - time.monotonic()
+                if delay > 0 and self.server.stopping.wait(delay):
+                    return False
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _sendfile_range(self, fd, offset, left):
+        sockfd = self.request.fileno()
+        while left > 0:
+            try:
+                n = os.sendfile(sockfd, fd, offset, left)
+            except BlockingIOError:
+                self._wait_writable()
+                continue
+            if n == 0:
+                raise ConnectionError("file shrank")
+            offset += n
+            left -= n
 
     def _chunks(self, resp, limit, size=1 << 20):
         """The first limit bytes of a response body, in pieces."""

@@ -1111,6 +1111,49 @@ def fault_bandwidth():
 
 
 @test
+def fault_wan():
+    """fault wan: latency per request and a bandwidth cap per connection, together"""
+    loc = lfs_location("/alice/big-model/resolve/main/model.safetensors")
+    four = {"Range": "bytes=0-%d" % (4 * MIB - 1)}
+
+    def timed(fn):
+        t = time.monotonic()
+        fn()
+        return time.monotonic() - t
+
+    def one(out=None):
+        st, _, body = raw_exchange(loc, headers=four)
+        eq((st, len(body)), (206, 4 * MIB), "complete body")
+
+    def run():
+        single = timed(one)
+        ok(single >= 0.5, "4 MiB at 50 ms + 8 MiB/s took %.2f s" % single)
+        ok(single < 1.5, "not much slower than the cap (%.2f s)" % single)
+        threads = [threading.Thread(target=one) for _ in range(2)]
+
+        def both():
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(10)
+        pair = timed(both)
+        ok(0.5 <= pair < 1.5 * single, "two connections in parallel: %.2f s, one: %.2f s" % (pair, single))
+        parts = urlsplit(loc)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            def three():
+                for _ in range(3):
+                    conn.request("GET", parts.path + "?" + parts.query, headers={"Range": "bytes=0-0"})
+                    eq(len(conn.getresponse().read()), 1, "one byte")
+            small = timed(three)
+        finally:
+            conn.close()
+        ok(small >= 0.15, "3 requests on one connection: %.2f s, latency per request" % small)
+        eq(len([r for r in Ctx.hub.log() if r["fault"] == "wan"]), 6, "log records the faults")
+    with_faults([{"origin": "cdn", "action": "wan", "seconds": 0.05, "bytes_per_sec": 8 * MIB}], run)
+
+
+@test
 def fault_corrupt():
     """fault corrupt: same length, different bytes"""
     path = "/alice/tiny-model/resolve/main/tokenizer.json"
