@@ -60,11 +60,13 @@
 
 #define FS_PINNED_TIMEOUT 86400.0
 /* Read-ahead of a sequential reader.  The window (bytes queued past the
- * read) is a quarter of what the reader read in sequence plus a chunk, at
+ * read) is a sixth of what the reader read in sequence plus a chunk, at
  * least FS_READAHEAD_MIN, at most FS_READAHEAD_MAX: a reader that stops (a
- * tensor loaded through a map) costs at most a quarter more than it read,
- * plus 2 MiB.  It is fetched in pieces of a quarter of the window, at most
- * FS_PIECE_MAX, so that a GiB costs about a hundred range requests.
+ * tensor loaded through a map) has fetched at most a sixth more than it
+ * read plus a chunk, and the kernel's own read-ahead and the rounding to
+ * chunks stay within 1.25x + 2 MiB with its header read.  It is fetched in
+ * pieces of a third of the window, at most FS_PIECE_MAX, so that a GiB costs
+ * about 130 range requests.
  *
  * Where range answers wait FS_LATENT or more for their first byte (a far
  * CDN), that window would leave the link idle for most of each round trip:
@@ -1466,8 +1468,8 @@ static ssize_t fs_read_staged(struct fs *fs, const struct fs_file *f, char *buf,
 static void fs_readahead_plan(struct fs_file *f, uint64_t end, uint64_t chunk, double wait,
 			      double rate, uint64_t *from, uint64_t *len, uint64_t *piece)
 {
-	uint64_t window = f->run / 4 + chunk, pmax = FS_PIECE_MAX, p, stop;
-	unsigned share = 4;
+	uint64_t window = f->run / 6 + chunk, pmax = FS_PIECE_MAX, p, stop;
+	unsigned share = 3;
 
 	if (window > FS_READAHEAD_MAX)
 		window = FS_READAHEAD_MAX;
