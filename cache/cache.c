@@ -12,6 +12,11 @@
  * table, and names the id it evicts in `evicting`, so that a get of that id
  * waits until its file and row are gone.  It unlinks the file before it
  * deletes the row (see cache_blob.c for why).  One eviction pass at a time.
+ * A pass runs when the cache is over its limit, when its filesystem has less
+ * free space than a floor, and at once (no back-off) when a write to a blob
+ * or the index failed with ENOSPC; a full disk never makes a reader wait for
+ * more than the pass it triggers.  Files must never hold bytes the index does
+ * not count (else eviction could not free them): see "Recounting".
  *
  * A worker thread, started on first need, advances the running hashes of
  * blobs being filled, persists presence batches (an fdatasync, then the
@@ -34,6 +39,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +53,9 @@
 /* After a pass that could not reach the limit (everything left is pinned),
  * passes triggered by new data wait this long (ms). */
 #define CACHE_EVICT_BACKOFF 1000
+/* How long a reader whose write found the disk full waits at most for an
+ * eviction pass that runs already (ms). */
+#define CACHE_RECLAIM_WAIT 200
 
 void cache_log(struct cache *c, int level, const char *fmt, ...)
 {
@@ -141,8 +150,15 @@ static int cache_lock_take(struct cache *c, enum cache_lock lock)
 	c->lock_fd = openat(c->dirfd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (c->lock_fd < 0)
 		return -errno;
+	/* A mount that finds nobody else using the cache holds it exclusively
+	 * until cache_open() recounted it (cache_recount()), then shares it. */
+	if (lock == CACHE_LOCK_SHARED && !flock(c->lock_fd, LOCK_EX | LOCK_NB)) {
+		c->alone = true;
+		return 0;
+	}
 	if (flock(c->lock_fd, (lock == CACHE_LOCK_SHARED ? LOCK_SH : LOCK_EX) | LOCK_NB))
 		return errno == EWOULDBLOCK ? -EBUSY : -errno;
+	c->alone = lock == CACHE_LOCK_EXCLUSIVE;
 	return 0;
 }
 
@@ -243,6 +259,19 @@ struct cache *cache_open(const struct cache_config *cfg, int *errp)
 	err = cache_index_attach(c);
 	if (err)
 		goto close_c;
+	if (c->alone && cfg->lock != CACHE_LOCK_NONE) {
+		err = cache_recount(c);
+		if (err)
+			goto close_c;
+	}
+	if (c->alone && cfg->lock == CACHE_LOCK_SHARED) {
+		/* Blocks only while a `cache clear` that slipped in runs. */
+		if (flock(c->lock_fd, LOCK_SH)) {
+			err = -errno;
+			goto close_c;
+		}
+		c->alone = false;
+	}
 	return c;
 
 close_c:
@@ -277,7 +306,7 @@ void cache_close(struct cache *c)
 		}
 	}
 	if (c->idx)
-		cache_index_counters_add(c->idx, c->hits, c->misses);
+		cache_index_counters_add(c->idx, c->hit_bytes, c->miss_bytes);
 	cache_index_close(c->idx);
 	if (c->blobs_fd >= 0)
 		close(c->blobs_fd);
@@ -441,6 +470,13 @@ struct cache_blob *cache_blob_get(struct cache *c, const char *id, uint64_t size
 
 	/* Opening does I/O: others wait for it on the blob, not the table. */
 	err = cache_blob_open(b);
+	if ((err == -ENOSPC || err == -EDQUOT) && cache_space_reclaim(c, 0)) {
+		/* The index could not grow on a full disk: room was made. */
+		if (b->subdir_fd >= 0)
+			close(b->subdir_fd);
+		b->subdir_fd = -1;
+		err = cache_blob_open(b);
+	}
 	pthread_mutex_lock(&b->lock);
 	b->state = err ? CACHE_BLOB_FAILED : CACHE_BLOB_READY;
 	b->err = err;
@@ -458,14 +494,20 @@ fail:
 	return NULL;
 }
 
+static int evict_one(struct cache *c, const char *id, uint64_t *bytes, uint64_t *disk);
+static void evict_end(struct cache *c);
+
 void cache_blob_put(struct cache_blob *b)
 {
+	char id[CACHE_ID_MAX];
+	bool lost = false;
 	struct cache *c;
 	int err;
 
 	if (!b)
 		return;
 	c = b->c;
+	strcpy(id, b->id);
 	pthread_mutex_lock(&c->table_lock);
 	if (b->refs > 1) {
 		b->refs--;
@@ -475,8 +517,11 @@ void cache_blob_put(struct cache_blob *b)
 	pthread_mutex_unlock(&c->table_lock);
 	/* The last reference: persist while still in the table.  Another
 	 * thread may take the handle again meanwhile; then its put is last. */
-	for (;;) {
+	for (int full = 0;;) {
 		err = cache_blob_flush(b, true);
+		/* A full disk: the flush made room, once more. */
+		if ((err == -ENOSPC || err == -EDQUOT) && !full++)
+			continue;
 		pthread_mutex_lock(&c->table_lock);
 		if (b->refs > 1) {
 			b->refs--;
@@ -487,12 +532,28 @@ void cache_blob_put(struct cache_blob *b)
 			pthread_mutex_unlock(&c->table_lock);
 			continue;
 		}
+		lost = (err == -ENOSPC || err == -EDQUOT) && cache_blob_dirty(b);
+		/* A get of the id waits while its file and row go. */
+		while (lost && c->evicting[0])
+			pthread_cond_wait(&c->table_cond, &c->table_lock);
+		if (lost)
+			strcpy(c->evicting, b->id);
 		table_remove(c, b);
 		pthread_cond_broadcast(&c->table_cond);
 		pthread_mutex_unlock(&c->table_lock);
 		break;
 	}
 	cache_blob_free(b);
+	if (lost) {
+		uint64_t bytes;
+
+		/* Its presence could not be recorded: the file holds bytes that
+		 * no row counts, which nothing could evict.  It goes. */
+		cache_log(c, LOG_WARNING, "cannot record blob \"%s\" on a full disk: %s; removed",
+			  id, strerror(-err));
+		evict_one(c, id, &bytes, NULL);
+		evict_end(c);
+	}
 	/* What can be evicted changed: no back-off. */
 	__atomic_store_n(&c->evict_retry, 0, __ATOMIC_RELAXED);
 	cache_evict_if_needed(c);
@@ -523,14 +584,20 @@ static void evict_end(struct cache *c)
 	pthread_mutex_unlock(&c->table_lock);
 }
 
-/* Removes blob @id: its file first, then its row. */
-static int evict_one(struct cache *c, const char *id, uint64_t *bytes)
+/* Removes blob @id: its file first, then its row.  The bytes its row
+ * counted go to *@bytes, what its file occupied to *@disk (may be NULL). */
+static int evict_one(struct cache *c, const char *id, uint64_t *bytes, uint64_t *disk)
 {
 	int dfd = cache_subdir_open(c, id, false);
+	struct stat st;
 	int err = 0;
 
 	*bytes = 0;
+	if (disk)
+		*disk = 0;
 	if (dfd >= 0) {
+		if (disk && !fstatat(dfd, id, &st, AT_SYMLINK_NOFOLLOW))
+			*disk = (uint64_t)st.st_blocks * 512;
 		if (unlinkat(dfd, id, 0) && errno != ENOENT)
 			err = -errno;
 		close(dfd);
@@ -546,14 +613,52 @@ static int evict_one(struct cache *c, const char *id, uint64_t *bytes)
 	return err;
 }
 
-/* One eviction pass, unless one runs already.  Returns 0 or -errno. */
-static int cache_evict(struct cache *c)
+/*
+ * The free-space floor.  A cache under its limit on a disk that is full
+ * (other files, or a limit larger than the disk) still evicts: it keeps 2%
+ * of its filesystem free, at least CACHE_FLOOR_CHUNKS chunks and at most
+ * CACHE_FLOOR_MAX bytes, as statvfs(2) reports them for unprivileged users
+ * (f_bavail).  Only blobs are evicted for it: a disk filled by other files
+ * may empty the cache, never more.
+ */
+#define CACHE_FLOOR_CHUNKS 4
+#define CACHE_FLOOR_MAX (1ull << 30)
+
+uint64_t cache_space_floor(uint64_t fs_bytes, uint32_t chunk_size)
+{
+	uint64_t floor = fs_bytes / 50;
+
+	if (floor < (uint64_t)CACHE_FLOOR_CHUNKS * chunk_size)
+		floor = (uint64_t)CACHE_FLOOR_CHUNKS * chunk_size;
+	return floor < CACHE_FLOOR_MAX ? floor : CACHE_FLOOR_MAX;
+}
+
+/* True if the cache's filesystem has less than the floor free. */
+static bool space_low(struct cache *c)
+{
+	struct statvfs sv;
+
+	if (fstatvfs(c->blobs_fd, &sv))
+		return false;
+	return (uint64_t)sv.f_bavail * sv.f_frsize <
+	       cache_space_floor((uint64_t)sv.f_blocks * sv.f_frsize, c->chunk_size);
+}
+
+/* One eviction pass, unless one runs already: evicts unpinned blobs, least
+ * recently used first, while the cache is over its limit, the disk below
+ * the floor, or less than @want bytes were freed.  The bytes freed go to
+ * *@freed (may be NULL).  Returns 0 or -errno. */
+static int cache_evict(struct cache *c, uint64_t want, uint64_t *freed)
 {
 	struct cache_index_lru batch[CACHE_EVICT_BATCH];
 	int64_t after_used = INT64_MIN, after_row = 0, pending = 0, total;
 	struct cache_index_totals t;
+	uint64_t gone = 0;
+	bool low;
 	int err;
 
+	if (freed)
+		*freed = 0;
 	pthread_mutex_lock(&c->table_lock);
 	if (c->pruning) {
 		pthread_mutex_unlock(&c->table_lock);
@@ -575,45 +680,92 @@ static int cache_evict(struct cache *c)
 	if (err)
 		goto stop_pruning;
 	total = (int64_t)t.bytes + pending;
-	while (c->limit && total > (int64_t)c->limit) {
+	low = space_low(c);
+	while ((c->limit && total > (int64_t)c->limit) || low || gone < want) {
 		size_t n;
 
 		err = cache_index_blob_lru(c->idx, after_used, after_row, batch, CACHE_EVICT_BATCH,
 					   &n);
 		if (err || !n)
 			break;
-		for (size_t i = 0; i < n && total > (int64_t)c->limit; i++) {
-			uint64_t bytes;
+		for (size_t i = 0;
+		     i < n && ((c->limit && total > (int64_t)c->limit) || low || gone < want);
+		     i++) {
+			uint64_t bytes, disk;
 
 			after_used = batch[i].last_used;
 			after_row = batch[i].row;
 			if (!cache_id_valid(batch[i].id, NULL) || !evict_begin(c, batch[i].id))
 				continue;
-			err = evict_one(c, batch[i].id, &bytes);
+			err = evict_one(c, batch[i].id, &bytes, &disk);
 			evict_end(c);
 			if (err)
 				goto stop_pruning;
 			total -= (int64_t)bytes;
+			/* A file may hold more than its row counted (its presence
+			 * could not be persisted): what the disk got back counts. */
+			gone += disk > bytes ? disk : bytes;
+			if (low)
+				low = space_low(c);
 		}
 	}
 	__atomic_store_n(&c->used, total, __ATOMIC_RELAXED);
-	if (c->limit && total > (int64_t)c->limit)
+	if ((c->limit && total > (int64_t)c->limit) || low)
 		__atomic_store_n(&c->evict_retry, cache_now_ms() + CACHE_EVICT_BACKOFF,
 				 __ATOMIC_RELAXED);
+	if (gone)
+		cache_log(c, LOG_INFO, "evicted %llu bytes%s", (unsigned long long)gone,
+			  want ? " to make room on a full disk" : "");
 stop_pruning:
+	if (freed)
+		*freed = gone;
 	pthread_mutex_lock(&c->table_lock);
 	c->pruning = false;
+	pthread_cond_broadcast(&c->table_cond);
 	pthread_mutex_unlock(&c->table_lock);
 	return err;
 }
 
 void cache_evict_if_needed(struct cache *c)
 {
-	if (!c->limit || __atomic_load_n(&c->used, __ATOMIC_RELAXED) <= (int64_t)c->limit)
-		return;
 	if (cache_now_ms() < __atomic_load_n(&c->evict_retry, __ATOMIC_RELAXED))
 		return;
-	cache_evict(c);
+	if ((!c->limit || __atomic_load_n(&c->used, __ATOMIC_RELAXED) <= (int64_t)c->limit) &&
+	    !space_low(c))
+		return;
+	cache_evict(c, 0, NULL);
+}
+
+/* Bytes free on the cache's filesystem for unprivileged users, 0 if unknown. */
+static uint64_t space_free(struct cache *c)
+{
+	struct statvfs sv;
+
+	return fstatvfs(c->blobs_fd, &sv) ? 0 : (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+bool cache_space_reclaim(struct cache *c, uint64_t want)
+{
+	struct timespec until;
+	uint64_t freed = 0;
+
+	if (!want)
+		want = c->chunk_size;
+	/* No back-off.  A pass already running (another reader's, or one that
+	 * a flush started) is given at most CACHE_RECLAIM_WAIT to end, so that
+	 * what it frees is seen; then this one runs. */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += CACHE_RECLAIM_WAIT * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&c->table_lock);
+	while (c->pruning && !pthread_cond_timedwait(&c->table_cond, &c->table_lock, &until))
+		;
+	pthread_mutex_unlock(&c->table_lock);
+	cache_evict(c, want, &freed);
+	return freed > 0 || space_free(c) >= want;
 }
 
 /* Calls @fn on every file of DIR/blobs/xx/ named like a blob of that xx. */
@@ -663,6 +815,148 @@ static int gc_one(struct cache *c, int dfd, const char *id)
 	return err;
 }
 
+/*
+ * Recounting.  The index counts the bytes of the chunks each row says are
+ * present; the files must not hold more, or eviction could never free what
+ * they hold beyond.  A write that fails halfway punches out what it wrote
+ * (cache_blob_write()), but a crash, or a presence that could not be
+ * persisted (a full disk), leaves bytes in files that no row counts.  A
+ * cache opened by its only user recounts: a row without a file goes, a file
+ * holding more than its row counts loses the chunks the row does not have
+ * (a hole punched; the file and row go where that is not possible), and a
+ * file without a row goes.  1,000 blobs take a few milliseconds (one stat
+ * each).
+ */
+
+/* Slack for allocation rounding and the file system's own blocks. */
+#define CACHE_RECOUNT_SLACK (64u << 10)
+
+int cache_punch(int fd, uint64_t off, uint64_t len)
+{
+	if (!len)
+		return 0;
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len))
+		return -errno;
+	return 0;
+}
+
+/* Whether chunk @i is set in a row's bitmap (NULL: none is). */
+static bool bitmap_has(const void *bitmap, uint64_t i)
+{
+	const unsigned char *p = bitmap;
+
+	return p && (p[i >> 3] >> (i & 7)) & 1;
+}
+
+/* Punches the chunks that the row of @e does not have out of the file @fd.
+ * Returns 0 or -errno (-ENOTSUP: the row cannot tell, or no punching). */
+static int recount_punch(struct cache *c, const struct cache_index_lru *e, int fd)
+{
+	struct cache_index_blob row;
+	uint64_t nchunks;
+	int err = cache_index_blob_load(c->idx, e->id, &row);
+
+	if (err)
+		return err;
+	nchunks = row.size ? ((row.size - 1) >> c->chunk_shift) + 1 : 0;
+	if (row.complete || row.chunk_size != c->chunk_size ||
+	    (row.present && row.present_len != (nchunks + 7) / 8)) {
+		err = -ENOTSUP;
+		goto free_row;
+	}
+	for (uint64_t i = 0; i < nchunks && !err; i++) {
+		uint64_t j = i;
+
+		if (bitmap_has(row.present, i))
+			continue;
+		while (j + 1 < nchunks && !bitmap_has(row.present, j + 1))
+			j++;
+		err = cache_punch(fd, i << c->chunk_shift,
+				  ((j + 1) << c->chunk_shift) - (i << c->chunk_shift));
+		i = j;
+	}
+free_row:
+	free(row.present);
+	return err;
+}
+
+/* Brings the row @e and its file into agreement; adds the bytes that were
+ * not counted to *@stray. */
+static int recount_one(struct cache *c, const struct cache_index_lru *e, uint64_t *stray)
+{
+	int dfd = cache_subdir_open(c, e->id, false);
+	uint64_t disk, bytes;
+	struct stat st;
+	int fd, err = 0;
+
+	if (dfd < 0 && dfd != -ENOENT)
+		return dfd;
+	fd = dfd < 0 ? -1 : openat(dfd, e->id, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		/* No file: the row counts bytes nobody holds.  (Not a regular
+		 * file: blob_attach() refuses it, it stays counted as 0.) */
+		if (fd < 0 && e->bytes)
+			err = cache_index_blob_delete(c->idx, e->id, &bytes);
+		goto close_fd;
+	}
+	disk = (uint64_t)st.st_blocks * 512;
+	if (disk <= e->bytes + CACHE_RECOUNT_SLACK)
+		goto close_fd;
+	*stray += disk - e->bytes;
+	if (!recount_punch(c, e, fd) && !fstat(fd, &st) &&
+	    (uint64_t)st.st_blocks * 512 <= e->bytes + CACHE_RECOUNT_SLACK)
+		goto close_fd;
+	/* The file first, then the row (see cache_blob.c). */
+	if (unlinkat(dfd, e->id, 0) && errno != ENOENT)
+		err = -errno;
+	if (!err)
+		err = cache_index_blob_delete(c->idx, e->id, &bytes);
+close_fd:
+	if (fd >= 0)
+		close(fd);
+	if (dfd >= 0)
+		close(dfd);
+	return err;
+}
+
+int cache_recount(struct cache *c)
+{
+	struct cache_index_lru batch[CACHE_EVICT_BATCH];
+	int64_t after_used = INT64_MIN, after_row = 0;
+	struct cache_index_totals t;
+	uint64_t stray = 0, before = (uint64_t)c->used;
+	size_t n;
+	int err;
+
+	do {
+		err = cache_index_blob_lru(c->idx, after_used, after_row, batch, CACHE_EVICT_BATCH,
+					   &n);
+		for (size_t i = 0; i < n && !err; i++) {
+			after_used = batch[i].last_used;
+			after_row = batch[i].row;
+			if (cache_id_valid(batch[i].id, NULL))
+				err = recount_one(c, &batch[i], &stray);
+		}
+	} while (!err && n);
+	if (!err)
+		err = blobs_walk(c, gc_one);
+	if (!err)
+		err = cache_index_totals(c->idx, &t);
+	if (err) {
+		cache_log(c, LOG_ERR, "cannot recount the cache \"%s\": %s", c->dir,
+			  strerror(-err));
+		return err;
+	}
+	c->used = (int64_t)t.bytes;
+	if (stray || t.bytes != before)
+		cache_log(c, LOG_NOTICE,
+			  "recounted the cache \"%s\": %llu bytes in files that the index did not "
+			  "count, %llu bytes counted before, %llu now",
+			  c->dir, (unsigned long long)stray, (unsigned long long)before,
+			  (unsigned long long)t.bytes);
+	return 0;
+}
+
 int cache_prune(struct cache *c)
 {
 	int err;
@@ -672,7 +966,7 @@ int cache_prune(struct cache *c)
 	while (c->worker_started && !c->worker_stop && (c->work_head || c->worker_busy))
 		pthread_cond_wait(&c->work_idle, &c->work_lock);
 	pthread_mutex_unlock(&c->work_lock);
-	err = cache_evict(c);
+	err = cache_evict(c, 0, NULL);
 
 	if (err)
 		return err;
@@ -686,6 +980,7 @@ int cache_prune(struct cache *c)
 	err = blobs_walk(c, gc_one);
 	pthread_mutex_lock(&c->table_lock);
 	c->pruning = false;
+	pthread_cond_broadcast(&c->table_cond);
 	pthread_mutex_unlock(&c->table_lock);
 	return err;
 }
@@ -721,16 +1016,16 @@ int cache_stats(struct cache *c, struct cache_stats *st)
 	st->chunks = (uint64_t)((int64_t)t.chunks + chunks);
 	st->bytes = (uint64_t)((int64_t)t.bytes + bytes);
 	st->limit = c->limit;
-	st->hits = t.hits + __atomic_load_n(&c->hits, __ATOMIC_RELAXED);
-	st->misses = t.misses + __atomic_load_n(&c->misses, __ATOMIC_RELAXED);
+	st->hit_bytes = t.hit_bytes + __atomic_load_n(&c->hit_bytes, __ATOMIC_RELAXED);
+	st->miss_bytes = t.miss_bytes + __atomic_load_n(&c->miss_bytes, __ATOMIC_RELAXED);
 	return 0;
 }
 
 double cache_stats_hit_ratio(const struct cache_stats *st)
 {
-	uint64_t all = st->hits + st->misses;
+	uint64_t all = st->hit_bytes + st->miss_bytes;
 
-	return all ? (double)st->hits / (double)all : 0.0;
+	return all ? (double)st->hit_bytes / (double)all : 0.0;
 }
 
 static int clear_one(struct cache *c, int dfd, const char *id)
@@ -754,7 +1049,7 @@ int cache_clear(const char *dir, cache_log_fn log)
 	err = cache_index_clear(c->idx);
 	if (!err)
 		err = blobs_walk(c, clear_one);
-	c->hits = c->misses = 0;
+	c->hit_bytes = c->miss_bytes = 0;
 	cache_close(c);
 	return err;
 }

@@ -35,7 +35,14 @@
  *   Chunks of rows made before the index had CRCs (schema version 4) are
  *   not checked.
  * - Blobs that no handle uses are evicted, least recently used first, when
- *   the cache holds more than its limit.  A blob with a handle is pinned.
+ *   the cache holds more than its limit, when the free space of its file
+ *   system is below a floor (cache_space_floor()), and at once when a write
+ *   to a blob file or the index fails with ENOSPC or EDQUOT.  A blob with a
+ *   handle is pinned.
+ * - The index counts the bytes of the chunks it recorded, and the blob files
+ *   hold no more: a failed write deallocates what it wrote of incomplete
+ *   chunks, a blob whose presence cannot be recorded is removed at its last
+ *   put, and an open that finds the cache unused recounts (cache.c).
  * - Nothing makes the library write outside DIR: ids are validated, every
  *   file is opened relative to DIR with O_NOFOLLOW.
  *
@@ -167,8 +174,10 @@ typedef int (*cache_fill_fn)(void *arg, struct cache_blob *b, uint64_t off, uint
  * when all its bytes were written, by one call or several.  Meant for fill
  * callbacks, but any thread holding a reference may call it.  Returns 0,
  * -EINVAL when the range is beyond the blob's size, or the errno of a failed
- * pwrite (-ENOSPC ...).  Bytes written while the blob is being discarded are
- * dropped. */
+ * pwrite.  On -ENOSPC or -EDQUOT it first evicts unpinned blobs and tries
+ * once more; it never waits for space.  What a failed call wrote of chunks
+ * that are not present is deallocated (those bytes must be written again).
+ * Bytes written while the blob is being discarded are dropped. */
 int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_t len);
 
 /* Reads up to @size bytes at @off into @buf.  Chunks of the range that are
@@ -215,21 +224,28 @@ int cache_blob_import(struct cache *c, const char *id, int fd);
  */
 
 struct cache_stats {
-	uint64_t blobs;	   /* blobs in the index */
-	uint64_t complete; /* of which complete and verified */
-	uint64_t chunks;   /* chunks present */
-	uint64_t bytes;	   /* bytes present: what the blobs occupy on disk */
-	uint64_t limit;	   /* the configured limit, 0 for none */
-	uint64_t open;	   /* blobs pinned by handles of this process */
-	uint64_t hits;	   /* chunks read that were present, since the cache was created */
-	uint64_t misses;   /* chunks read that had to be filled */
+	uint64_t blobs;	     /* blobs in the index */
+	uint64_t complete;   /* of which complete and verified */
+	uint64_t chunks;     /* chunks present */
+	uint64_t bytes;	     /* bytes present: what the blobs occupy on disk */
+	uint64_t limit;	     /* the configured limit, 0 for none */
+	uint64_t open;	     /* blobs pinned by handles of this process */
+	uint64_t hit_bytes;  /* bytes read (cache_blob_read()) that the cache held, since
+				it was created or cleared */
+	uint64_t miss_bytes; /* bytes read that had to be filled (fetched) first */
 };
 
 /* Fills @st.  Counts include what this process has not persisted yet.
  * Returns 0 or -errno. */
 int cache_stats(struct cache *c, struct cache_stats *st);
 
-/* hits / (hits + misses), 0 when nothing was read. */
+/* The free space (bytes) below which a cache on a filesystem of @fs_bytes
+ * evicts even when under its limit: 2% of it, at least 4 chunks, at most
+ * 1 GiB. */
+uint64_t cache_space_floor(uint64_t fs_bytes, uint32_t chunk_size);
+
+/* The byte hit ratio: hit_bytes / (hit_bytes + miss_bytes), 0 when nothing
+ * was read. */
 double cache_stats_hit_ratio(const struct cache_stats *st);
 
 /* Waits for the background work queued so far (which pins its blobs), then

@@ -756,12 +756,12 @@ static int blob_flush(struct cache_blob *b, bool final)
 		blob_discard(b, true);
 		return err;
 	}
-	p.hits = __atomic_exchange_n(&c->hits, 0, __ATOMIC_RELAXED);
-	p.misses = __atomic_exchange_n(&c->misses, 0, __ATOMIC_RELAXED);
+	p.hit_bytes = __atomic_exchange_n(&c->hit_bytes, 0, __ATOMIC_RELAXED);
+	p.miss_bytes = __atomic_exchange_n(&c->miss_bytes, 0, __ATOMIC_RELAXED);
 	err = cache_index_blob_persist(c->idx, &p);
 	if (err && err != -ESTALE) {
-		__atomic_add_fetch(&c->hits, p.hits, __ATOMIC_RELAXED);
-		__atomic_add_fetch(&c->misses, p.misses, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&c->hit_bytes, p.hit_bytes, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&c->miss_bytes, p.miss_bytes, __ATOMIC_RELAXED);
 	}
 	free(bitmap);
 	free(crcs);
@@ -786,6 +786,8 @@ static int blob_flush(struct cache_blob *b, bool final)
 		err = 0;
 	if (!err)
 		cache_evict_if_needed(c);
+	else if (err == -ENOSPC || err == -EDQUOT)
+		cache_space_reclaim(c, 0); /* the next flush persists it */
 	return err;
 }
 
@@ -1031,7 +1033,51 @@ static int blob_record(struct cache_blob *b, uint64_t off, uint64_t end, uint64_
 	return err;
 }
 
+/* After a write of [off, end) failed: what it may have written to chunks
+ * that are not present, outside the bytes recorded for them, is deallocated
+ * (a hole punched), so that the file holds no bytes that no record knows.
+ * The fill fails; a later one writes them again. */
+static void blob_write_undo(struct cache_blob *b, uint64_t off, uint64_t end, uint64_t first,
+			    uint64_t last)
+{
+	pthread_mutex_lock(&b->lock);
+	for (uint64_t i = first; i <= last; i++) {
+		uint64_t cs = chunk_start(b, i), ce = chunk_end(b, i);
+		uint64_t pos = off > cs ? off : cs, e = end < ce ? end : ce;
+		struct cache_partial *p;
+
+		if (bit_test(b->present, i))
+			continue;
+		p = partial_find(b, i);
+		for (size_t k = 0; p && k < p->n && pos < e; k++) {
+			if (p->ranges[k].end <= pos)
+				continue;
+			if (p->ranges[k].start >= e)
+				break;
+			if (p->ranges[k].start > pos)
+				cache_punch(b->fd, pos, p->ranges[k].start - pos);
+			pos = p->ranges[k].end;
+		}
+		if (pos < e)
+			cache_punch(b->fd, pos, e - pos);
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+static int blob_write(struct cache_blob *b, uint64_t off, const void *data, size_t len);
+
 int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_t len)
+{
+	int err = blob_write(b, off, data, len);
+
+	/* A full disk: make room (other blobs, never a pinned one), then try
+	 * once more; no waiting, the caller fails at once if it is still full. */
+	if ((err == -ENOSPC || err == -EDQUOT) && cache_space_reclaim(b->c, len))
+		err = blob_write(b, off, data, len);
+	return err;
+}
+
+static int blob_write(struct cache_blob *b, uint64_t off, const void *data, size_t len)
 {
 	const unsigned char *p = data;
 	uint32_t stack_crcs[BLOB_CRC_STACK], *crcs = stack_crcs;
@@ -1078,6 +1124,8 @@ int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_
 		pthread_mutex_unlock(&b->wlock);
 		i = j + 1;
 	}
+	if (err)
+		blob_write_undo(b, off, end, first, last);
 	/* The CRCs of the chunks written whole, from the caller's bytes. */
 	if (!err && last - first + 1 > BLOB_CRC_STACK) {
 		crcs = malloc((size_t)(last - first + 1) * sizeof(*crcs));
@@ -1414,18 +1462,25 @@ ssize_t cache_blob_read(struct cache_blob *b, void *buf, size_t size, uint64_t o
 			}
 			pthread_rwlock_unlock(&b->io);
 			if (attempt == 0)
-				__atomic_add_fetch(&b->c->hits, last - first + 1, __ATOMIC_RELAXED);
+				__atomic_add_fetch(&b->c->hit_bytes, size, __ATOMIC_RELAXED);
 			return n;
 		}
 		pthread_rwlock_unlock(&b->io);
 		if (attempt == 0) {
-			uint64_t hits = 0;
+			uint64_t hit = 0;
 
-			for (uint64_t i = first; i <= last; i++)
-				hits += bit_test(b->present, i);
-			__atomic_add_fetch(&b->c->hits, hits, __ATOMIC_RELAXED);
-			__atomic_add_fetch(&b->c->misses, last - first + 1 - hits,
-					   __ATOMIC_RELAXED);
+			/* The bytes of the read in chunks already present. */
+			for (uint64_t i = first; i <= last; i++) {
+				uint64_t s = chunk_start(b, i), e = chunk_end(b, i);
+
+				if (!bit_test(b->present, i))
+					continue;
+				s = s > off ? s : off;
+				e = e < off + size ? e : off + size;
+				hit += e - s;
+			}
+			__atomic_add_fetch(&b->c->hit_bytes, hit, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&b->c->miss_bytes, size - hit, __ATOMIC_RELAXED);
 		} else if (attempt > BLOB_RETRIES) {
 			return -EIO;
 		}

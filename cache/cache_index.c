@@ -70,7 +70,8 @@ const char *const cache_index_sql[STMT_COUNT] = {
 	[STMT_TOTALS] = "SELECT count(*), coalesce(sum(complete), 0), coalesce(sum(chunks), 0), "
 			"coalesce(sum(bytes), 0) FROM blobs",
 	[STMT_COUNTERS] = "SELECT name, value FROM counters",
-	[STMT_COUNTER_ADD] = "UPDATE counters SET value = value + ?2 WHERE name = ?1",
+	[STMT_COUNTER_ADD] = "INSERT INTO counters VALUES (?1, ?2) "
+			     "ON CONFLICT (name) DO UPDATE SET value = value + ?2",
 	[STMT_KV_PUT] = "INSERT OR REPLACE INTO kv (key, value, fetched_at) VALUES (?1, ?2, ?3)",
 	[STMT_KV_GET] = "SELECT value, fetched_at FROM kv WHERE key = ?1",
 	[STMT_KV_DELETE] = "DELETE FROM kv WHERE key = ?1",

@@ -8,7 +8,9 @@
  * One database, DIR/hubfs.db in WAL mode, holds:
  *   blobs         per blob: id, size, chunk size, the persisted presence
  *                 bitmap, present chunks and bytes, completeness, last use
- *   counters      hits and misses
+ *   counters      hit_bytes and miss_bytes (bytes read that were present
+ *                 or had to be filled); 'hits' and 'misses' of older
+ *                 versions counted chunks and are ignored
  *   kv            the daemon's key/value pairs with their fetch time
  *   trees, tree_dirs, tree_entries
  *                 tree listings, indexed by (tree, directory, name)
@@ -96,7 +98,7 @@ struct cache_index_persist {
 	int64_t last_used;
 	const void *crcs; /* as in struct cache_index_blob; NULL for none */
 	size_t crcs_len;
-	uint64_t hits, misses; /* added to the counters in the same transaction */
+	uint64_t hit_bytes, miss_bytes; /* added to the counters in the same transaction */
 };
 
 /* Updates a blob's row.  Returns 0, -ESTALE when the row is gone (the
@@ -125,14 +127,14 @@ int cache_index_blob_lru(struct cache_index *idx, int64_t after_used, int64_t af
 			 struct cache_index_lru *out, size_t max, size_t *n);
 
 struct cache_index_totals {
-	uint64_t blobs, complete, chunks, bytes, hits, misses;
+	uint64_t blobs, complete, chunks, bytes, hit_bytes, miss_bytes;
 };
 
 /* Sums over all blobs, and the counters.  Returns 0 or -errno. */
 int cache_index_totals(struct cache_index *idx, struct cache_index_totals *t);
 
-/* Adds to the hit and miss counters.  Returns 0 or -errno. */
-int cache_index_counters_add(struct cache_index *idx, uint64_t hits, uint64_t misses);
+/* Adds to the byte hit and miss counters.  Returns 0 or -errno. */
+int cache_index_counters_add(struct cache_index *idx, uint64_t hit_bytes, uint64_t miss_bytes);
 
 /* Deletes every blob row, pair and tree, and zeroes the counters; the
  * journal is kept.  Returns 0 or -errno. */

@@ -197,9 +197,9 @@ int cache_index_blob_persist(struct cache_index *idx, const struct cache_index_p
 	if (err)
 		goto end_tx;
 	gone = sqlite3_changes(conn->db) == 0;
-	err = counter_add(idx, conn, "hits", p->hits);
+	err = counter_add(idx, conn, "hit_bytes", p->hit_bytes);
 	if (!err)
-		err = counter_add(idx, conn, "misses", p->misses);
+		err = counter_add(idx, conn, "miss_bytes", p->miss_bytes);
 end_tx:
 	err = cache_index_writer_end(idx, conn, err);
 	return err ? err : gone ? -ESTALE : 0;
@@ -323,10 +323,10 @@ int cache_index_totals(struct cache_index *idx, struct cache_index_totals *t)
 		const char *name = (const char *)sqlite3_column_text(st, 0);
 		uint64_t value = (uint64_t)sqlite3_column_int64(st, 1);
 
-		if (name && !strcmp(name, "hits"))
-			t->hits = value;
-		else if (name && !strcmp(name, "misses"))
-			t->misses = value;
+		if (name && !strcmp(name, "hit_bytes"))
+			t->hit_bytes = value;
+		else if (name && !strcmp(name, "miss_bytes"))
+			t->miss_bytes = value;
 	}
 	if (rc != SQLITE_DONE)
 		err = cache_index_fail(idx, conn->db, rc, "read counters");
@@ -338,18 +338,18 @@ put_reader:
 	return err;
 }
 
-int cache_index_counters_add(struct cache_index *idx, uint64_t hits, uint64_t misses)
+int cache_index_counters_add(struct cache_index *idx, uint64_t hit_bytes, uint64_t miss_bytes)
 {
 	struct index_conn *conn;
 	int err;
 
-	if (!hits && !misses)
+	if (!hit_bytes && !miss_bytes)
 		return 0;
 	err = cache_index_writer_begin(idx, &conn);
 	if (err)
 		return err;
-	err = counter_add(idx, conn, "hits", hits);
+	err = counter_add(idx, conn, "hit_bytes", hit_bytes);
 	if (!err)
-		err = counter_add(idx, conn, "misses", misses);
+		err = counter_add(idx, conn, "miss_bytes", miss_bytes);
 	return cache_index_writer_end(idx, conn, err);
 }

@@ -36,6 +36,8 @@ struct cache {
 	int blobs_fd;	      /* DIR/blobs; constant */
 	int stage_fd;	      /* DIR/stage, the staged files (cache_stage.c); constant */
 	int lock_fd;	      /* DIR/lock, -1 without a lock; constant */
+	bool alone;	      /* holds DIR/lock exclusively (while opening, for a
+				 mount); constant after cache_open() */
 	uint32_t chunk_size;  /* constant */
 	unsigned chunk_shift; /* log2(chunk_size); constant */
 	uint64_t limit;	      /* constant */
@@ -62,8 +64,8 @@ struct cache {
 
 	int64_t used;	     /* bytes present, an estimate that triggers eviction; atomic */
 	int64_t evict_retry; /* ms: no eviction triggered by new data before; atomic */
-	uint64_t hits;	     /* chunks read that were present, not yet in the index; atomic */
-	uint64_t misses;     /* chunks read that were filled, not yet in the index; atomic */
+	uint64_t hit_bytes;  /* bytes read from present chunks, not yet in the index; atomic */
+	uint64_t miss_bytes; /* bytes read that had to be filled, not yet in the index; atomic */
 };
 
 enum cache_blob_state {
@@ -156,8 +158,19 @@ void cache_work_later(struct cache_blob *b);
 __attribute__((format(printf, 3, 4))) void cache_log(struct cache *c, int level, const char *fmt,
 						     ...);
 int64_t cache_now_ms(void);
-/* Evicts if the cache is over its limit and no eviction runs already. */
+/* Evicts if the cache is over its limit, or its disk below the free-space
+ * floor, and no eviction runs already (nor ran in vain within a second). */
 void cache_evict_if_needed(struct cache *c);
+/* After a write or the index failed with ENOSPC/EDQUOT: evicts unpinned
+ * blobs, least recently used first, at least @want bytes (0: a chunk) and
+ * down to the floor, now (no back-off; an eviction that runs already is
+ * waited for 200 ms at most).  True if it freed something or @want bytes
+ * are free: worth trying again.  No lock held. */
+bool cache_space_reclaim(struct cache *c, uint64_t want);
+/* Makes the row of each blob and its file agree (see cache.c); at open. */
+int cache_recount(struct cache *c);
+/* Deallocates [@off, @off+@len) of file @fd, keeping its size.  0 or -errno. */
+int cache_punch(int fd, uint64_t off, uint64_t len);
 
 /* cache_meta.c: checks of what comes from outside, shared with cache_stage.c */
 /* A repo path as cache_meta.h defines it; "" only with @root. */

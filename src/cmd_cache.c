@@ -121,8 +121,10 @@ int cmd_cache(int argc, char *argv[])
 	if (cc.limit)
 		cache_print_bytes("limit", cc.limit);
 	printf("%-10s %llu\n", "chunks", (unsigned long long)st.chunks);
-	printf("%-10s %.3f (%llu hits, %llu misses)\n", "hit ratio", cache_stats_hit_ratio(&st),
-	       (unsigned long long)st.hits, (unsigned long long)st.misses);
+	/* Of the bytes read, the share the cache held (the rest was fetched). */
+	printf("%-10s %.3f of bytes read (%llu from the cache, %llu fetched)\n", "hit ratio",
+	       cache_stats_hit_ratio(&st), (unsigned long long)st.hit_bytes,
+	       (unsigned long long)st.miss_bytes);
 	status = 0;
 out_close:
 	cache_close(c);

@@ -426,14 +426,19 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 			http_response_release(&resp);
 			continue;
 		}
-		if (rc == -EINTR || !http_retryable(rc, &resp) || attempt >= max_retries) {
+		/* A full cache disk is not the network's fault: trying again
+		 * would only wait on the back-off while the disk stays full.
+		 * The cache evicted what it could; the next read may succeed. */
+		if (rc == -EINTR || rc == -ENOSPC || rc == -EDQUOT || !http_retryable(rc, &resp) ||
+		    attempt >= max_retries) {
 			if (rc == 0) {
 				rc = http_status_errno(&resp);
 				/* The tree says the file exists: any refusal now is an I/O error,
 				 * except a lost right to read it. */
 				if (rc != -EACCES)
 					rc = -EIO;
-			} else if (rc != -EINTR && rc != -ENOMEM && rc != -ENOSPC) {
+			} else if (rc != -EINTR && rc != -ENOMEM && rc != -ENOSPC &&
+				   rc != -EDQUOT) {
 				log_msg(LOG_WARNING, "blob '%s': cannot fetch bytes %llu-%llu: %s", src->id,
 					(unsigned long long)sink.pos, (unsigned long long)sink.end - 1,
 					strerror(-rc));
