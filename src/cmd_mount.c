@@ -88,6 +88,18 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--commit-message=%s", commit_message),
 	FUSE_OPT_KEY("--local-only ", MOUNT_KEY_LOCAL_ONLY),
 	FUSE_OPT_KEY("--local-only=", MOUNT_KEY_LOCAL_ONLY),
+	/* The same as -o keys, for mount(8) and fstab (see hubfs(1)). */
+	MOUNT_OPT("offline", offline),
+	MOUNT_OPT("public_repos", public_repos),
+	MOUNT_OPT("endpoint=%s", endpoint),
+	MOUNT_OPT("token_file=%s", token_file),
+	MOUNT_OPT("cache_dir=%s", cache_dir),
+	MOUNT_OPT("cache_size=%s", cache_size),
+	MOUNT_OPT("ttl=%s", ttl),
+	MOUNT_OPT("timeout=%s", timeout),
+	MOUNT_OPT("commit_delay=%s", commit_delay),
+	MOUNT_OPT("commit_message=%s", commit_message),
+	FUSE_OPT_KEY("local_only=", MOUNT_KEY_LOCAL_ONLY),
 	FUSE_OPT_END,
 };
 
@@ -135,7 +147,7 @@ static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args
 		return o->mountpoint ? 0 : -1;
 	}
 	if (key == MOUNT_KEY_LOCAL_ONLY) {
-		const char *glob = arg + strlen("--local-only");
+		const char *glob = arg + strlen(arg[0] == '-' ? "--local-only" : "local_only");
 		char **v;
 
 		glob += *glob == '=' || *glob == ' ';
@@ -354,6 +366,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		goto out;
 	}
 	rc = options_token(o->token_file, &token, &token_source);
+	options_token_env_scrub();
 	if (rc) {
 		log_msg(LOG_ERR, "cannot read the token file '%s': %s", o->token_file, strerror(-rc));
 		goto out;

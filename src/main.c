@@ -8,7 +8,9 @@
 #define FUSE_USE_VERSION 314
 #include <fuse.h>
 
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cache_hash.h"
@@ -28,7 +30,9 @@ static const char hubfs_usage[] =
 	"  cache stats|prune|clear\n"
 	"                        show, trim or empty the blob cache\n"
 	"\n"
-	"'hubfs COMMAND --help' shows a command's options.\n"
+	"'hubfs COMMAND --help' shows a command's options.  'hubfs SOURCE MOUNTPOINT\n"
+	"[-o OPTIONS]' (SOURCE a URL, or 'hubfs' for the default Hub) is 'hubfs mount',\n"
+	"as mount -t fuse.hubfs and fstab run it.\n"
 	"\n"
 	"options:\n"
 	"  -h, --help            show this help and exit\n"
@@ -49,6 +53,37 @@ static void hubfs_print_version(void)
 	printf("%s\n", cache_hash_lib_version());
 }
 
+
+/* True if @s names what to mount, as mount(8) passes it: "hubfs" (the
+ * default endpoint) or an http(s) URL. */
+static bool main_is_source(const char *s)
+{
+	return !strcmp(s, "hubfs") || !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8);
+}
+
+/* "hubfs SOURCE MOUNTPOINT [ARGS]" as "hubfs mount MOUNTPOINT
+ * [--endpoint SOURCE] [ARGS]". */
+static int main_mount_source(int argc, char *argv[])
+{
+	char **v = calloc((size_t)argc + 2, sizeof(*v));
+	int n = 0, rc;
+
+	if (!v) {
+		log_msg(LOG_ERR, "out of memory");
+		return 1;
+	}
+	v[n++] = (char *)"mount";
+	if (strcmp(argv[1], "hubfs")) {
+		v[n++] = (char *)"--endpoint";
+		v[n++] = argv[1];
+	}
+	for (int i = 2; i < argc; i++)
+		v[n++] = argv[i];
+	v[n] = NULL;
+	rc = cmd_mount(n, v);
+	free(v);
+	return rc;
+}
 
 int main(int argc, char *argv[])
 {
@@ -75,6 +110,10 @@ int main(int argc, char *argv[])
 		return cmd_cache(argc - 1, argv + 1);
 	if (!strcmp(cmd, "status"))
 		return cmd_status(argc - 1, argv + 1);
+	/* mount(8) and fstab: "mount -t fuse.hubfs SOURCE MOUNTPOINT -o OPTS"
+	 * runs "hubfs SOURCE MOUNTPOINT -o OPTS" (mount.fuse3). */
+	if (argc >= 3 && main_is_source(cmd))
+		return main_mount_source(argc, argv);
 	log_msg(LOG_ERR, "unknown command '%s' (see 'hubfs --help')", cmd);
 	return 2;
 }

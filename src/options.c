@@ -191,6 +191,20 @@ done:
 	return rc;
 }
 
+void options_token_env_scrub(void)
+{
+	static const char *const names[] = { "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN" };
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char *v = getenv(names[i]);
+
+		/* The value's bytes, where /proc/PID/environ reads them too. */
+		if (v)
+			explicit_bzero(v, strlen(v));
+		unsetenv(names[i]);
+	}
+}
+
 void options_token_free(char *token)
 {
 	if (!token)

@@ -32,6 +32,12 @@ int options_token(const char *token_file, char **out, const char **source);
 /* Wipes and frees a token; NULL is a no-op. */
 void options_token_free(char *token);
 
+/* Wipes the token variables (HF_TOKEN, HUGGING_FACE_HUB_TOKEN) out of the
+ * environment: their bytes are zeroed where they are (also what
+ * /proc/PID/environ shows) and the variables removed, so that no process
+ * started later inherits them.  Not thread-safe: call before any thread. */
+void options_token_env_scrub(void);
+
 /* The cache directory: @given, else $XDG_CACHE_HOME/hubfs, else
  * ~/.cache/hubfs.  Caller frees; NULL when no home can be found. */
 char *options_cache_dir(const char *given);
