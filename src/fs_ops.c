@@ -555,6 +555,81 @@ int fs_child(struct fs *fs, const struct fs_node *parent, const char *name, stru
 	return fs_child_in_view(fs, parent, name, proto, fs_child_at);
 }
 
+/*
+ * A name in a repo's directory that is none of its revisions stands for the
+ * file or directory of that name in the repo's default branch ("main" when
+ * it has one, else its first branch): the node is NS/REPO/BRANCH/NAME.  So
+ * a repo's directory works where a model's directory is expected
+ * (from_pretrained("~/hub/NS/REPO"), transformers.js with localModelPath
+ * and the repo id); listing it still shows the revisions.
+ */
+
+/* The default branch of the repo @repo_dir lists into @out (@size bytes).
+ * Returns 0, -ENOENT (none, or one whose name a path would have to
+ * %-encode) or -errno. */
+static int fs_repo_default_branch(struct fs *fs, const struct fs_node *repo_dir, char *out,
+				  size_t size)
+{
+	struct hub_repo repo;
+	struct hub_refs refs;
+	const char *pick = NULL;
+	int rc;
+
+	fs_repo_of(repo_dir, &repo);
+	rc = meta_refs(fs->meta, &repo, &refs);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < refs.n; i++) {
+		const struct hub_ref *r = &refs.refs[i];
+
+		if (r->kind != HUB_REF_BRANCH)
+			continue;
+		if (!strcmp(r->name, "main")) {
+			pick = r->name;
+			break;
+		}
+		if (!pick)
+			pick = r->name;
+	}
+	/* A branch name that needs no %-encoding in a path. */
+	rc = pick && strlen(pick) < size && !strpbrk(pick, "/%@") ? 0 : -ENOENT;
+	if (!rc)
+		strcpy(out, pick);
+	hub_refs_release(&refs);
+	return rc;
+}
+
+/* Makes @proto NS/REPO/BRANCH/@name of the default branch when @name is not
+ * a revision of the repo that @parent (FS_PATH_REPO) lists.  Returns 0,
+ * -ENOENT (no such revision, and no default branch to fall back on: @proto
+ * as it was) or -errno. */
+static int fs_repo_default_entry(struct fs *fs, const struct fs_node *parent, const char *name,
+				 struct fs_node *proto)
+{
+	char branch[HUB_REV_MAX + 1], *path;
+	struct fs_path p;
+	int rc;
+
+	if (parent->p.kind != FS_PATH_REPO || strchr(name, '@'))
+		return -ENOENT;
+	rc = fs_repo_default_branch(fs, parent, branch, sizeof(branch));
+	if (rc)
+		return rc;
+	if (asprintf(&path, "%s/%s/%s", parent->fullpath, branch, name) < 0)
+		return -ENOMEM;
+	rc = fs_path_parse(path, &p);
+	if (!rc && p.kind != FS_PATH_ENTRY)
+		rc = -ENOENT;
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	free(proto->fullpath);
+	proto->fullpath = path;
+	rc = fs_path_parse(proto->fullpath, &proto->p); /* its strings point into fullpath */
+	return rc;
+}
+
 int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 		struct fs_node *proto)
 {
@@ -574,6 +649,16 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 		return -ENOMEM;
 	}
 	rc = fs_path_parse(proto->fullpath, &proto->p);
+	/* Not a revision's name (it cannot be, or the repo has no such ref):
+	 * maybe a name in the default branch. */
+	if ((rc == -ENOENT || rc == -EINVAL) && parent->p.kind == FS_PATH_REPO)
+		rc = fs_repo_default_entry(fs, parent, name, proto);
+	else if (!rc && proto->p.kind == FS_PATH_REVISION && !proto->p.pinned &&
+		 parent->p.kind == FS_PATH_REPO) {
+		rc = fs_ref_exists(fs, &proto->p);
+		if (rc == -ENOENT)
+			rc = fs_repo_default_entry(fs, parent, name, proto);
+	}
 	if (rc)
 		goto fail;
 	fs_repo_of(proto, &repo);
