@@ -112,6 +112,20 @@ def drop_page_cache(path):
         os.close(fd)
 
 
+def hubfs_env(home, token=None):
+    """The environment of a hubfs run by a test: none of the user's Hub settings, HOME=@home (so no real
+    token file is ever found), HF_TOKEN=@token if given."""
+    env = dict(os.environ)
+    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "HF_ENDPOINT",
+              "HF_HUB_OFFLINE", "XDG_CACHE_HOME"):
+        env.pop(k, None)
+    env["HOME"] = home
+    if token:
+        env["HF_TOKEN"] = token
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    return env
+
+
 class Mount:
     """A hubfs mount of a LocalHub; a context manager."""
 
@@ -141,15 +155,7 @@ class Mount:
         return False
 
     def env(self):
-        env = dict(os.environ)
-        for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "HF_ENDPOINT",
-                  "HF_HUB_OFFLINE", "XDG_CACHE_HOME"):
-            env.pop(k, None)
-        env["HOME"] = self._tmp  # no real token file is ever found
-        if self.token:
-            env["HF_TOKEN"] = self.token
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-        return env
+        return hubfs_env(self._tmp, self.token)
 
     def start(self):
         cmd = [hubfs_binary(), "mount", "-f", "--endpoint", self.endpoint, "--cache-dir", self.cache_dir]

@@ -20,7 +20,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mountlib import Mount, Tap, have_fuse, hubfs_binary, mounted, sha256, with_timeout  # noqa: E402
+from mountlib import Mount, Tap, have_fuse, hubfs_binary, hubfs_env, mounted, sha256, with_timeout  # noqa: E402
 from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
 
 T = Tap()
@@ -36,16 +36,6 @@ def hub_file(hub, rel):
     if status != 200:
         raise RuntimeError("the Hub answered %d for %s" % (status, rel))
     return body
-
-
-def clean_env(home):
-    env = dict(os.environ)
-    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "HF_ENDPOINT",
-              "HF_HUB_OFFLINE", "XDG_CACHE_HOME"):
-        env.pop(k, None)
-    env["HOME"] = home
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-    return env
 
 
 def wait_mounted(path):
@@ -124,7 +114,7 @@ def test_o_keys(hub, tmp):
             cmd = [hubfs_binary(), "mount", mnt, "-o", opts + ",endpoint=" + hub.url]
         else:
             cmd = [hubfs_binary(), hub.url, mnt, "-o", opts]
-        ok, pid = run_mount(cmd, clean_env(tmp), mnt, "'%s' with -o %s" % (" ".join(cmd[1:3]), opts))
+        ok, pid = run_mount(cmd, hubfs_env(tmp), mnt, "'%s' with -o %s" % (" ".join(cmd[1:3]), opts))
         try:
             if ok:
                 read_ok(os.path.join(mnt, PRIVATE), want, "%s form: a private file reads with token_file=" % form)
@@ -134,7 +124,7 @@ def test_o_keys(hub, tmp):
     # A bad value is refused, with the option's name.
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=tmp)
     r = subprocess.run([hubfs_binary(), "mount", mnt, "-f", "-o", "ttl=soon,endpoint=" + hub.url],
-                       env=clean_env(tmp), capture_output=True, text=True, timeout=60)
+                       env=hubfs_env(tmp), capture_output=True, text=True, timeout=60)
     T.ok(r.returncode != 0 and "ttl" in r.stderr and not mounted(mnt), "-o ttl=soon is refused", r.stderr)
     unmount(mnt)
 
@@ -152,15 +142,15 @@ def test_mount8(hub, tmp):
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=tmp)
     opts = "cache_dir=%s,token_file=%s" % (os.path.join(tmp, "cache-m8"), token_file)
     cases.append(("mount -t fuse 'hubfs#URL'", mnt,
-                  ["mount", "-t", "fuse", "%s#%s" % (link, hub.url), mnt, "-o", opts], clean_env(tmp)))
+                  ["mount", "-t", "fuse", "%s#%s" % (link, hub.url), mnt, "-o", opts], hubfs_env(tmp)))
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=tmp)
     fstab = os.path.join(tmp, "fstab")
     with open(fstab, "w") as f:
         f.write("# hubfs test\n%s#%s %s fuse %s,noauto,_netdev 0 0\n" % (
             link, hub.url, mnt, "cache_dir=%s,token_file=%s" % (os.path.join(tmp, "cache-fstab"), token_file)))
-    cases.append(("an fstab line", mnt, ["mount", "-T", fstab, mnt], clean_env(tmp)))
+    cases.append(("an fstab line", mnt, ["mount", "-T", fstab, mnt], hubfs_env(tmp)))
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=tmp)
-    env = clean_env(tmp)
+    env = hubfs_env(tmp)
     env["PATH"] = bindir + ":" + env.get("PATH", "/usr/bin:/bin")
     mount_fuse = shutil.which("mount.fuse3") or "/sbin/mount.fuse3"
     cases.append(("mount.fuse3 hubfs -t fuse.hubfs", mnt,

@@ -8,9 +8,11 @@
 #ifndef HUBFS_TAP_H
 #define HUBFS_TAP_H
 
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
 static int tap_count;
 static int tap_failed;
@@ -40,6 +42,20 @@ __attribute__((format(printf, 1, 2), unused)) static void tap_diag(const char *f
 	vprintf(fmt, ap);
 	va_end(ap);
 	putchar('\n');
+}
+
+static int tap_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+/* Removes the tree at @path (a test's temporary directory). */
+__attribute__((unused)) static void tap_rm_rf(const char *path)
+{
+	nftw(path, tap_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 __attribute__((unused)) static int tap_done(void)

@@ -27,19 +27,6 @@
 static char top[] = "/tmp/hubfs-test-cache-blob-XXXXXX";
 static unsigned dir_serial;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static double now_s(void)
 {
 	struct timespec ts;
@@ -875,6 +862,6 @@ int main(void)
 	test_rot();
 	if (getenv("HUBFS_CACHE_BENCH"))
 		bench();
-	rm_rf(top);
+	tap_rm_rf(top);
 	return tap_done();
 }

@@ -32,19 +32,6 @@ static char top[] = "/tmp/hubfs-test-cache-full-XXXXXX";
 static char disk[600];
 static bool mounted;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static unsigned char gen_byte(unsigned seed, uint64_t off)
 {
 	uint64_t x = (off + 1) * 0x9e3779b97f4a7c15ull + seed * 0xff51afd7ed558ccdull;
@@ -363,6 +350,6 @@ int main(void)
 		if (umount2(disk, MNT_DETACH))
 			tap_diag("cannot unmount %s: %s", disk, strerror(errno));
 	}
-	rm_rf(top);
+	tap_rm_rf(top);
 	return tap_done();
 }

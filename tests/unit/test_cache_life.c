@@ -27,19 +27,6 @@
 static char top[] = "/tmp/hubfs-test-cache-life-XXXXXX";
 static unsigned dir_serial;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static void new_dir(char *dir, size_t size)
 {
 	snprintf(dir, size, "%s/c%u", top, dir_serial++);
@@ -760,6 +747,6 @@ int main(void)
 	test_clear();
 	test_schema_version();
 	test_stress();
-	rm_rf(top);
+	tap_rm_rf(top);
 	return tap_done();
 }
