@@ -286,6 +286,9 @@ static bool fs_same(const struct fs_node *a, const struct fs_node *b)
 {
 	if (a->p.kind != b->p.kind)
 		return false;
+	/* a ref of .hf-cache that moved is a new file (its content) */
+	if (a->p.kind == FS_PATH_HFC_REF || a->p.kind == FS_PATH_HFC_NOEXIST)
+		return a->is_dir == b->is_dir && !strcmp(a->commit, b->commit);
 	if (a->p.kind != FS_PATH_ENTRY)
 		return true;
 	/* The staged content of a path changes under its node (@a is live, or

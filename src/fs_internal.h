@@ -41,10 +41,14 @@ static inline struct fs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-/* Whether @n is a directory (everything but the "me" link and files). */
+/* Whether @n is a directory (everything but the "me" link and files: of a
+ * tree, and of the .hf-cache layout's refs and .no_exist). */
 static inline bool fs_is_dir(const struct fs_node *n)
 {
-	return n->p.kind != FS_PATH_ME && (n->p.kind != FS_PATH_ENTRY || n->is_dir);
+	if (n->p.kind == FS_PATH_ENTRY || n->p.kind == FS_PATH_HFC_REF ||
+	    n->p.kind == FS_PATH_HFC_NOEXIST)
+		return n->is_dir;
+	return n->p.kind != FS_PATH_ME;
 }
 
 /* ---- fs_ops.c ---- */

@@ -55,6 +55,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_hfcache.h"
 #include "hub_id.h"
 #include "log.h"
 
@@ -686,6 +687,13 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 	case FS_PATH_REFS:
 		rc = fs_ref_exists(fs, &proto->p);
 		break;
+	case FS_PATH_HFC:
+	case FS_PATH_HFC_REPO:
+	case FS_PATH_HFC_SNAPSHOTS:
+	case FS_PATH_HFC_REF:
+	case FS_PATH_HFC_NOEXIST:
+		rc = fs_hfcache_child(fs, proto);
+		break;
 	case FS_PATH_REVISION:
 		rc = proto->p.pinned ? 0 : fs_ref_exists(fs, &proto->p);
 		if (!rc)
@@ -1042,6 +1050,8 @@ static int fs_list_namespaces(fuse_req_t req, struct fs *fs, struct fs_dir *d, b
 			rc = fs_dir_add_unique(req, d, "datasets", &seen, &n_seen);
 		if (!rc)
 			rc = fs_dir_add_unique(req, d, "spaces", &seen, &n_seen);
+		if (!rc)
+			rc = fs_dir_add_unique(req, d, FS_PATH_HFC_NAME, &seen, &n_seen);
 	}
 	if (!rc && fs->me)
 		rc = fs_dir_add_unique(req, d, fs->me, &seen, &n_seen);
@@ -1164,6 +1174,18 @@ static int fs_stop(void *arg, const struct cache_entry *e)
 	return 1;
 }
 
+struct fs_hfcache_dir {
+	fuse_req_t req;
+	struct fs_dir *d;
+};
+
+static int fs_hfcache_dir_add(void *arg, const char *name, bool is_dir)
+{
+	struct fs_hfcache_dir *hd = arg;
+
+	return fs_dir_add(hd->req, hd->d, name, is_dir ? S_IFDIR : S_IFREG);
+}
+
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -1208,6 +1230,16 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	case FS_PATH_REFS:
 		rc = fs_list_refs(req, fs, n, d);
 		break;
+	case FS_PATH_HFC:
+	case FS_PATH_HFC_REPO:
+	case FS_PATH_HFC_SNAPSHOTS:
+	case FS_PATH_HFC_REF:
+	case FS_PATH_HFC_NOEXIST: {
+		struct fs_hfcache_dir hd = { req, d };
+
+		rc = fs_hfcache_list(fs, n, fs_hfcache_dir_add, &hd);
+		break;
+	}
 	case FS_PATH_REVISION:
 	case FS_PATH_ENTRY: {
 		struct fs_node tmp;
@@ -1352,11 +1384,30 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (rc == 1)
 		v = &moved;
 	rc = 0;
+	writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+	if (fs_hfcache_is_file(n)) {
+		/* a file of .hf-cache: its content is the node's, read-only */
+		if (writing) {
+			rc = -EROFS;
+			goto fail;
+		}
+		f = calloc(1, sizeof(*f));
+		if (!f) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		pthread_mutex_init(&f->lock, NULL);
+		f->fd = -1;
+		f->node = n;
+		f->size = n->size;
+		n = NULL;
+		fi->keep_cache = 1;
+		goto opened;
+	}
 	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {
 		rc = -EISDIR;
 		goto fail;
 	}
-	writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	if (writing) {
 		rc = fs_may_change(req);
 		if (rc)
@@ -1609,6 +1660,16 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	call.src = f->src;
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
+		goto out;
+	}
+	if (fs_hfcache_is_file(f->node)) {
+		const char *content = fs_hfcache_content(f->node);
+
+		if ((uint64_t)off >= f->size)
+			size = 0;
+		else if (size > f->size - (uint64_t)off)
+			size = (size_t)(f->size - (uint64_t)off);
+		fuse_reply_buf(req, size ? content + off : NULL, size);
 		goto out;
 	}
 	if (f->w || f->fd >= 0 || (f->path && __atomic_load_n(&f->node->live, __ATOMIC_ACQUIRE))) {

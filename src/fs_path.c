@@ -93,6 +93,138 @@ static int fs_path_refs(const char **p, struct fs_path *out)
 	return 0;
 }
 
+/* Parses the rest of a path, @p, as a path inside a revision's tree into
+ * out->path: FS_PATH_ENTRY. */
+static int fs_path_entry(const char *p, struct fs_path *out)
+{
+	if (strlen(p) > HUB_PATH_MAX)
+		return -ENAMETOOLONG;
+	if (!hub_repo_path_valid(p)) {
+		/* Tell a too-long component from a bad one. */
+		for (const char *c = p; *c;) {
+			size_t n = strcspn(c, "/");
+
+			if (n > HUB_PATH_COMPONENT_MAX)
+				return -ENAMETOOLONG;
+			c += n;
+			if (*c == '/')
+				c++;
+		}
+		return -ENOENT;
+	}
+	out->path = p;
+	out->kind = FS_PATH_ENTRY;
+	return 0;
+}
+
+/* Whether @s is a full commit id as huggingface_hub writes it: 40 lowercase
+ * hex digits (its REGEX_COMMIT_HASH). */
+static bool fs_path_commit_hex(const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < HUB_COMMIT_LEN; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return s[i] == '\0';
+}
+
+/* Parses "TYPE--NS--REPO", a repo folder of huggingface_hub's cache
+ * (repo_folder_name()).  Names cannot hold "--" (hub_name_valid()), so the
+ * split is unambiguous; a folder without a namespace ("models--gpt2") names
+ * nothing here. */
+static int fs_path_hfc_repo(const char *seg, struct fs_path *out)
+{
+	static const struct {
+		const char *prefix;
+		enum hub_repo_type type;
+	} types[] = {
+		{ "models--", HUB_REPO_MODEL },
+		{ "datasets--", HUB_REPO_DATASET },
+		{ "spaces--", HUB_REPO_SPACE },
+	};
+	const char *ns = NULL, *sep;
+
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		if (!strncmp(seg, types[i].prefix, strlen(types[i].prefix))) {
+			ns = seg + strlen(types[i].prefix);
+			out->type = types[i].type;
+			break;
+		}
+	}
+	if (!ns)
+		return -ENOENT;
+	sep = strstr(ns, "--");
+	if (!sep || (size_t)(sep - ns) > HUB_NAME_MAX || strlen(sep + 2) > HUB_NAME_MAX)
+		return -ENOENT;
+	memcpy(out->ns, ns, (size_t)(sep - ns));
+	out->ns[sep - ns] = '\0';
+	strcpy(out->repo, sep + 2);
+	if (!hub_name_valid(out->ns) || !hub_name_valid(out->repo))
+		return -ENOENT;
+	out->kind = FS_PATH_HFC_REPO;
+	return 0;
+}
+
+/* Parses what follows ".hf-cache/": huggingface_hub's cache layout. */
+static int fs_path_hfc(const char *p, struct fs_path *out)
+{
+	char seg[sizeof("datasets--") + 2 * HUB_NAME_MAX + 2];
+	int rc;
+
+	out->kind = FS_PATH_HFC;
+	if (!*p)
+		return 0;
+	rc = fs_path_next(&p, seg, sizeof(seg));
+	if (rc == -ENAMETOOLONG)
+		return -ENOENT; /* longer than any repo folder */
+	if (rc < 0)
+		return rc;
+	rc = fs_path_hfc_repo(seg, out);
+	if (rc || !*p)
+		return rc;
+
+	rc = fs_path_next(&p, seg, sizeof(seg));
+	if (rc < 0)
+		return rc == -ENAMETOOLONG ? -ENOENT : rc;
+	out->pinned = true;
+	if (!strcmp(seg, "refs")) {
+		/* refs/NAME: huggingface_hub joins "refs" and the revision as
+		 * given, so "refs/pr/1" is refs/refs/pr/1.  A commit id is
+		 * never a ref file. */
+		out->kind = FS_PATH_HFC_REF;
+		if (strlen(p) > HUB_REV_MAX)
+			return -ENAMETOOLONG;
+		if (*p && (!hub_revision_valid(p) || fs_path_commit_hex(p)))
+			return -ENOENT;
+		strcpy(out->rev, p);
+		return 0;
+	}
+	if (!strcmp(seg, "snapshots") || !strcmp(seg, ".no_exist")) {
+		bool snapshots = seg[0] == 's';
+
+		out->kind = snapshots ? FS_PATH_HFC_SNAPSHOTS : FS_PATH_HFC_NOEXIST;
+		if (!*p)
+			return 0;
+		rc = fs_path_next(&p, seg, sizeof(seg));
+		if (rc < 0)
+			return rc == -ENAMETOOLONG ? -ENOENT : rc;
+		if (!fs_path_commit_hex(seg))
+			return -ENOENT;
+		strcpy(out->rev, seg);
+		if (snapshots)
+			out->kind = FS_PATH_REVISION;
+		if (!*p)
+			return 0;
+		rc = fs_path_entry(p, out);
+		if (!snapshots)
+			out->kind = FS_PATH_HFC_NOEXIST;
+		return rc;
+	}
+	/* blobs/, .locks/, CACHEDIR.TAG...: absent (see fs_hfcache.h) */
+	return -ENOENT;
+}
+
 int fs_path_parse(const char *path, struct fs_path *out)
 {
 	char seg[3 * HUB_REV_MAX + 1];
@@ -115,6 +247,8 @@ int fs_path_parse(const char *path, struct fs_path *out)
 	rc = fs_path_next(&p, seg, sizeof(seg));
 	if (rc < 0)
 		return rc;
+	if (strcmp(seg, FS_PATH_HFC_NAME) == 0)
+		return fs_path_hfc(p, out);
 	if (strcmp(seg, FS_PATH_ME_NAME) == 0) {
 		out->kind = FS_PATH_ME;
 		/* A symlink has no children. */
@@ -185,23 +319,5 @@ int fs_path_parse(const char *path, struct fs_path *out)
 	if (!*p)
 		return 0;
 
-	/* The rest is a path inside the revision's tree. */
-	if (strlen(p) > HUB_PATH_MAX)
-		return -ENAMETOOLONG;
-	if (!hub_repo_path_valid(p)) {
-		/* Tell a too-long component from a bad one. */
-		for (const char *c = p; *c;) {
-			size_t n = strcspn(c, "/");
-
-			if (n > HUB_PATH_COMPONENT_MAX)
-				return -ENAMETOOLONG;
-			c += n;
-			if (*c == '/')
-				c++;
-		}
-		return -ENOENT;
-	}
-	out->path = p;
-	out->kind = FS_PATH_ENTRY;
-	return 0;
+	return fs_path_entry(p, out);
 }

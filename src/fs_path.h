@@ -16,6 +16,20 @@
  *                                                  %-encoded ref
  *   "<any revision>/PATH"       FS_PATH_ENTRY      a file or directory in it
  *
+ * huggingface_hub's cache layout (fs_hfcache.h), under ".hf-cache":
+ *   ".hf-cache"                 FS_PATH_HFC        its root
+ *   ".hf-cache/models--NS--REPO" FS_PATH_HFC_REPO  a repo ("datasets--",
+ *                                                  "spaces--" for the others)
+ *   "HFCREPO/snapshots"         FS_PATH_HFC_SNAPSHOTS the commits
+ *   "HFCREPO/snapshots/COMMIT"  FS_PATH_REVISION   pinned to COMMIT (40
+ *                                                  lowercase hex), as REPO@COMMIT
+ *   "HFCREPO/snapshots/COMMIT/PATH" FS_PATH_ENTRY  a file or directory in it
+ *   "HFCREPO/refs[/NAME]"       FS_PATH_HFC_REF    rev: "" or NAME, a ref
+ *                                                  ("main", "refs/pr/1") or a
+ *                                                  directory of ref names
+ *   "HFCREPO/.no_exist[/COMMIT[/PATH]]" FS_PATH_HFC_NOEXIST  rev: "" or
+ *                                                  COMMIT, path: PATH or ""
+ *
  * Parsing checks every name against the Hub's rules (hub_id.h), so a name that
  * cannot exist on the Hub is refused without asking it.  It says nothing about
  * whether the name exists.
@@ -34,6 +48,13 @@ enum fs_path_kind {
 	FS_PATH_NAMESPACE,
 	FS_PATH_REPO,
 	FS_PATH_REFS,
+	/* The .hf-cache kinds sit below FS_PATH_REVISION: nothing in them is a
+	 * revision view's, so nothing in them is writable. */
+	FS_PATH_HFC,
+	FS_PATH_HFC_REPO,
+	FS_PATH_HFC_SNAPSHOTS,
+	FS_PATH_HFC_REF,
+	FS_PATH_HFC_NOEXIST,
 	FS_PATH_REVISION,
 	FS_PATH_ENTRY,
 };
@@ -41,19 +62,22 @@ enum fs_path_kind {
 struct fs_path {
 	enum fs_path_kind kind;
 	enum hub_repo_type type;      /* from FS_PATH_TYPE on */
-	bool pinned;                  /* the revision was written REPO@REV */
+	bool pinned;                  /* the revision was written REPO@REV (or
+					 is a commit of .hf-cache) */
 	char ns[HUB_NAME_MAX + 1];    /* from FS_PATH_NAMESPACE on */
 	char repo[HUB_NAME_MAX + 1];  /* from FS_PATH_REPO on */
 	/* From FS_PATH_REVISION on: the decoded revision ("main", "refs/pr/1").
 	 * For FS_PATH_REFS: the group, "refs", "refs/pr" or "refs/convert". */
 	char rev[HUB_REV_MAX + 1];
-	/* FS_PATH_ENTRY: the path inside the revision's tree, borrowed from the
-	 * parsed string.  "" otherwise. */
+	/* FS_PATH_ENTRY (and FS_PATH_HFC_NOEXIST): the path inside the
+	 * revision's tree, borrowed from the parsed string.  "" otherwise. */
 	const char *path;
 };
 
 /* The name of the root's symlink to the token's user. */
 #define FS_PATH_ME_NAME "me"
+/* The name of the root's directory in huggingface_hub's cache layout. */
+#define FS_PATH_HFC_NAME ".hf-cache"
 
 /* Parses @path, relative to the mount root (leading '/' ignored), into @out.
  * @out->path borrows from @path, which must outlive @out.
