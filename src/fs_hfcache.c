@@ -11,8 +11,10 @@
  * - A file the Hub does not have: it checks .no_exist/COMMIT/PATH and
  *   creates it when absent (logging an error when it cannot), so the layout
  *   answers that the file is there: its absence is a fact of the commit.
- * - snapshot_download() writes refs/NAME and trees/COMMIT.json without
- *   looking first and logs a warning when it cannot: here it cannot (EROFS).
+ * - snapshot_download() reads trees/COMMIT.json (the commit's files, which
+ *   it otherwise lists from the Hub and then tries to write there), and
+ *   writes refs/NAME without looking first, logging a warning when it cannot:
+ *   here it cannot (EROFS).
  * - mkdir with exist_ok of refs/, snapshots/COMMIT/...: the kernel answers
  *   EEXIST for a directory that is there, before asking the mount.
  *
@@ -26,10 +28,15 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hub_id.h"
+
+/* Files of a commit beyond which trees/COMMIT.json is not offered (the
+ * library then lists the tree itself): about 150 bytes each in memory. */
+#define FS_HFCACHE_TREE_MAX 200000
 
 /* Names a listing gave already: listings here are small (refs, commits). */
 struct fs_hfcache_seen {
@@ -160,6 +167,153 @@ static int fs_hfcache_noexist(struct fs *fs, struct fs_node *proto)
 	return rc;
 }
 
+/* The files of a commit, gathered for its trees/COMMIT.json. */
+struct fs_hfcache_file {
+	char *path;
+	uint64_t size;
+	char oid[41];
+	char sha256[65];
+};
+
+struct fs_hfcache_tree {
+	struct fs_hfcache_file *files;
+	size_t n, cap;
+	char **dirs; /* directories still to list */
+	size_t n_dirs, cap_dirs;
+};
+
+static int fs_hfcache_tree_entry(void *arg, const struct cache_entry *e)
+{
+	struct fs_hfcache_tree *t = arg;
+
+	if (e->is_dir) {
+		if (t->n_dirs == t->cap_dirs) {
+			size_t cap = t->cap_dirs ? 2 * t->cap_dirs : 16;
+			char **d = realloc(t->dirs, cap * sizeof(*d));
+
+			if (!d)
+				return -ENOMEM;
+			t->dirs = d;
+			t->cap_dirs = cap;
+		}
+		t->dirs[t->n_dirs] = strdup(e->path);
+		return t->dirs[t->n_dirs++] ? 0 : -ENOMEM;
+	}
+	if (t->n == FS_HFCACHE_TREE_MAX)
+		return -EFBIG;
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? 2 * t->cap : 64;
+		struct fs_hfcache_file *f = realloc(t->files, cap * sizeof(*f));
+
+		if (!f)
+			return -ENOMEM;
+		t->files = f;
+		t->cap = cap;
+	}
+	t->files[t->n].path = strdup(e->path);
+	if (!t->files[t->n].path)
+		return -ENOMEM;
+	t->files[t->n].size = e->size;
+	snprintf(t->files[t->n].oid, sizeof(t->files[t->n].oid), "%s", e->oid);
+	snprintf(t->files[t->n].sha256, sizeof(t->files[t->n].sha256), "%s", e->sha256);
+	t->n++;
+	return 0;
+}
+
+static int fs_hfcache_file_cmp(const void *a, const void *b)
+{
+	const struct fs_hfcache_file *x = a, *y = b;
+
+	/* bytes of UTF-8 sort as Python sorts the code points */
+	return strcmp(x->path, y->path);
+}
+
+/* The JSON of trees/COMMIT.json: every file of @commit, sorted by path. */
+static int fs_hfcache_tree_json(struct fs *fs, const struct hub_repo *repo, const char *commit,
+				char **out)
+{
+	struct fs_hfcache_tree t = { 0 };
+	struct hub_tree_file *files = NULL;
+	char *dir = strdup("");
+	int rc = dir ? 0 : -ENOMEM;
+
+	/* Breadth first: no listing runs inside another's callback. */
+	while (!rc && dir) {
+		rc = meta_list(fs->meta, repo, commit, dir, fs_hfcache_tree_entry, &t);
+		free(dir);
+		dir = t.n_dirs ? t.dirs[--t.n_dirs] : NULL;
+	}
+	free(dir);
+	if (!rc) {
+		qsort(t.files, t.n, sizeof(*t.files), fs_hfcache_file_cmp);
+		files = calloc(t.n ? t.n : 1, sizeof(*files));
+		rc = files ? 0 : -ENOMEM;
+	}
+	for (size_t i = 0; !rc && i < t.n; i++) {
+		files[i].path = t.files[i].path;
+		files[i].size = t.files[i].size;
+		files[i].oid = t.files[i].oid;
+		files[i].sha256 = t.files[i].sha256;
+	}
+	if (!rc) {
+		*out = hub_tree_cache_json(files, t.n);
+		rc = *out ? 0 : -ENOMEM;
+	}
+	free(files);
+	for (size_t i = 0; i < t.n; i++)
+		free(t.files[i].path);
+	free(t.files);
+	for (size_t i = 0; i < t.n_dirs; i++)
+		free(t.dirs[i]);
+	free(t.dirs);
+	return rc;
+}
+
+int fs_hfcache_content(struct fs *fs, const struct fs_node *n, char **out, size_t *len)
+{
+	struct hub_repo repo;
+	int rc = 0;
+
+	if (n->p.kind == FS_PATH_HFC_TREES) {
+		fs_repo_of(n, &repo);
+		rc = fs_hfcache_tree_json(fs, &repo, n->p.rev, out);
+	} else {
+		*out = strdup(n->p.kind == FS_PATH_HFC_REF ? n->commit : "");
+		if (!*out)
+			rc = -ENOMEM;
+	}
+	if (!rc)
+		*len = strlen(*out);
+	return rc;
+}
+
+/* trees/COMMIT.json: there for any commit of the repo not too big. */
+static int fs_hfcache_trees(struct fs *fs, struct fs_node *proto)
+{
+	struct hub_repo repo;
+	struct hub_revision rev;
+	char *json;
+	int rc;
+
+	if (!proto->p.rev[0]) {
+		proto->is_dir = true;
+		return 0;
+	}
+	fs_repo_of(proto, &repo);
+	rc = meta_revision(fs->meta, &repo, proto->p.rev, &rev);
+	if (rc)
+		return rc;
+	memcpy(proto->commit, rev.commit, sizeof(proto->commit));
+	rc = fs_hfcache_tree_json(fs, &repo, rev.commit, &json);
+	if (rc == -EFBIG)
+		return -ENOENT; /* the library lists the tree itself */
+	if (rc)
+		return rc;
+	proto->size = strlen(json);
+	free(json);
+	return 0;
+}
+
 int fs_hfcache_child(struct fs *fs, struct fs_node *proto)
 {
 	struct hub_repo repo;
@@ -180,6 +334,8 @@ int fs_hfcache_child(struct fs *fs, struct fs_node *proto)
 		return fs_hfcache_ref(fs, proto);
 	case FS_PATH_HFC_NOEXIST:
 		return fs_hfcache_noexist(fs, proto);
+	case FS_PATH_HFC_TREES:
+		return fs_hfcache_trees(fs, proto);
 	default:
 		return -ENOENT;
 	}
@@ -213,7 +369,8 @@ static int fs_hfcache_list_root(struct fs *fs, struct fs_hfcache_seen *s, fs_hfc
 	return rc;
 }
 
-/* refs/ or a directory of ref names, or snapshots/: from the repo's refs. */
+/* refs/ or a directory of ref names, snapshots/, trees/: from the repo's
+ * refs. */
 static int fs_hfcache_list_refs(struct fs *fs, const struct fs_node *n, struct fs_hfcache_seen *s,
 				fs_hfcache_add_fn add, void *arg)
 {
@@ -231,6 +388,11 @@ static int fs_hfcache_list_refs(struct fs *fs, const struct fs_node *n, struct f
 
 		if (n->p.kind == FS_PATH_HFC_SNAPSHOTS) {
 			rc = fs_hfcache_add_once(s, r->commit, strlen(r->commit), true, add, arg);
+		} else if (n->p.kind == FS_PATH_HFC_TREES) {
+			char name[HUB_COMMIT_LEN + sizeof(".json")];
+
+			snprintf(name, sizeof(name), "%s.json", r->commit);
+			rc = fs_hfcache_add_once(s, name, strlen(name), false, add, arg);
 		} else if (fs_hfcache_below(r->name, n->p.rev, &rest)) {
 			const char *slash = strchr(rest, '/');
 
@@ -256,10 +418,13 @@ int fs_hfcache_list(struct fs *fs, const struct fs_node *n, fs_hfcache_add_fn ad
 		if (!rc)
 			rc = add(arg, "snapshots", true);
 		if (!rc)
+			rc = add(arg, "trees", true);
+		if (!rc)
 			rc = add(arg, ".no_exist", true);
 		break;
 	case FS_PATH_HFC_SNAPSHOTS:
 	case FS_PATH_HFC_REF:
+	case FS_PATH_HFC_TREES:
 		rc = fs_hfcache_list_refs(fs, n, &s, add, arg);
 		break;
 	default:

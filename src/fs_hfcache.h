@@ -14,6 +14,8 @@
  *       .no_exist/COMMIT/PATH          an empty file where COMMIT has no
  *                                      PATH, a directory where it has a
  *                                      directory, nothing where it has a file
+ *       trees/COMMIT.json              COMMIT's files as huggingface_hub
+ *                                      caches a tree listing (_tree_cache.py)
  *
  * There is no blobs/ (the snapshot files are the files, not symlinks into
  * it): huggingface_hub returns the snapshot path it finds before it looks
@@ -32,20 +34,22 @@
 #include "fs_ops.h"
 #include "fs_inode.h"
 
-/* Whether node @n is one of the layout's files (a ref, or a .no_exist file);
- * its content is fs_hfcache_content(). */
+/* Whether node @n is one of the layout's files (a ref, a .no_exist file, a
+ * tree listing); its content is fs_hfcache_content(). */
 static inline bool fs_hfcache_is_file(const struct fs_node *n)
 {
-	return (n->p.kind == FS_PATH_HFC_REF || n->p.kind == FS_PATH_HFC_NOEXIST) && !n->is_dir;
+	return (n->p.kind == FS_PATH_HFC_REF || n->p.kind == FS_PATH_HFC_NOEXIST ||
+		n->p.kind == FS_PATH_HFC_TREES) &&
+	       !n->is_dir;
 }
 
-/* The content of file node @n (fs_hfcache_is_file()): for a ref, the commit
- * id it pointed at when the node was made (n->commit, n->size bytes); ""
- * for a .no_exist file.  Borrowed from @n. */
-static inline const char *fs_hfcache_content(const struct fs_node *n)
-{
-	return n->p.kind == FS_PATH_HFC_REF ? n->commit : "";
-}
+/* The content of file node @n (fs_hfcache_is_file()), made when it is
+ * opened: for a ref, the commit id it pointed at when the node was made
+ * (n->commit); "" for a .no_exist file; the JSON listing for a tree file
+ * (n->size bytes: the same as when the node was made, as a commit's tree
+ * never changes).  Returns 0 with *@out (the caller frees it) and its length
+ * in *@len, or -errno. */
+int fs_hfcache_content(struct fs *fs, const struct fs_node *n, char **out, size_t *len);
 
 /* Completes @proto, a node of an FS_PATH_HFC* kind that fs_child_at() parsed
  * (proto->p), from the repo's refs and trees: is_dir, size, commit.

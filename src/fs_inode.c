@@ -287,7 +287,8 @@ static bool fs_same(const struct fs_node *a, const struct fs_node *b)
 	if (a->p.kind != b->p.kind)
 		return false;
 	/* a ref of .hf-cache that moved is a new file (its content) */
-	if (a->p.kind == FS_PATH_HFC_REF || a->p.kind == FS_PATH_HFC_NOEXIST)
+	if (a->p.kind == FS_PATH_HFC_REF || a->p.kind == FS_PATH_HFC_NOEXIST ||
+	    a->p.kind == FS_PATH_HFC_TREES)
 		return a->is_dir == b->is_dir && !strcmp(a->commit, b->commit);
 	if (a->p.kind != FS_PATH_ENTRY)
 		return true;

@@ -28,6 +28,8 @@ struct fs_file {
 	bool append;                /* O_APPEND */
 	char *path;                 /* an entry of a branch view: its path in the repo
 				       when opened, or NULL */
+	char *content;              /* a file of .hf-cache made when opened
+				       (fs_hfcache_content()), or NULL */
 	struct fs_file *live_next;  /* protected by fs->live's lock */
 	struct fs_file **live_pprev; /* protected by fs->live's lock; NULL: not listed */
 	pthread_mutex_t lock;
@@ -46,7 +48,7 @@ static inline struct fs *fs_of(fuse_req_t req)
 static inline bool fs_is_dir(const struct fs_node *n)
 {
 	if (n->p.kind == FS_PATH_ENTRY || n->p.kind == FS_PATH_HFC_REF ||
-	    n->p.kind == FS_PATH_HFC_NOEXIST)
+	    n->p.kind == FS_PATH_HFC_NOEXIST || n->p.kind == FS_PATH_HFC_TREES)
 		return n->is_dir;
 	return n->p.kind != FS_PATH_ME;
 }

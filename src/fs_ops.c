@@ -692,6 +692,7 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 	case FS_PATH_HFC_SNAPSHOTS:
 	case FS_PATH_HFC_REF:
 	case FS_PATH_HFC_NOEXIST:
+	case FS_PATH_HFC_TREES:
 		rc = fs_hfcache_child(fs, proto);
 		break;
 	case FS_PATH_REVISION:
@@ -1234,7 +1235,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	case FS_PATH_HFC_REPO:
 	case FS_PATH_HFC_SNAPSHOTS:
 	case FS_PATH_HFC_REF:
-	case FS_PATH_HFC_NOEXIST: {
+	case FS_PATH_HFC_NOEXIST:
+	case FS_PATH_HFC_TREES: {
 		struct fs_hfcache_dir hd = { req, d };
 
 		rc = fs_hfcache_list(fs, n, fs_hfcache_dir_add, &hd);
@@ -1345,6 +1347,7 @@ void fs_file_free(struct fs *fs, struct fs_file *f)
 {
 	fs_live_remove(fs, f);
 	free(f->path);
+	free(f->content);
 	if (f->w && stage_writer_close(f->w))
 		log_msg(LOG_ERR, "'%s': the last writes could not be journaled", f->node->fullpath);
 	if (f->fd >= 0)
@@ -1370,6 +1373,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs_node moved;
 	const struct fs_node *v = n; /* what is opened: @n, or where it moved */
 	char cur[41];
+	size_t len;
 	int rc = 0;
 
 	memset(&e, 0, sizeof(e));
@@ -1399,8 +1403,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		pthread_mutex_init(&f->lock, NULL);
 		f->fd = -1;
 		f->node = n;
-		f->size = n->size;
 		n = NULL;
+		rc = fs_hfcache_content(fs, f->node, &f->content, &len);
+		if (rc)
+			goto fail;
+		f->size = len;
 		fi->keep_cache = 1;
 		goto opened;
 	}
@@ -1662,14 +1669,13 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		goto out;
 	}
-	if (fs_hfcache_is_file(f->node)) {
-		const char *content = fs_hfcache_content(f->node);
-
+	if (f->content) {
+		/* a file of .hf-cache, made at open */
 		if ((uint64_t)off >= f->size)
 			size = 0;
 		else if (size > f->size - (uint64_t)off)
 			size = (size_t)(f->size - (uint64_t)off);
-		fuse_reply_buf(req, size ? content + off : NULL, size);
+		fuse_reply_buf(req, size ? f->content + off : NULL, size);
 		goto out;
 	}
 	if (f->w || f->fd >= 0 || (f->path && __atomic_load_n(&f->node->live, __ATOMIC_ACQUIRE))) {

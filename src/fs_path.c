@@ -221,6 +221,19 @@ static int fs_path_hfc(const char *p, struct fs_path *out)
 			out->kind = FS_PATH_HFC_NOEXIST;
 		return rc;
 	}
+	if (!strcmp(seg, "trees")) {
+		/* trees/COMMIT.json, huggingface_hub's tree listing cache */
+		size_t len = strlen(p);
+
+		out->kind = FS_PATH_HFC_TREES;
+		if (!*p)
+			return 0;
+		if (len != HUB_COMMIT_LEN + 5 || strcmp(p + HUB_COMMIT_LEN, ".json"))
+			return -ENOENT;
+		memcpy(out->rev, p, HUB_COMMIT_LEN);
+		out->rev[HUB_COMMIT_LEN] = '\0';
+		return fs_path_commit_hex(out->rev) ? 0 : -ENOENT;
+	}
 	/* blobs/, .locks/, CACHEDIR.TAG...: absent (see fs_hfcache.h) */
 	return -ENOENT;
 }

@@ -29,6 +29,7 @@
  *                                                  directory of ref names
  *   "HFCREPO/.no_exist[/COMMIT[/PATH]]" FS_PATH_HFC_NOEXIST  rev: "" or
  *                                                  COMMIT, path: PATH or ""
+ *   "HFCREPO/trees[/COMMIT.json]" FS_PATH_HFC_TREES rev: "" or COMMIT
  *
  * Parsing checks every name against the Hub's rules (hub_id.h), so a name that
  * cannot exist on the Hub is refused without asking it.  It says nothing about
@@ -55,6 +56,7 @@ enum fs_path_kind {
 	FS_PATH_HFC_SNAPSHOTS,
 	FS_PATH_HFC_REF,
 	FS_PATH_HFC_NOEXIST,
+	FS_PATH_HFC_TREES,
 	FS_PATH_REVISION,
 	FS_PATH_ENTRY,
 };

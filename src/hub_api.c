@@ -1403,3 +1403,30 @@ out:
 	http_response_release(&resp);
 	return rc;
 }
+
+char *hub_tree_cache_json(const struct hub_tree_file *files, size_t n)
+{
+	cJSON *root = cJSON_CreateObject(), *all, *file;
+	char *text = NULL;
+
+	if (!root || !cJSON_AddNumberToObject(root, "format_version", 1))
+		goto out;
+	all = cJSON_AddObjectToObject(root, "files");
+	if (!all)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const struct hub_tree_file *f = &files[i];
+
+		file = cJSON_AddObjectToObject(all, f->path);
+		if (!file || !cJSON_AddNumberToObject(file, "size", (double)f->size) ||
+		    !cJSON_AddStringToObject(file, "blob_id", f->oid))
+			goto out;
+		if (f->sha256[0] && (!cJSON_AddStringToObject(file, "lfs_sha256", f->sha256) ||
+				     !cJSON_AddNumberToObject(file, "lfs_size", (double)f->size)))
+			goto out;
+	}
+	text = cJSON_PrintUnformatted(root);
+out:
+	cJSON_Delete(root);
+	return text;
+}

@@ -192,6 +192,20 @@ int hub_set_private(struct http_client *http, const struct hub_repo *repo, bool 
 int hub_validate_yaml(struct http_client *http, enum hub_repo_type type, const char *content,
 		      char **reason);
 
+/* A file of a commit's tree, for hub_tree_cache_json(). */
+struct hub_tree_file {
+	const char *path;
+	uint64_t size;
+	const char *oid;    /* git blob id */
+	const char *sha256; /* LFS oid, or "" */
+};
+
+/* The tree listing of a commit in the JSON that huggingface_hub keeps in its
+ * cache as trees/COMMIT.json (format_version 1: "files", by path, each with
+ * "size", "blob_id" and for LFS files "lfs_sha256" and "lfs_size"), in the
+ * order of @files.  Returns a string the caller frees, or NULL (no memory). */
+char *hub_tree_cache_json(const struct hub_tree_file *files, size_t n);
+
 /* Parses an ISO 8601 UTC time ("2026-06-01T12:34:56.000Z").  Returns the
  * seconds since the epoch, or -1. */
 int64_t hub_parse_time(const char *s);

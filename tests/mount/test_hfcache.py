@@ -123,7 +123,9 @@ def test_refs(hub, m):
     T.ok(os.path.isdir(m.p(TINY + "/refs/refs/pr")), "refs/refs/pr is a directory")
     T.eq(set(os.listdir(m.p(TINY + "/snapshots"))), set(refs.values()),
          "snapshots/ lists the commits of the refs")
-    T.eq(sorted(os.listdir(m.p(TINY))), [".no_exist", "refs", "snapshots"], "a repo folder lists its parts")
+    T.eq(sorted(os.listdir(m.p(TINY))), [".no_exist", "refs", "snapshots", "trees"], "a repo folder lists its parts")
+    T.eq(set(os.listdir(m.p(TINY + "/trees"))), {c + ".json" for c in refs.values()},
+         "trees/ lists COMMIT.json for the commits of the refs")
 
 
 def test_snapshots(hub, m):
@@ -150,6 +152,29 @@ def test_snapshots(hub, m):
          "snapshots/FIRST/README.md: the tree of a commit no ref points at")
     T.eq(open(m.p("alice/tiny-model@%s/README.md" % first), "rb").read(), readme,
          "snapshots/COMMIT/PATH is the pinned view REPO@COMMIT/PATH")
+
+
+def test_trees(hub, m):
+    """trees/COMMIT.json: the commit's files as huggingface_hub caches a tree listing (_tree_cache.py)."""
+    for kind, repo, folder, ref in (("model", "alice/tiny-model", TINY, "main"),
+                                    ("dataset", "acme-research/sample-dataset",
+                                     ".hf-cache/datasets--acme-research--sample-dataset", "main")):
+        commit = hub_commit(hub, kind, repo, ref)
+        tree = hub_tree(hub, kind, repo, commit)
+        path = m.p("%s/trees/%s.json" % (folder, commit))
+        raw = open(path, "rb").read()
+        data = json.loads(raw)
+        files = data.get("files", {})
+        T.ok(data.get("format_version") == 1 and os.path.getsize(path) == len(raw),
+             "%s: trees/COMMIT.json is format_version 1, its size what stat says" % repo)
+        T.eq(list(files), sorted(tree), "%s: it lists every file of the commit, sorted" % repo)
+        want = {}
+        for p, e in tree.items():
+            w = {"size": e["size"], "blob_id": e["oid"]}
+            if e.get("lfs"):
+                w.update(lfs_sha256=e["lfs"]["oid"], lfs_size=e["lfs"]["size"])
+            want[p] = w
+        T.eq(files, want, "%s: size, blob_id and the LFS sha256 and size are the Hub's" % repo)
 
 
 def test_hf_hub_download(hub, m):
@@ -228,7 +253,9 @@ def test_enoent(hub, m):
         ".hf-cache/models--.x--y",
         ".hf-cache/CACHEDIR.TAG",
         TINY + "/blobs",
-        TINY + "/trees",
+        TINY + "/trees/" + main,
+        TINY + "/trees/" + main[:7] + ".json",
+        TINY + "/trees/x",
         TINY + "/snapshots/main",
         TINY + "/snapshots/" + main[:7],
         TINY + "/snapshots/" + main.upper(),
@@ -308,7 +335,7 @@ def main():
         return 0
     with LocalHub(seed=True) as hub:
         with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--ttl", "1"]) as m:
-            for test in (test_refs, test_snapshots, test_hf_hub_download, test_read_only, test_enoent, test_ranges,
+            for test in (test_refs, test_snapshots, test_trees, test_hf_hub_download, test_read_only, test_enoent, test_ranges,
                          test_listing, test_moved_ref):
                 try:
                     test(hub, m)
