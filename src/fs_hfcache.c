@@ -27,6 +27,8 @@
 #include "fs_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -433,4 +435,38 @@ int fs_hfcache_list(struct fs *fs, const struct fs_node *n, fs_hfcache_add_fn ad
 	}
 	fs_hfcache_seen_release(&s);
 	return rc;
+}
+
+int fs_hfcache_may_open(const struct fs_node *n, int flags)
+{
+	if ((flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC))
+		return 0;
+	if (n->p.kind == FS_PATH_HFC_REF && (flags & O_ACCMODE) != O_RDONLY && (flags & O_TRUNC) &&
+	    !(flags & O_APPEND))
+		return 0;
+	return -EROFS;
+}
+
+int fs_hfcache_rewrite(struct fs_file *f, const char *buf, size_t size, uint64_t off)
+{
+	if (!f->rewrite || off > f->size || size > f->size - off ||
+	    memcmp(f->content + off, buf, size))
+		return -EROFS;
+	pthread_mutex_lock(&f->lock);
+	if (off <= f->rewritten && off + size > f->rewritten)
+		f->rewritten = off + size;
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
+int fs_hfcache_rewrite_done(struct fs_file *f)
+{
+	uint64_t done;
+
+	if (!f->rewrite)
+		return 0;
+	pthread_mutex_lock(&f->lock);
+	done = f->rewritten;
+	pthread_mutex_unlock(&f->lock);
+	return done == f->size ? 0 : -EROFS;
 }

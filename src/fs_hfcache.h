@@ -17,6 +17,10 @@
  *       trees/COMMIT.json              COMMIT's files as huggingface_hub
  *                                      caches a tree listing (_tree_cache.py)
  *
+ * A ref file may be opened with O_TRUNC for writing and given the bytes it
+ * holds (snapshot_download() writes the ref it resolved without reading it
+ * first): nothing changes; any other write is EROFS.
+ *
  * There is no blobs/ (the snapshot files are the files, not symlinks into
  * it): huggingface_hub returns the snapshot path it finds before it looks
  * there.  Everything is read-only (the kinds are below FS_PATH_REVISION, or
@@ -50,6 +54,20 @@ static inline bool fs_hfcache_is_file(const struct fs_node *n)
  * never changes).  Returns 0 with *@out (the caller frees it) and its length
  * in *@len, or -errno. */
 int fs_hfcache_content(struct fs *fs, const struct fs_node *n, char **out, size_t *len);
+
+struct fs_file;
+
+/* Whether @n may be opened with open(2) @flags: read-only, or a ref with
+ * O_TRUNC for writing (its content again).  Returns 0 or -EROFS. */
+int fs_hfcache_may_open(const struct fs_node *n, int flags);
+
+/* A write to @f, a ref opened for writing: 0 when @buf is the content at
+ * @off, else -EROFS (nothing changes either way). */
+int fs_hfcache_rewrite(struct fs_file *f, const char *buf, size_t size, uint64_t off);
+
+/* At flush of @f: 0 unless it was opened for writing and not given its
+ * whole content again (the file was not left as written): -EROFS. */
+int fs_hfcache_rewrite_done(struct fs_file *f);
 
 /* Completes @proto, a node of an FS_PATH_HFC* kind that fs_child_at() parsed
  * (proto->p), from the repo's refs and trees: is_dir, size, commit.

@@ -30,12 +30,16 @@ struct fs_file {
 				       when opened, or NULL */
 	char *content;              /* a file of .hf-cache made when opened
 				       (fs_hfcache_content()), or NULL */
+	bool rewrite;               /* a ref of .hf-cache opened with O_TRUNC for
+				       writing its content again (fs_hfcache.h) */
 	struct fs_file *live_next;  /* protected by fs->live's lock */
 	struct fs_file **live_pprev; /* protected by fs->live's lock; NULL: not listed */
 	pthread_mutex_t lock;
 	uint64_t next_off;          /* protected by lock: where a sequential read goes on */
 	uint64_t run;               /* protected by lock: bytes read sequentially so far */
 	uint64_t ahead;             /* protected by lock: read-ahead queued up to here */
+	uint64_t rewritten;         /* protected by lock: with rewrite, the bytes
+				       of content written again from 0 */
 };
 
 static inline struct fs *fs_of(fuse_req_t req)

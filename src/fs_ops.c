@@ -1390,11 +1390,13 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	rc = 0;
 	writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	if (fs_hfcache_is_file(n)) {
-		/* a file of .hf-cache: its content is the node's, read-only */
-		if (writing) {
-			rc = -EROFS;
+		/* a file of .hf-cache: its content is the node's, read-only
+		 * but for a ref written again as it is */
+		rc = writing ? fs_may_change(req) : 0;
+		if (!rc)
+			rc = fs_hfcache_may_open(n, fi->flags);
+		if (rc)
 			goto fail;
-		}
 		f = calloc(1, sizeof(*f));
 		if (!f) {
 			rc = -ENOMEM;
@@ -1408,7 +1410,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (rc)
 			goto fail;
 		f->size = len;
-		fi->keep_cache = 1;
+		f->rewrite = writing;
+		fi->keep_cache = !writing;
 		goto opened;
 	}
 	if (fs_is_dir(n) || n->p.kind != FS_PATH_ENTRY) {

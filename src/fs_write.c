@@ -33,6 +33,7 @@
  */
 #include "config.h"
 
+#include "fs_hfcache.h"
 #include "fs_internal.h"
 
 #include <errno.h>
@@ -388,7 +389,14 @@ void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_
 		fuse_reply_err(req, EBADF);
 		return;
 	}
-	if (!f->w || off < 0) {
+	if (f->rewrite && off >= 0) {
+		/* a ref of .hf-cache given its content again */
+		n = fs_hfcache_rewrite(f, buf, size, (uint64_t)off);
+		if (n < 0)
+			fuse_reply_err(req, (int)-n);
+		else
+			fuse_reply_write(req, size);
+	} else if (!f->w || off < 0) {
 		fuse_reply_err(req, f->w ? EINVAL : EBADF);
 	} else {
 		/* the kernel's write-back of a shared map writes where the
@@ -447,6 +455,8 @@ void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (f->w)
 		rc = stage_writer_flush(f->w);
+	else
+		rc = fs_hfcache_rewrite_done(f);
 	fs_handle_put(fs->files, fi->fh, f);
 	fuse_reply_err(req, -rc);
 }

@@ -221,9 +221,43 @@ def test_read_only(hub, m):
     main = hub_commit(hub, "model", "alice/tiny-model", "main")
     snap = m.p("%s/snapshots/%s" % (TINY, main))
     ref = m.p(TINY + "/refs/main")
+    # snapshot_download() writes the ref it resolved without reading it: the same bytes pass.
+    try:
+        with open(ref, "w") as f:
+            f.write(main)
+        T.ok(True, "refs/main written again with its own content (open 'w', write, close): no error")
+    except OSError as e:
+        T.ok(False, "refs/main written again with its own content: %r" % e)
+
+    def write_other():
+        fd = os.open(ref, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, b"0" * 40)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def write_nothing():
+        fd = os.open(ref, os.O_WRONLY | os.O_TRUNC)
+        os.close(fd)
+
+    def write_part():
+        fd = os.open(ref, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, main[:20].encode())
+        os.close(fd)
+    T.eq(errno_of(write_other), errno.EROFS, "refs/main given other bytes: EROFS at write")
+    T.eq(errno_of(write_nothing), errno.EROFS, "refs/main opened with O_TRUNC and closed unwritten: EROFS at close")
+    T.eq(errno_of(write_part), errno.EROFS, "refs/main given half its content: EROFS at close")
+    T.ok(read_text(ref) == main and os.stat(ref).st_size == 40, "refs/main still holds the commit, 40 bytes")
     cases = [
-        ("open refs/main for writing", lambda: open(ref, "w")),
-        ("open refs/main O_WRONLY", lambda: os.open(ref, os.O_WRONLY)),
+        ("open refs/main O_WRONLY without O_TRUNC", lambda: os.open(ref, os.O_WRONLY)),
+        ("open refs/main O_RDWR|O_APPEND", lambda: os.open(ref, os.O_RDWR | os.O_APPEND | os.O_TRUNC)),
+        ("open .no_exist/COMMIT/x for writing",
+         lambda: os.open(m.p(TINY + "/.no_exist/%s/x" % main), os.O_WRONLY | os.O_TRUNC)),
+        ("open trees/COMMIT.json for writing",
+         lambda: os.open(m.p(TINY + "/trees/%s.json" % main), os.O_WRONLY | os.O_TRUNC)),
         ("create refs/new", lambda: open(m.p(TINY + "/refs/new"), "w")),
         ("unlink refs/main", lambda: os.unlink(ref)),
         ("rename refs/main", lambda: os.rename(ref, ref + ".x")),
@@ -231,7 +265,7 @@ def test_read_only(hub, m):
         ("mkdir .hf-cache/.locks", lambda: os.mkdir(m.p(".hf-cache/.locks"))),
         ("create in snapshots/COMMIT", lambda: open(os.path.join(snap, "new.txt"), "w")),
         ("write snapshots/COMMIT/config.json", lambda: open(os.path.join(snap, "config.json"), "r+b")),
-        ("touch .no_exist/COMMIT/x (exists)", lambda: open(m.p(TINY + "/.no_exist/%s/x" % main), "w")),
+        ("mkdir trees/", lambda: os.mkdir(m.p(TINY + "/trees/new"))),
         ("rmdir snapshots/COMMIT/docs", lambda: os.rmdir(os.path.join(snap, "docs"))),
     ]
     for what, fn in cases:
