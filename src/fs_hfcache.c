@@ -13,8 +13,8 @@
  *   answers that the file is there: its absence is a fact of the commit.
  * - snapshot_download() reads trees/COMMIT.json (the commit's files, which
  *   it otherwise lists from the Hub and then tries to write there), and
- *   writes refs/NAME without looking first, logging a warning when it cannot:
- *   here it cannot (EROFS).
+ *   writes refs/NAME without reading it first (a warning when it cannot):
+ *   the same bytes again pass (fs_hfcache_rewrite()).
  * - mkdir with exist_ok of refs/, snapshots/COMMIT/...: the kernel answers
  *   EEXIST for a directory that is there, before asking the mount.
  *
@@ -239,7 +239,8 @@ static int fs_hfcache_tree_json(struct fs *fs, const struct hub_repo *repo, cons
 	char *dir = strdup("");
 	int rc = dir ? 0 : -ENOMEM;
 
-	/* Breadth first: no listing runs inside another's callback. */
+	/* A stack of the directories still to list, not a listing inside
+	 * another's callback: the depth of a tree costs no C stack. */
 	while (!rc && dir) {
 		rc = meta_list(fs->meta, repo, commit, dir, fs_hfcache_tree_entry, &t);
 		free(dir);

@@ -101,10 +101,14 @@ struct fs_dir {
 	size_t n, n_cap;
 };
 
-/* Names and attributes under a full commit id never change. */
+/* Names and attributes under a full commit id never change (in .hf-cache
+ * too: snapshots/COMMIT/, trees/COMMIT.json, .no_exist/COMMIT/). */
 double fs_timeout(struct fs *fs, const struct fs_node *n)
 {
-	if (n->p.kind >= FS_PATH_REVISION && n->p.pinned && hub_commit_id_valid(n->p.rev, false))
+	bool of_commit = n->p.kind >= FS_PATH_REVISION || n->p.kind == FS_PATH_HFC_TREES ||
+			 n->p.kind == FS_PATH_HFC_NOEXIST;
+
+	if (of_commit && n->p.pinned && hub_commit_id_valid(n->p.rev, false))
 		return FS_PINNED_TIMEOUT;
 	return fs->ttl;
 }
