@@ -37,8 +37,9 @@
 #include "hub_id.h"
 
 /* Files of a commit beyond which trees/COMMIT.json is not offered (the
- * library then lists the tree itself): about 150 bytes each in memory. */
-#define FS_HFCACHE_TREE_MAX 200000
+ * library then lists the tree itself): it is made at each lookup and open,
+ * some 500 bytes a file in memory while it is made (150 in the JSON). */
+#define FS_HFCACHE_TREE_MAX 100000
 
 /* Names a listing gave already: listings here are small (refs, commits). */
 struct fs_hfcache_seen {
