@@ -1401,7 +1401,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			f->blob = cache_blob_get(fs->cache, ss.sha256, f->size, &rc);
 			if (!f->blob)
 				goto fail;
-			f->src = url ? fetch_source_new(fs->fetch, url, ss.sha256, f->size) : NULL;
+			f->src = url ? fetch_source_new(fs->fetch, &repo, url, ss.sha256, f->size) : NULL;
 			if (!f->src) {
 				rc = -ENOMEM;
 				goto fail;
@@ -1446,7 +1446,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		f->blob = cache_blob_get(fs->cache, id, f->size, &rc);
 		if (!f->blob)
 			goto fail;
-		f->src = url ? fetch_source_new(fs->fetch, url, id, f->size) : NULL;
+		f->src = url ? fetch_source_new(fs->fetch, &repo, url, id, f->size) : NULL;
 		if (!f->src) {
 			rc = -ENOMEM;
 			goto fail;
