@@ -513,6 +513,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	fc.http = m.http;
 	fc.cache = m.cache;
 	fc.blobsrc = m.blobsrc;
+	fc.offline = offline;
 	m.fs.fetch = fetch_new(&fc, &rc);
 	m.fs.inodes = fs_inodes_new();
 	if (!m.fs.fetch || !m.fs.inodes || fs_handles_init(&m.fs))

@@ -52,6 +52,7 @@ struct fetch {
 	struct http_client *http;
 	struct cache *cache;
 	struct blobsrc *blobsrc;
+	bool offline;
 	uint64_t piece;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -415,6 +416,8 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 			return rc;
 		rc = 0; /* the Hub has it */
 	}
+	if (f->offline)
+		return -ENODATA;
 	while (sink.pos < sink.end) {
 		struct http_response resp;
 		uint64_t before = sink.pos;
@@ -516,6 +519,11 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 	return sink.pos >= sink.end ? 0 : (rc ? rc : -EIO);
 }
 
+cache_fill_fn fetch_filler(const struct fetch *f)
+{
+	return f->offline && !f->blobsrc ? NULL : fetch_fill;
+}
+
 static void fetch_job_free(struct fetch_job *j)
 {
 	cache_blob_put(j->blob);
@@ -615,6 +623,7 @@ struct fetch *fetch_new(const struct fetch_config *cfg, int *err)
 	f->http = cfg->http;
 	f->cache = cfg->cache;
 	f->blobsrc = cfg->blobsrc;
+	f->offline = cfg->offline;
 	chunk = cache_chunk_size(cfg->cache);
 	f->piece = cfg->piece ? cfg->piece : 8u << 20;
 	if (f->piece < chunk)

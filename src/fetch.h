@@ -35,6 +35,7 @@ struct fetch_config {
 	struct http_client *http; /* borrowed */
 	struct cache *cache;      /* borrowed */
 	struct blobsrc *blobsrc;  /* borrowed; NULL: the Hub only */
+	bool offline;             /* never ask the Hub: blob sources only */
 	int threads;              /* read-ahead threads; 0 for 8 */
 	uint64_t piece;           /* bytes per read-ahead request; 0 for 8 MiB */
 };
@@ -67,8 +68,13 @@ struct fetch_call {
 	void *cancel_arg;
 };
 
-/* The cache's fill callback (cache_fill_fn); @arg is a struct fetch_call. */
+/* The cache's fill callback (cache_fill_fn); @arg is a struct fetch_call.
+ * Offline, what the blob sources do not hold fails with -ENODATA. */
 int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len);
+
+/* The fill callback to give the cache: fetch_fill, or NULL when @f is
+ * offline without blob sources (nothing can be filled). */
+cache_fill_fn fetch_filler(const struct fetch *f);
 
 /* The link as range answers measured it (moving averages): *@wait_s, the
  * seconds from a request to its first byte, and *@rate, one answer's

@@ -1594,8 +1594,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fs *fs = fs_of(req);
 	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
 	struct fetch_call call = { .cancel = fs_interrupted, .cancel_arg = req };
-	/* Offline, only what is cached can be read. */
-	cache_fill_fn fill = fs->offline ? NULL : fetch_fill;
+	/* Offline, only what is cached (or in a blob source) can be read. */
+	cache_fill_fn fill = fetch_filler(fs->fetch);
 	uint64_t end, ra_from = 0, ra_len = 0, ra_piece = 0;
 	double wait = 0, rate = 0;
 	char *buf;

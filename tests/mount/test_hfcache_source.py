@@ -10,6 +10,7 @@ naming it); the cache directory is the same afterwards, byte for byte, with
 the same times.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -290,6 +291,25 @@ def test_odd_entries(hub, files, tmp):
     T.eq(snapshot(root), before, "the odd cache dir is unchanged")
 
 
+def test_offline(hub, files, root, tmp):
+    """Offline (--offline), a file the hubfs cache lacks is read from the cache dir."""
+    cache_dir = os.path.join(tmp, "hubfs-cache-offline")
+    rels = ["%s/main/%s" % k for k in files]
+    with Mount(hub, token=ALICE_WRITE_TOKEN, cache_dir=cache_dir, args=["--no-hf-cache"]) as m:
+        sizes = {rel: os.stat(m.p(rel)).st_size for rel in rels}  # the trees, not the bytes
+    T.ok(all(sizes[rel] == len(files[k][0]) for rel, k in zip(rels, files)), "online: the trees are seen")
+    with Mount(hub, token=ALICE_WRITE_TOKEN, cache_dir=cache_dir, args=["--offline", "--no-hf-cache"]) as m:
+        try:
+            m.read(rels[1])
+            err = 0
+        except OSError as e:
+            err = e.errno
+    T.eq(err, errno.EIO, "offline without the cache dir: %s is not there (EIO)" % rels[1])
+    with Mount(hub, token=ALICE_WRITE_TOKEN, cache_dir=cache_dir, args=["--offline", "--hf-cache", root]) as m:
+        ok = all(sha256(read_file(m, rel)) == sha256(files[k][0]) for rel, k in zip(rels, files))
+        T.ok(ok, "offline with --hf-cache: every file, right bytes")
+
+
 files_elsewhere = None
 
 
@@ -311,7 +331,8 @@ def main():
             broken = os.path.join(tmp, "broken")
             shutil.copytree(root, broken, symlinks=True)
             for test, args in ((test_good, (hub, files, root)), (test_default, (hub, files, hf_home)),
-                               (test_corrupt, (hub, files, broken)), (test_odd_entries, (hub, files, tmp))):
+                               (test_corrupt, (hub, files, broken)), (test_odd_entries, (hub, files, tmp)),
+                               (test_offline, (hub, files, root, tmp))):
                 try:
                     test(*args)
                 except Exception as e:  # noqa: B902 - a crash of a test is a failure, the rest go on
