@@ -53,6 +53,7 @@ struct blobsrc_ident {
 
 struct blobsrc_entry {
 	char id[CACHE_ID_MAX];
+	uint64_t size; /* asked for with the id (a wrong size is another entry) */
 	char *path;     /* where a copy was found; NULL: none (or not looked) */
 	time_t missed;  /* when a lookup found none; 0: never */
 	enum blobsrc_state state;
@@ -145,18 +146,19 @@ void blobsrc_free(struct blobsrc *bs)
 	free(bs);
 }
 
-static struct blobsrc_entry *blobsrc_find_locked(struct blobsrc *bs, const char *id)
+static struct blobsrc_entry *blobsrc_find_locked(struct blobsrc *bs, const char *id, uint64_t size)
 {
 	for (struct blobsrc_entry *e = bs->entries; e; e = e->next)
-		if (!strcmp(e->id, id))
+		if (e->size == size && !strcmp(e->id, id))
 			return e;
 	return NULL;
 }
 
-/* The entry of @id, made if needed; NULL when out of memory. */
-static struct blobsrc_entry *blobsrc_entry_locked(struct blobsrc *bs, const char *id)
+/* The entry of @id and @size, made if needed; NULL when out of memory. */
+static struct blobsrc_entry *blobsrc_entry_locked(struct blobsrc *bs, const char *id,
+						  uint64_t size)
 {
-	struct blobsrc_entry *e = blobsrc_find_locked(bs, id), **pe;
+	struct blobsrc_entry *e = blobsrc_find_locked(bs, id, size), **pe;
 
 	if (e)
 		return e;
@@ -175,6 +177,7 @@ static struct blobsrc_entry *blobsrc_entry_locked(struct blobsrc *bs, const char
 	if (!e)
 		return NULL;
 	snprintf(e->id, sizeof(e->id), "%s", id);
+	e->size = size;
 	e->next = bs->entries;
 	bs->entries = e;
 	bs->n_entries++;
@@ -378,7 +381,7 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 		return -ENOENT;
 	pthread_mutex_lock(&bs->lock);
 	for (;;) {
-		e = blobsrc_entry_locked(bs, id);
+		e = blobsrc_entry_locked(bs, id, size);
 		if (!e) {
 			pthread_mutex_unlock(&bs->lock);
 			return -ENOMEM;
@@ -400,7 +403,7 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 		if (!path) {
 			path = blobsrc_lookup(bs, folder, id, size, has_bad ? &bad : NULL, &wrong);
 			pthread_mutex_lock(&bs->lock);
-			e = blobsrc_entry_locked(bs, id);
+			e = blobsrc_entry_locked(bs, id, size);
 			if (e && wrong && !e->size_logged) {
 				e->size_logged = true;
 				log_msg(LOG_WARNING,
@@ -429,7 +432,7 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 		free(path);
 		path = NULL;
 		pthread_mutex_lock(&bs->lock);
-		if ((e = blobsrc_find_locked(bs, id)) && e->state != BLOBSRC_CHECKING) {
+		if ((e = blobsrc_find_locked(bs, id, size)) && e->state != BLOBSRC_CHECKING) {
 			free(e->path);
 			e->path = NULL;
 		}
@@ -441,7 +444,7 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 	blobsrc_ident_of(&st, &ident);
 	pthread_mutex_lock(&bs->lock);
 	for (;;) {
-		e = blobsrc_entry_locked(bs, id);
+		e = blobsrc_entry_locked(bs, id, size);
 		if (!e) {
 			rc = -ENOMEM;
 			goto unlock;
