@@ -402,22 +402,24 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 	for (int tries = 0;; tries++) {
 		if (!path) {
 			path = blobsrc_lookup(bs, folder, id, size, has_bad ? &bad : NULL, &wrong);
+			bool tell = false;
+
 			pthread_mutex_lock(&bs->lock);
 			e = blobsrc_entry_locked(bs, id, size);
-			if (e && wrong && !e->size_logged) {
-				e->size_logged = true;
-				log_msg(LOG_WARNING,
-					"huggingface_hub blob '%s' is not %llu bytes long; ignored,"
-					" reading from the Hub",
-					wrong, (unsigned long long)size);
-			}
-			free(wrong);
+			if (e && wrong && !e->size_logged)
+				tell = e->size_logged = true;
 			if (e) {
 				free(e->path);
 				e->path = path ? strdup(path) : NULL;
 				e->missed = path ? 0 : time(NULL);
 			}
 			pthread_mutex_unlock(&bs->lock);
+			if (tell)
+				log_msg(LOG_WARNING,
+					"huggingface_hub blob '%s' is not %llu bytes long; ignored,"
+					" reading from the Hub",
+					wrong, (unsigned long long)size);
+			free(wrong);
 			if (!path)
 				return -ENOENT;
 		}
@@ -471,7 +473,6 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 	/* a checking entry is never dropped: e is still ours */
 	if (rc == 1) {
 		e->state = BLOBSRC_GOOD;
-		log_msg(LOG_INFO, "huggingface_hub blob '%s' checked: read from there", path);
 		rc = fd;
 	} else if (rc == 0) {
 		e->state = BLOBSRC_BAD;
@@ -486,8 +487,13 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 		e->state = BLOBSRC_UNKNOWN;
 	}
 	pthread_cond_broadcast(&bs->cond);
+	pthread_mutex_unlock(&bs->lock);
+	if (rc == fd)
+		log_msg(LOG_INFO, "huggingface_hub blob '%s' checked: read from there", path);
+	goto out;
 unlock:
 	pthread_mutex_unlock(&bs->lock);
+out:
 	if (rc != fd)
 		close(fd);
 	free(path);
