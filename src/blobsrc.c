@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "cache_hash.h"
+#include "cache_meta.h"
 #include "log.h"
 
 /* Entries kept at most; beyond, those not being checked are dropped. */
@@ -65,6 +66,7 @@ struct blobsrc_entry {
 };
 
 struct blobsrc {
+	struct cache *cache; /* borrowed; NULL: nothing kept across mounts */
 	char **dirs;
 	size_t n_dirs;
 	pthread_mutex_t lock;
@@ -81,7 +83,7 @@ int blobsrc_folder(const struct hub_repo *repo, char out[BLOBSRC_FOLDER_MAX])
 	return n < 0 || (size_t)n >= BLOBSRC_FOLDER_MAX ? -ENAMETOOLONG : 0;
 }
 
-struct blobsrc *blobsrc_new(const char *const *dirs, size_t n, int *err)
+struct blobsrc *blobsrc_new(const char *const *dirs, size_t n, struct cache *cache, int *err)
 {
 	struct blobsrc *bs = calloc(1, sizeof(*bs));
 
@@ -90,6 +92,7 @@ struct blobsrc *blobsrc_new(const char *const *dirs, size_t n, int *err)
 		*err = -ENOMEM;
 		return NULL;
 	}
+	bs->cache = cache;
 	pthread_mutex_init(&bs->lock, NULL);
 	pthread_cond_init(&bs->cond, NULL);
 	for (size_t i = 0; i < n; i++) {
@@ -311,6 +314,52 @@ static int blobsrc_open_file(const char *path, struct stat *st)
 	return fd;
 }
 
+/* The index key and value that remember a file of blob @id and @size
+ * checked good. */
+static void blobsrc_memo(const char *id, uint64_t size, const struct blobsrc_ident *ident,
+			 char key[CACHE_ID_MAX + 48], char val[160])
+{
+	snprintf(key, CACHE_ID_MAX + 48, "hf-cache-good/%s/%llu", id, (unsigned long long)size);
+	snprintf(val, 160, "%llu %llu %lld %lld.%09ld %lld.%09ld", (unsigned long long)ident->dev,
+		 (unsigned long long)ident->ino, (long long)ident->size,
+		 (long long)ident->mtime.tv_sec, ident->mtime.tv_nsec,
+		 (long long)ident->ctime.tv_sec, ident->ctime.tv_nsec);
+}
+
+/* Whether an earlier mount checked this very file good. */
+static bool blobsrc_known_good(struct blobsrc *bs, const char *id, uint64_t size,
+			       const struct blobsrc_ident *ident)
+{
+	char key[CACHE_ID_MAX + 48], want[160];
+	void *val = NULL;
+	size_t len = 0;
+	bool good;
+
+	if (!bs->cache)
+		return false;
+	blobsrc_memo(id, size, ident, key, want);
+	if (cache_kv_get(bs->cache, key, &val, &len, NULL))
+		return false;
+	good = len == strlen(want) && !memcmp(val, want, len);
+	free(val);
+	return good;
+}
+
+/* Remembers that this file checked good, unless its times are so close to
+ * the check's start @t0 that a change in the same tick could hide. */
+static void blobsrc_remember(struct blobsrc *bs, const char *id, uint64_t size,
+			     const struct blobsrc_ident *ident, time_t t0)
+{
+	char key[CACHE_ID_MAX + 48], val[160];
+
+	if (!bs->cache || ident->mtime.tv_sec > t0 - BLOBSRC_RACY ||
+	    ident->ctime.tv_sec > t0 - BLOBSRC_RACY)
+		return;
+	blobsrc_memo(id, size, ident, key, val);
+	if (cache_kv_put(bs->cache, key, val, strlen(val), (int64_t)t0))
+		log_msg(LOG_DEBUG, "cannot remember that '%s' checked good", id);
+}
+
 /* Hashes all of @fd (@size bytes, at offset 0).  Returns 1 when its content
  * has id @id, 0 when it does not (or reading it failed: logged), -EINTR,
  * -ENOMEM. */
@@ -467,7 +516,15 @@ int blobsrc_open(struct blobsrc *bs, const char *folder, const char *id, uint64_
 	e->ident = ident;
 	pthread_mutex_unlock(&bs->lock);
 
-	rc = blobsrc_check(fd, path, id, size, cancel, cancel_arg);
+	if (blobsrc_known_good(bs, id, size, &ident)) {
+		rc = 1;
+	} else {
+		time_t t0 = time(NULL);
+
+		rc = blobsrc_check(fd, path, id, size, cancel, cancel_arg);
+		if (rc == 1)
+			blobsrc_remember(bs, id, size, &ident, t0);
+	}
 
 	pthread_mutex_lock(&bs->lock);
 	/* a checking entry is never dropped: e is still ours */

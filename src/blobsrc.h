@@ -18,7 +18,10 @@
  * does not matter.  A file that fails its check is not checked again while
  * it stays the same file (device, inode, size, mtime, ctime); each failure
  * is logged once.  Not finding an id is remembered for BLOBSRC_MISS_TTL
- * seconds.
+ * seconds.  A file that checked good is remembered in the hubfs cache's
+ * index by its identity, so later mounts do not hash it again; only when its
+ * times were at least BLOBSRC_RACY seconds older than the check (as git does
+ * with its index: a file changed in the same tick could look unchanged).
  *
  * Thread safety: every function may be called from any thread.  Checking a
  * file is done once however many threads ask; the others wait for it.
@@ -30,10 +33,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cache.h"
 #include "hub_api.h"
 
 /* How long a lookup that found nothing is trusted, in seconds. */
 #define BLOBSRC_MISS_TTL 30
+/* How much older than a check a file's times must be for its result to be
+ * kept across mounts, in seconds. */
+#define BLOBSRC_RACY 2
 
 /* Room for a repo's folder name: "datasets--" NS "--" NAME and the NUL. */
 #define BLOBSRC_FOLDER_MAX (sizeof("datasets----") + 2 * HUB_NAME_MAX)
@@ -42,8 +49,9 @@ struct blobsrc;
 
 /* A set of huggingface_hub cache directories @dirs (@n of them; the strings
  * are copied).  A directory that cannot be read is logged and skipped, not
- * an error.  Returns NULL with *@err = -ENOMEM.  Free with blobsrc_free(). */
-struct blobsrc *blobsrc_new(const char *const *dirs, size_t n, int *err);
+ * an error.  @cache (borrowed, may be NULL) remembers the files that checked
+ * good.  Returns NULL with *@err = -ENOMEM.  Free with blobsrc_free(). */
+struct blobsrc *blobsrc_new(const char *const *dirs, size_t n, struct cache *cache, int *err);
 
 /* Frees @bs; NULL is a no-op.  No other call may be running. */
 void blobsrc_free(struct blobsrc *bs);

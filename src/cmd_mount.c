@@ -367,7 +367,8 @@ static void mount_release(struct mount *m)
  * directories, else the default one when it is a directory (and not
  * --no-hf-cache).  *@out stays NULL when there are none.  Returns 0, or -1
  * when out of memory. */
-static int mount_blob_sources(const struct mount_opts *o, struct blobsrc **out)
+static int mount_blob_sources(const struct mount_opts *o, struct cache *cache,
+			      struct blobsrc **out)
 {
 	const char *const *dirs = (const char *const *)o->hf_cache;
 	size_t n = o->nhf_cache;
@@ -387,7 +388,7 @@ static int mount_blob_sources(const struct mount_opts *o, struct blobsrc **out)
 		dirs = (const char *const *)&def;
 		n = 1;
 	}
-	if (n > 0 && !(*out = blobsrc_new(dirs, n, &rc)))
+	if (n > 0 && !(*out = blobsrc_new(dirs, n, cache, &rc)))
 		log_msg(LOG_ERR, "cannot set up the huggingface_hub caches: %s", strerror(-rc));
 	free(def);
 	return rc ? -1 : 0;
@@ -508,7 +509,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	if (meta_offline(m.fs.meta) && !offline)
 		log_msg(LOG_WARNING, "offline: cannot reach '%s'; serving what is cached", endpoint);
 
-	if (mount_blob_sources(o, &m.blobsrc))
+	if (mount_blob_sources(o, m.cache, &m.blobsrc))
 		goto out_mount;
 	fc.http = m.http;
 	fc.cache = m.cache;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "blobsrc.h"
+#include "cache.h"
 #include "cache_hash.h"
 #include "tap.h"
 
@@ -134,7 +135,7 @@ int main(void)
 	snprintf(cmd, sizeof(cmd), "%s/hub", root);
 	dirs[0] = missing;
 	dirs[1] = cmd;
-	bs = blobsrc_new(dirs, 2, &err);
+	bs = blobsrc_new(dirs, 2, NULL, &err);
 	tap_ok(bs != NULL, "a missing directory among them is not an error");
 	if (!bs)
 		return tap_done();
@@ -198,7 +199,7 @@ int main(void)
 		put(rel, big, BIG);
 		/* the miss is remembered for BLOBSRC_MISS_TTL seconds: a new set sees it at once */
 		blobsrc_free(bs);
-		bs = blobsrc_new(dirs + 1, 1, &err);
+		bs = blobsrc_new(dirs + 1, 1, NULL, &err);
 		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, NULL, NULL) : -1;
 		tap_ok(fd >= 0 && fd_holds(fd, big, BIG), "the file repaired: used");
 		if (fd >= 0)
@@ -252,7 +253,53 @@ int main(void)
 	blobsrc_free(NULL);
 	tap_ok(true, "blobsrc_free(NULL) is a no-op");
 
-	bs = blobsrc_new(NULL, 0, &err);
+	/* a check kept in the hubfs cache's index: a later set does not hash again */
+	{
+		struct cache_config cfg = { .lock = CACHE_LOCK_SHARED };
+		char cdir[300], id[CACHE_ID_MAX];
+		struct cache *c;
+
+		snprintf(cdir, sizeof(cdir), "%s/hubfs-cache", root);
+		cfg.dir = cdir;
+		c = cache_open(&cfg, &err);
+		for (size_t i = 0; i < BIG; i++)
+			big[i] = (unsigned char)(i * 17 + 3);
+		cache_id_of_buffer(CACHE_ID_SHA256, big, BIG, id);
+		snprintf(rel, sizeof(rel), "hub/models--alice--m/blobs/%s", id);
+		put(rel, big, BIG);
+		/* younger than BLOBSRC_RACY: checked, but not kept */
+		bs = blobsrc_new(dirs + 1, 1, c, &err);
+		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, NULL, NULL) : -1;
+		tap_ok(fd >= 0, "checked with an index");
+		if (fd >= 0)
+			close(fd);
+		blobsrc_free(bs);
+		bs = blobsrc_new(dirs + 1, 1, c, &err);
+		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, cancel_always, NULL) : -1;
+		tap_ok(fd == -EINTR, "a file changed within %d s of its check is checked again", BLOBSRC_RACY);
+		sleep(BLOBSRC_RACY + 1);
+		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, NULL, NULL) : -1;
+		if (fd >= 0)
+			close(fd);
+		blobsrc_free(bs);
+		bs = blobsrc_new(dirs + 1, 1, c, &err);
+		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, cancel_always, NULL) : -1;
+		tap_ok(fd >= 0 && fd_holds(fd, big, BIG), "an older file checked before: not hashed again");
+		if (fd >= 0)
+			close(fd);
+		blobsrc_free(bs);
+		/* the same path, another file: checked again, and found bad */
+		sleep(1);
+		big[5] ^= 1;
+		put(rel, big, BIG);
+		bs = blobsrc_new(dirs + 1, 1, c, &err);
+		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, NULL, NULL) : -1;
+		tap_ok(fd == -ENOENT, "a file changed since its check: checked again, bad");
+		blobsrc_free(bs);
+		cache_close(c);
+	}
+
+	bs = blobsrc_new(NULL, 0, NULL, &err);
 	fd = bs ? blobsrc_open(bs, "models--alice--m", small_id, strlen(small), NULL, NULL) : 0;
 	tap_ok(bs && fd == -ENOENT, "no directories: -ENOENT");
 	blobsrc_free(bs);
