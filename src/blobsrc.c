@@ -381,6 +381,7 @@ static int blobsrc_check(int fd, const char *path, const char *id, uint64_t size
 		free(buf);
 		return rc == -EIO ? 0 : -ENOMEM;
 	}
+	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	while (off < size) {
 		size_t want = size - off < BLOBSRC_PIECE ? (size_t)(size - off) : BLOBSRC_PIECE;
 		ssize_t n;
