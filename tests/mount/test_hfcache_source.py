@@ -201,7 +201,9 @@ def test_default(hub, files, hf_home):
     for env, args, expect_hub, what in (
             ({"HF_HUB_CACHE": root}, [], False, "HF_HUB_CACHE"),
             ({"HF_HOME": hf_home}, [], False, "HF_HOME/hub"),
+            ({}, ["-o", "hf_cache=" + root], False, "-o hf_cache=DIR"),
             ({"HF_HUB_CACHE": root}, ["--no-hf-cache"], True, "HF_HUB_CACHE with --no-hf-cache"),
+            ({"HF_HUB_CACHE": root}, ["-o", "no_hf_cache"], True, "HF_HUB_CACHE with -o no_hf_cache"),
             ({}, [], True, "no huggingface_hub cache at all")):
         with EnvMount(hub, extra_env=env, token=ALICE_WRITE_TOKEN, args=args) as m:
             seq = last_seq(hub)

@@ -97,7 +97,7 @@ int main(void)
 {
 	static const char small[] = "{\"architectures\": [\"Tiny\"]}\n";
 	char small_id[CACHE_ID_MAX], big_id[CACHE_ID_MAX], other_id[CACHE_ID_MAX], rel[512];
-	char missing[300], cmd[600];
+	char missing[300], hubdir[300];
 	const char *dirs[2];
 	unsigned char *big = malloc(BIG), *other = malloc(BIG);
 	struct blobsrc *bs;
@@ -132,9 +132,9 @@ int main(void)
 	put(rel, other, BIG);
 
 	snprintf(missing, sizeof(missing), "%s/no-such-dir", root);
-	snprintf(cmd, sizeof(cmd), "%s/hub", root);
+	snprintf(hubdir, sizeof(hubdir), "%s/hub", root);
 	dirs[0] = missing;
-	dirs[1] = cmd;
+	dirs[1] = hubdir;
 	bs = blobsrc_new(dirs, 2, NULL, &err);
 	tap_ok(bs != NULL, "a missing directory among them is not an error");
 	if (!bs)
@@ -304,9 +304,7 @@ int main(void)
 	tap_ok(bs && fd == -ENOENT, "no directories: -ENOENT");
 	blobsrc_free(bs);
 
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	if (system(cmd) != 0)
-		tap_diag("could not remove %s", root);
+	tap_rm_rf(root);
 	free(big);
 	free(other);
 	return tap_done();
