@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 
@@ -312,6 +313,60 @@ def test_offline(hub, files, root, tmp):
         T.ok(ok, "offline with --hf-cache: every file, right bytes")
 
 
+def official_client():
+    """(python, PYTHONPATH, version) that run huggingface_hub's snapshot_download (HUBFS_HF_HUB_SRC: its
+    src/ directory), or None."""
+    src = os.environ.get("HUBFS_HF_HUB_SRC", "")
+    env = dict(os.environ, PYTHONPATH=src) if src else dict(os.environ)
+    code = "import huggingface_hub as h; from huggingface_hub import snapshot_download; print(h.__version__)"
+    for python in (sys.executable, "/usr/bin/python3"):
+        if not os.path.exists(python):
+            continue
+        r = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            return python, src, r.stdout.strip()
+    return None
+
+
+def test_official_client(hub, tmp):
+    """A cache filled by huggingface_hub's own snapshot_download: 0 data requests through the mount."""
+    client = official_client()
+    if not client:
+        T.ok(True, "# SKIP huggingface_hub cannot be imported (set HUBFS_HF_HUB_SRC to its src/)")
+        return
+    python, src, version = client
+    root = os.path.join(tmp, "official")
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=ALICE_WRITE_TOKEN, HF_HUB_DISABLE_XET="1",
+               HF_HUB_CACHE=root, HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    if src:
+        env["PYTHONPATH"] = src
+    code = ("import json, sys; from huggingface_hub import snapshot_download as s; "
+            "print(json.dumps([s(r) for r in sys.argv[1:]]))")
+    r = subprocess.run([python, "-c", code, "alice/big-model", "alice/tiny-model"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    if not T.ok(r.returncode == 0, "huggingface_hub %s: snapshot_download of two repos" % version, r.stderr[-2000:]):
+        return
+    snaps = dict(zip(("alice/big-model", "alice/tiny-model"), json.loads(r.stdout.strip().splitlines()[-1])))
+    before = snapshot(root)
+    with Mount(hub, token=ALICE_WRITE_TOKEN, args=["--hf-cache", root]) as m:
+        seq = last_seq(hub)
+        ok, n = True, 0
+        for repo, snap in snaps.items():
+            for dirpath, _, names in os.walk(snap):
+                for name in names:
+                    rel = os.path.relpath(os.path.join(dirpath, name), snap)
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        want = f.read()
+                    got = read_file(m, "%s/main/%s" % (repo, rel))
+                    ok = ok and sha256(got) == sha256(want)
+                    n += 1
+        T.ok(ok and n >= 8, "every file snapshot_download fetched (%d) reads the same through the mount" % n)
+        T.eq(data_paths(hub, seq), [], "and costs 0 data requests to the Hub")
+        m.unmount()
+        T.eq(m.sanitizer_report(), [], "no sanitizer report")
+    T.eq(snapshot(root), before, "the cache huggingface_hub filled is unchanged")
+
+
 files_elsewhere = None
 
 
@@ -334,7 +389,7 @@ def main():
             shutil.copytree(root, broken, symlinks=True)
             for test, args in ((test_good, (hub, files, root)), (test_default, (hub, files, hf_home)),
                                (test_corrupt, (hub, files, broken)), (test_odd_entries, (hub, files, tmp)),
-                               (test_offline, (hub, files, root, tmp))):
+                               (test_offline, (hub, files, root, tmp)), (test_official_client, (hub, tmp))):
                 try:
                     test(*args)
                 except Exception as e:  # noqa: B902 - a crash of a test is a failure, the rest go on
