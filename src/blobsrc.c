@@ -34,6 +34,9 @@
 
 /* Entries kept at most; beyond, those not being checked are dropped. */
 #define BLOBSRC_ENTRIES_MAX 4096
+/* Other repo folders of a directory probed per lookup, at most: a stat each,
+ * which a shared file system answers over the network. */
+#define BLOBSRC_OTHERS_MAX 256
 /* Bytes hashed per read while checking a file. */
 #define BLOBSRC_PIECE (1u << 20)
 
@@ -273,7 +276,7 @@ static char *blobsrc_lookup(struct blobsrc *bs, const char *folder, const char *
 				close(dfd);
 				continue;
 			}
-			while (!path && (de = readdir(d))) {
+			for (int probed = 0; !path && probed < BLOBSRC_OTHERS_MAX && (de = readdir(d));) {
 				const char *n = de->d_name;
 
 				if (strncmp(n, "models--", 8) && strncmp(n, "datasets--", 10) &&
@@ -282,6 +285,7 @@ static char *blobsrc_lookup(struct blobsrc *bs, const char *folder, const char *
 				if ((folder && !strcmp(n, folder)) ||
 				    strlen(n) >= BLOBSRC_FOLDER_MAX)
 					continue;
+				probed++;
 				snprintf(rel, sizeof(rel), "%s/blobs/%s", n, id);
 				if (blobsrc_candidate(dirfd(d), rel, size, bad) == BLOBSRC_SEEN_OK &&
 				    asprintf(&path, "%s/%s", bs->dirs[i], rel) < 0)

@@ -13,7 +13,8 @@
  *
  * A blob is looked up in its own repo's folder first, then in the blobs/ of
  * the other repos of each DIR (content-addressed: the same id is the same
- * bytes whichever repo holds it).  Symlinks are followed; only a regular file
+ * bytes whichever repo holds it), at most 256 of them per DIR and lookup
+ * (one stat each: a shared file system answers each over the network).  Symlinks are followed; only a regular file
  * of the right size is used, and the hash decides, so where a link points
  * does not matter.  A file that fails its check is not checked again while
  * it stays the same file (device, inode, size, mtime, ctime); each failure
