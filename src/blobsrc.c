@@ -58,8 +58,8 @@ struct blobsrc_ident {
 struct blobsrc_entry {
 	char id[CACHE_ID_MAX];
 	uint64_t size; /* asked for with the id (a wrong size is another entry) */
-	char *path;     /* where a copy was found; NULL: none (or not looked) */
-	time_t missed;  /* when a lookup found none; 0: never */
+	char *path;    /* where a copy was found; NULL: none (or not looked) */
+	time_t missed; /* when a lookup found none; 0: never */
 	enum blobsrc_state state;
 	struct blobsrc_ident ident; /* the file GOOD/BAD/CHECKING is about */
 	struct blobsrc_ident bad;   /* the last file found bad, skipped by lookups */
@@ -73,9 +73,9 @@ struct blobsrc {
 	char **dirs;
 	size_t n_dirs;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;             /* a check ended */
-	struct blobsrc_entry *entries;   /* protected by lock */
-	size_t n_entries;                /* protected by lock */
+	pthread_cond_t cond;	       /* a check ended */
+	struct blobsrc_entry *entries; /* protected by lock */
+	size_t n_entries;	       /* protected by lock */
 };
 
 int blobsrc_folder(const struct hub_repo *repo, char out[BLOBSRC_FOLDER_MAX])
@@ -113,7 +113,8 @@ struct blobsrc *blobsrc_new(const char *const *dirs, size_t n, struct cache *cac
 		else if (access(real, R_OK | X_OK) < 0)
 			why = strerror(errno);
 		if (why) {
-			log_msg(LOG_WARNING, "huggingface_hub cache '%s': %s; not used", dirs[i], why);
+			log_msg(LOG_WARNING, "huggingface_hub cache '%s': %s; not used", dirs[i],
+				why);
 			free(real);
 			continue;
 		}
@@ -161,8 +162,7 @@ static struct blobsrc_entry *blobsrc_find_locked(struct blobsrc *bs, const char 
 }
 
 /* The entry of @id and @size, made if needed; NULL when out of memory. */
-static struct blobsrc_entry *blobsrc_entry_locked(struct blobsrc *bs, const char *id,
-						  uint64_t size)
+static struct blobsrc_entry *blobsrc_entry_locked(struct blobsrc *bs, const char *id, uint64_t size)
 {
 	struct blobsrc_entry *e = blobsrc_find_locked(bs, id, size), **pe;
 
@@ -209,9 +209,9 @@ static bool blobsrc_ident_eq(const struct blobsrc_ident *a, const struct blobsrc
 
 /* What a lookup learns of one candidate path. */
 enum blobsrc_seen {
-	BLOBSRC_SEEN_NONE,  /* nothing usable there */
-	BLOBSRC_SEEN_SIZE,  /* a regular file of another size */
-	BLOBSRC_SEEN_OK,    /* a regular file of the right size, not known bad */
+	BLOBSRC_SEEN_NONE, /* nothing usable there */
+	BLOBSRC_SEEN_SIZE, /* a regular file of another size */
+	BLOBSRC_SEEN_OK,   /* a regular file of the right size, not known bad */
 };
 
 static enum blobsrc_seen blobsrc_candidate(int dirfd, const char *rel, uint64_t size,
@@ -276,7 +276,8 @@ static char *blobsrc_lookup(struct blobsrc *bs, const char *folder, const char *
 				close(dfd);
 				continue;
 			}
-			for (int probed = 0; !path && probed < BLOBSRC_OTHERS_MAX && (de = readdir(d));) {
+			for (int probed = 0;
+			     !path && probed < BLOBSRC_OTHERS_MAX && (de = readdir(d));) {
 				const char *n = de->d_name;
 
 				if (strncmp(n, "models--", 8) && strncmp(n, "datasets--", 10) &&
@@ -287,7 +288,8 @@ static char *blobsrc_lookup(struct blobsrc *bs, const char *folder, const char *
 					continue;
 				probed++;
 				snprintf(rel, sizeof(rel), "%s/blobs/%s", n, id);
-				if (blobsrc_candidate(dirfd(d), rel, size, bad) == BLOBSRC_SEEN_OK &&
+				if (blobsrc_candidate(dirfd(d), rel, size, bad) ==
+					BLOBSRC_SEEN_OK &&
 				    asprintf(&path, "%s/%s", bs->dirs[i], rel) < 0)
 					path = NULL;
 			}
@@ -398,8 +400,9 @@ static int blobsrc_check(int fd, const char *path, const char *id, uint64_t size
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			log_msg(LOG_WARNING, "huggingface_hub blob '%s': cannot read at %llu: %s; ignored",
-				path, (unsigned long long)off, n < 0 ? strerror(errno) : "file shrank");
+			log_msg(LOG_WARNING,
+				"huggingface_hub blob '%s': cannot read at %llu: %s; ignored", path,
+				(unsigned long long)off, n < 0 ? strerror(errno) : "file shrank");
 			rc = 0;
 			goto out;
 		}
@@ -409,12 +412,15 @@ static int blobsrc_check(int fd, const char *path, const char *id, uint64_t size
 		}
 		off += (uint64_t)n;
 	}
-	rc = cache_hasher_final(h, got) == 0 && !strcmp(got, id);
+	if (cache_hasher_final(h, got))
+		snprintf(got, sizeof(got), "nothing: the hash failed");
+	rc = !strcmp(got, id);
 	if (!rc)
-		log_msg(LOG_WARNING,
-			"huggingface_hub blob '%s' does not match its id (its content hashes to %s);"
-			" ignored, reading from the Hub",
-			path, got);
+		log_msg(
+		    LOG_WARNING,
+		    "huggingface_hub blob '%s' does not match its id (its content hashes to %s);"
+		    " ignored, reading from the Hub",
+		    path, got);
 out:
 	cache_hasher_free(h);
 	free(buf);

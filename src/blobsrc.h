@@ -14,15 +14,14 @@
  * A blob is looked up in its own repo's folder first, then in the blobs/ of
  * the other repos of each DIR (content-addressed: the same id is the same
  * bytes whichever repo holds it), at most 256 of them per DIR and lookup
- * (one stat each: a shared file system answers each over the network).  Symlinks are followed; only a regular file
- * of the right size is used, and the hash decides, so where a link points
- * does not matter.  A file that fails its check is not checked again while
- * it stays the same file (device, inode, size, mtime, ctime); each failure
- * is logged once.  Not finding an id is remembered for BLOBSRC_MISS_TTL
- * seconds.  A file that checked good is remembered in the hubfs cache's
- * index by its identity, so later mounts do not hash it again; only when its
- * times were at least BLOBSRC_RACY seconds older than the check (as git does
- * with its index: a file changed in the same tick could look unchanged).
+ * (one stat each: a shared file system answers each over the network).  Symlinks are followed; only
+ * a regular file of the right size is used, and the hash decides, so where a link points does not
+ * matter.  A file that fails its check is not checked again while it stays the same file (device,
+ * inode, size, mtime, ctime); each failure is logged once.  Not finding an id is remembered for
+ * BLOBSRC_MISS_TTL seconds.  A file that checked good is remembered in the hubfs cache's index by
+ * its identity, so later mounts do not hash it again; only when its times were at least
+ * BLOBSRC_RACY seconds older than the check (as git does with its index: a file changed in the same
+ * tick could look unchanged).
  *
  * Thread safety: every function may be called from any thread.  Checking a
  * file is done once however many threads ask; the others wait for it.

@@ -1,4 +1,5 @@
-/* Unit tests: huggingface_hub caches as blob sources (src/blobsrc.c), on real files in a temp dir. */
+/* Unit tests: huggingface_hub caches as blob sources (src/blobsrc.c), on real files in a temp dir.
+ */
 #include "config.h"
 
 #include <errno.h>
@@ -84,12 +85,14 @@ static void *race(void *arg)
 static void test_folder(void)
 {
 	char out[BLOBSRC_FOLDER_MAX];
-	struct hub_repo m = { HUB_REPO_MODEL, "alice", "tiny-model" };
-	struct hub_repo d = { HUB_REPO_DATASET, "org", "data.set" };
-	struct hub_repo s = { HUB_REPO_SPACE, "bob", "demo_space" };
+	struct hub_repo m = {HUB_REPO_MODEL, "alice", "tiny-model"};
+	struct hub_repo d = {HUB_REPO_DATASET, "org", "data.set"};
+	struct hub_repo s = {HUB_REPO_SPACE, "bob", "demo_space"};
 
-	tap_ok(!blobsrc_folder(&m, out) && !strcmp(out, "models--alice--tiny-model"), "model folder");
-	tap_ok(!blobsrc_folder(&d, out) && !strcmp(out, "datasets--org--data.set"), "dataset folder");
+	tap_ok(!blobsrc_folder(&m, out) && !strcmp(out, "models--alice--tiny-model"),
+	       "model folder");
+	tap_ok(!blobsrc_folder(&d, out) && !strcmp(out, "datasets--org--data.set"),
+	       "dataset folder");
 	tap_ok(!blobsrc_folder(&s, out) && !strcmp(out, "spaces--bob--demo_space"), "space folder");
 }
 
@@ -157,8 +160,8 @@ int main(void)
 	}
 	stat(rel, &after);
 	tap_ok(before.st_mtim.tv_sec == after.st_mtim.tv_sec &&
-		       before.st_mtim.tv_nsec == after.st_mtim.tv_nsec &&
-		       before.st_ctim.tv_nsec == after.st_ctim.tv_nsec,
+		   before.st_mtim.tv_nsec == after.st_mtim.tv_nsec &&
+		   before.st_ctim.tv_nsec == after.st_ctim.tv_nsec,
 	       "the blob file's times did not change");
 
 	fd = blobsrc_open(bs, "models--alice--m", small_id, strlen(small), NULL, NULL);
@@ -236,7 +239,7 @@ int main(void)
 	snprintf(rel, sizeof(rel), "hub/models--alice--m/blobs/%s", big_id);
 	put(rel, big, BIG);
 	for (int i = 0; i < 8; i++) {
-		r[i] = (struct racer){ bs, big_id, -1 };
+		r[i] = (struct racer){bs, big_id, -1};
 		pthread_create(&th[i], NULL, race, &r[i]);
 	}
 	for (int i = 0; i < 8; i++) {
@@ -245,8 +248,8 @@ int main(void)
 	}
 	tap_ok(all_ok, "8 threads open one unchecked blob: all succeed");
 
-	fd = bs ? blobsrc_open(bs, "models--alice--m", "0000000000000000000000000000000000000000", 1,
-			       NULL, NULL)
+	fd = bs ? blobsrc_open(bs, "models--alice--m", "0000000000000000000000000000000000000000",
+			       1, NULL, NULL)
 		: -1;
 	tap_ok(fd == -ENOENT, "an id nobody holds: -ENOENT");
 	blobsrc_free(bs);
@@ -255,7 +258,7 @@ int main(void)
 
 	/* a check kept in the hubfs cache's index: a later set does not hash again */
 	{
-		struct cache_config cfg = { .lock = CACHE_LOCK_SHARED };
+		struct cache_config cfg = {.lock = CACHE_LOCK_SHARED};
 		char cdir[300], id[CACHE_ID_MAX];
 		struct cache *c;
 
@@ -276,7 +279,8 @@ int main(void)
 		blobsrc_free(bs);
 		bs = blobsrc_new(dirs + 1, 1, c, &err);
 		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, cancel_always, NULL) : -1;
-		tap_ok(fd == -EINTR, "a file changed within %d s of its check is checked again", BLOBSRC_RACY);
+		tap_ok(fd == -EINTR, "a file changed within %d s of its check is checked again",
+		       BLOBSRC_RACY);
 		sleep(BLOBSRC_RACY + 1);
 		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, NULL, NULL) : -1;
 		if (fd >= 0)
@@ -284,7 +288,8 @@ int main(void)
 		blobsrc_free(bs);
 		bs = blobsrc_new(dirs + 1, 1, c, &err);
 		fd = bs ? blobsrc_open(bs, "models--alice--m", id, BIG, cancel_always, NULL) : -1;
-		tap_ok(fd >= 0 && fd_holds(fd, big, BIG), "an older file checked before: not hashed again");
+		tap_ok(fd >= 0 && fd_holds(fd, big, BIG),
+		       "an older file checked before: not hashed again");
 		if (fd >= 0)
 			close(fd);
 		blobsrc_free(bs);
