@@ -363,21 +363,36 @@ static void mount_release(struct mount *m)
 	http_client_free(m->http);
 }
 
+/* Whether directory @dir is @mountpoint or below it: the mount reading
+ * itself would wait on itself.  (The mountpoint is empty when this runs, so
+ * such a directory cannot exist yet; a huggingface_hub cache set to the
+ * mount's own view stays unused even if it did.) */
+static bool mount_is_inside(const char *dir, const char *mountpoint)
+{
+	char *d = realpath(dir, NULL), *m = realpath(mountpoint, NULL);
+	size_t len = m ? strlen(m) : 0;
+	bool inside = d && m && !strncmp(d, m, len) && (d[len] == '/' || d[len] == '\0');
+
+	free(d);
+	free(m);
+	return inside;
+}
+
 /* The huggingface_hub caches read as blob sources: the --hf-cache
  * directories, else the default one when it is a directory (and not
- * --no-hf-cache).  *@out stays NULL when there are none.  Returns 0, or -1
- * when out of memory. */
+ * --no-hf-cache), none inside the mountpoint.  *@out stays NULL when there
+ * are none.  Returns 0, or -1 when out of memory. */
 static int mount_blob_sources(const struct mount_opts *o, struct cache *cache,
 			      struct blobsrc **out)
 {
-	const char *const *dirs = (const char *const *)o->hf_cache;
-	size_t n = o->nhf_cache;
+	const char **dirs = NULL;
+	size_t n = 0;
 	char *def = NULL;
 	struct stat st;
 	int rc = 0;
 
 	*out = NULL;
-	if (n == 0 && !o->no_hf_cache) {
+	if (o->nhf_cache == 0 && !o->no_hf_cache) {
 		def = options_hf_cache_dir();
 		if (!def || stat(def, &st) < 0 || !S_ISDIR(st.st_mode)) {
 			if (def)
@@ -385,11 +400,27 @@ static int mount_blob_sources(const struct mount_opts *o, struct cache *cache,
 			free(def);
 			return 0;
 		}
-		dirs = (const char *const *)&def;
-		n = 1;
+	}
+	dirs = calloc(o->nhf_cache + 1, sizeof(*dirs));
+	if (!dirs) {
+		free(def);
+		return -1;
+	}
+	for (size_t i = 0; i <= o->nhf_cache; i++) {
+		const char *d = i < o->nhf_cache ? o->hf_cache[i] : def;
+
+		if (!d)
+			continue;
+		if (mount_is_inside(d, o->mountpoint)) {
+			log_msg(LOG_WARNING,
+				"huggingface_hub cache '%s' is inside the mountpoint; not used", d);
+			continue;
+		}
+		dirs[n++] = d;
 	}
 	if (n > 0 && !(*out = blobsrc_new(dirs, n, cache, &rc)))
 		log_msg(LOG_ERR, "cannot set up the huggingface_hub caches: %s", strerror(-rc));
+	free(dirs);
 	free(def);
 	return rc ? -1 : 0;
 }

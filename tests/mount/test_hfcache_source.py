@@ -292,6 +292,13 @@ def test_odd_entries(hub, files, tmp):
              "a missing --hf-cache DIR is one log line, not fatal", m.stderr)
         T.eq(m.sanitizer_report(), [], "no sanitizer report")
     T.eq(snapshot(root), before, "the odd cache dir is unchanged")
+    m = Mount(hub, token=ALICE_WRITE_TOKEN)
+    m.args += ["--hf-cache", m.path]  # the mount reading itself would wait on itself
+    with m:
+        got = read_file(m, "alice/tiny-model/main/config.json")
+        m.unmount()
+        T.ok(got == cfg and any("inside the mountpoint; not used" in ln for ln in m.stderr.splitlines()),
+             "--hf-cache of the mountpoint itself: refused with a log line, reads work", m.stderr)
 
 
 def test_offline(hub, files, root, tmp):
