@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blobsrc.h"
 #include "fs_ops.h"
 #include "http.h"
 #include "log.h"
@@ -52,12 +53,15 @@ struct mount_opts {
 	char *commit_message;
 	char **local_only; /* --local-only GLOB, repeatable */
 	size_t nlocal_only;
+	char **hf_cache; /* --hf-cache DIR, repeatable */
+	size_t nhf_cache;
+	int no_hf_cache;
 	char *mountpoint;
 	int allow_other;	 /* -o allow_other or allow_root */
 	int default_permissions; /* -o default_permissions */
 };
 
-enum { MOUNT_KEY_LOCAL_ONLY = 1 };
+enum { MOUNT_KEY_LOCAL_ONLY = 1, MOUNT_KEY_HF_CACHE };
 
 #define MOUNT_OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
 
@@ -68,6 +72,7 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--debug", debug),
 	MOUNT_OPT("--offline", offline),
 	MOUNT_OPT("--public-repos", public_repos),
+	MOUNT_OPT("--no-hf-cache", no_hf_cache),
 	MOUNT_OPT("-h", help),
 	MOUNT_OPT("--help", help),
 	MOUNT_OPT("--endpoint %s", endpoint),
@@ -88,6 +93,8 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--commit-message=%s", commit_message),
 	FUSE_OPT_KEY("--local-only ", MOUNT_KEY_LOCAL_ONLY),
 	FUSE_OPT_KEY("--local-only=", MOUNT_KEY_LOCAL_ONLY),
+	FUSE_OPT_KEY("--hf-cache ", MOUNT_KEY_HF_CACHE),
+	FUSE_OPT_KEY("--hf-cache=", MOUNT_KEY_HF_CACHE),
 	/* The same as -o keys, for mount(8) and fstab (see hubfs(1)). */
 	MOUNT_OPT("offline", offline),
 	MOUNT_OPT("public_repos", public_repos),
@@ -100,6 +107,8 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("commit_delay=%s", commit_delay),
 	MOUNT_OPT("commit_message=%s", commit_message),
 	FUSE_OPT_KEY("local_only=", MOUNT_KEY_LOCAL_ONLY),
+	MOUNT_OPT("no_hf_cache", no_hf_cache),
+	FUSE_OPT_KEY("hf_cache=", MOUNT_KEY_HF_CACHE),
 	FUSE_OPT_END,
 };
 
@@ -108,7 +117,7 @@ static const char mount_usage[] =
 	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
 	"                   [--timeout SECONDS] [--commit-delay SECONDS]\n"
 	"                   [--commit-message TEXT] [--local-only GLOB] [--public-repos]\n"
-	"                   [--offline] MOUNTPOINT\n"
+	"                   [--hf-cache DIR] [--no-hf-cache] [--offline] MOUNTPOINT\n"
 	"\n"
 	"  -f, --foreground      stay in the foreground\n"
 	"  -d, --debug           log every request (implies -f)\n"
@@ -131,6 +140,10 @@ static const char mount_usage[] =
 	"                        never committed, on top of editor scratch (vim swap,\n"
 	"                        *~, emacs locks...: see man hubfs); repeatable\n"
 	"  --public-repos        repos made with mkdir are public (default private)\n"
+	"  --hf-cache DIR        read the files that the huggingface_hub cache DIR holds\n"
+	"                        from there, never writing to it; repeatable (default\n"
+	"                        $HF_HUB_CACHE or ~/.cache/huggingface/hub, if it exists)\n"
+	"  --no-hf-cache         do not read the default huggingface_hub cache\n"
 	"  --offline             never contact the Hub; serve what is cached\n";
 
 static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -165,6 +178,24 @@ static int mount_opt_proc(void *data, const char *arg, int key, struct fuse_args
 		o->nlocal_only++;
 		return 0;
 	}
+	if (key == MOUNT_KEY_HF_CACHE) {
+		const char *dir = arg + strlen(arg[0] == '-' ? "--hf-cache" : "hf_cache");
+		char **v;
+
+		dir += *dir == '=' || *dir == ' ';
+		if (!*dir) {
+			log_msg(LOG_ERR, "--hf-cache: a directory, please");
+			return -1;
+		}
+		v = realloc(o->hf_cache, (o->nhf_cache + 1) * sizeof(*v));
+		if (!v)
+			return -1;
+		o->hf_cache = v;
+		if (!(v[o->nhf_cache] = strdup(dir)))
+			return -1;
+		o->nhf_cache++;
+		return 0;
+	}
 	if (key == FUSE_OPT_KEY_OPT && arg[0] == '-' && arg[1] == '-') {
 		log_msg(LOG_ERR, "unknown option '%s' (see 'hubfs mount --help')", arg);
 		return -1;
@@ -189,6 +220,9 @@ static void mount_opts_release(struct mount_opts *o)
 	for (size_t i = 0; i < o->nlocal_only; i++)
 		free(o->local_only[i]);
 	free(o->local_only);
+	for (size_t i = 0; i < o->nhf_cache; i++)
+		free(o->hf_cache[i]);
+	free(o->hf_cache);
 	free(o->mountpoint);
 }
 
@@ -300,6 +334,7 @@ static void mount_raise_readahead(const char *mountpoint)
 struct mount {
 	struct http_client *http;
 	struct cache *cache;
+	struct blobsrc *blobsrc;
 	struct fs fs;
 	struct fuse_session *se;
 	bool mounted;
@@ -319,12 +354,75 @@ static void mount_release(struct mount *m)
 	stage_drain(m->fs.stage, MOUNT_DRAIN_SECONDS);
 	stage_free(m->fs.stage);
 	fetch_free(m->fs.fetch);
+	blobsrc_free(m->blobsrc);
 	meta_free(m->fs.meta);
 	fs_inodes_free(m->fs.inodes);
 	free(m->fs.me);
 	hub_names_release(&m->fs.orgs);
 	cache_close(m->cache);
 	http_client_free(m->http);
+}
+
+/* Whether directory @dir is @mountpoint or below it: the mount reading
+ * itself would wait on itself.  (The mountpoint is empty when this runs, so
+ * such a directory cannot exist yet; a huggingface_hub cache set to the
+ * mount's own view stays unused even if it did.) */
+static bool mount_is_inside(const char *dir, const char *mountpoint)
+{
+	char *d = realpath(dir, NULL), *m = realpath(mountpoint, NULL);
+	size_t len = m ? strlen(m) : 0;
+	bool inside = d && m && !strncmp(d, m, len) && (d[len] == '/' || d[len] == '\0');
+
+	free(d);
+	free(m);
+	return inside;
+}
+
+/* The huggingface_hub caches read as blob sources: the --hf-cache
+ * directories, else the default one when it is a directory (and not
+ * --no-hf-cache), none inside the mountpoint.  *@out stays NULL when there
+ * are none.  Returns 0, or -1 when out of memory. */
+static int mount_blob_sources(const struct mount_opts *o, struct cache *cache,
+			      struct blobsrc **out)
+{
+	const char **dirs = NULL;
+	size_t n = 0;
+	char *def = NULL;
+	struct stat st;
+	int rc = 0;
+
+	*out = NULL;
+	if (o->nhf_cache == 0 && !o->no_hf_cache) {
+		def = options_hf_cache_dir();
+		if (!def || stat(def, &st) < 0 || !S_ISDIR(st.st_mode)) {
+			if (def)
+				log_msg(LOG_DEBUG, "no huggingface_hub cache at '%s'", def);
+			free(def);
+			return 0;
+		}
+	}
+	dirs = calloc(o->nhf_cache + 1, sizeof(*dirs));
+	if (!dirs) {
+		free(def);
+		return -1;
+	}
+	for (size_t i = 0; i <= o->nhf_cache; i++) {
+		const char *d = i < o->nhf_cache ? o->hf_cache[i] : def;
+
+		if (!d)
+			continue;
+		if (mount_is_inside(d, o->mountpoint)) {
+			log_msg(LOG_WARNING,
+				"huggingface_hub cache '%s' is inside the mountpoint; not used", d);
+			continue;
+		}
+		dirs[n++] = d;
+	}
+	if (n > 0 && !(*out = blobsrc_new(dirs, n, cache, &rc)))
+		log_msg(LOG_ERR, "cannot set up the huggingface_hub caches: %s", strerror(-rc));
+	free(dirs);
+	free(def);
+	return rc ? -1 : 0;
 }
 
 static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd)
@@ -442,8 +540,12 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 	if (meta_offline(m.fs.meta) && !offline)
 		log_msg(LOG_WARNING, "offline: cannot reach '%s'; serving what is cached", endpoint);
 
+	if (mount_blob_sources(o, m.cache, &m.blobsrc))
+		goto out_mount;
 	fc.http = m.http;
 	fc.cache = m.cache;
+	fc.blobsrc = m.blobsrc;
+	fc.offline = offline;
 	m.fs.fetch = fetch_new(&fc, &rc);
 	m.fs.inodes = fs_inodes_new();
 	if (!m.fs.fetch || !m.fs.inodes || fs_handles_init(&m.fs))

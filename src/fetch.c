@@ -9,6 +9,9 @@
  * status and Content-Range against the range it asked for; a server that
  * ignores Range (200 with the whole file) is followed by skipping to the
  * wanted offset.  Bytes past the wanted range are refused.
+ *
+ * A fill first asks the blob sources for a checked local copy; only what it
+ * could not read from there goes over HTTP.
  */
 #include "config.h"
 
@@ -19,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -47,6 +51,8 @@ struct fetch_job {
 struct fetch {
 	struct http_client *http;
 	struct cache *cache;
+	struct blobsrc *blobsrc;
+	bool offline;
 	uint64_t piece;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -66,12 +72,14 @@ struct fetch_source {
 	struct fetch *f;
 	char *url;
 	char id[CACHE_ID_MAX];
+	char folder[BLOBSRC_FOLDER_MAX]; /* the repo in a huggingface_hub cache; "": unknown */
 	uint64_t size;
 	int refs; /* atomic */
 };
 
-struct fetch_source *fetch_source_new(struct fetch *f, const char *resolve_url,
-				      const char *blob_id, uint64_t size)
+struct fetch_source *fetch_source_new(struct fetch *f, const struct hub_repo *repo,
+				      const char *resolve_url, const char *blob_id,
+				      uint64_t size)
 {
 	struct fetch_source *s = calloc(1, sizeof(*s));
 
@@ -84,6 +92,8 @@ struct fetch_source *fetch_source_new(struct fetch *f, const char *resolve_url,
 		return NULL;
 	}
 	strcpy(s->id, blob_id);
+	if (!repo || blobsrc_folder(repo, s->folder))
+		s->folder[0] = '\0';
 	s->f = f;
 	s->size = size;
 	s->refs = 1;
@@ -341,6 +351,50 @@ void fetch_link(struct fetch *f, double *wait_s, double *rate)
 	pthread_mutex_unlock(&f->lock);
 }
 
+/* Reads what @s still wants from a huggingface_hub cache's checked copy.
+ * Returns 0 when it delivered all of it, -ENOENT when no cache holds a good
+ * copy, -EIO when the copy could not be read to the end (the rest is the
+ * Hub's), or the errno of the cache's write, -EINTR, -ENOMEM. */
+static int fetch_fill_local(struct fetch *f, struct fetch_source *src, struct fetch_call *call,
+			    struct fetch_sink *s)
+{
+	unsigned char *buf = s->buf, *own = NULL;
+	int fd, rc = 0;
+
+	fd = blobsrc_open(f->blobsrc, src->folder[0] ? src->folder : NULL, src->id, src->size,
+			  call->cancel, call->cancel_arg);
+	if (fd < 0)
+		return fd;
+	if (!buf && !(buf = own = malloc(FETCH_GATHER_MAX))) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (s->pos < s->end) {
+		size_t want = s->end - s->pos < FETCH_GATHER_MAX ? (size_t)(s->end - s->pos) :
+								    FETCH_GATHER_MAX;
+		ssize_t n = pread(fd, buf, want, (off_t)s->pos);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_msg(LOG_WARNING,
+				"blob '%s': cannot read its huggingface_hub copy at %llu: %s;"
+				" reading from the Hub",
+				src->id, (unsigned long long)s->pos,
+				n < 0 ? strerror(errno) : "the file shrank");
+			rc = -EIO;
+			break;
+		}
+		rc = cache_blob_write(s->blob, s->pos, buf, (size_t)n);
+		if (rc)
+			break;
+		s->pos += (uint64_t)n;
+	}
+	free(own);
+	close(fd);
+	return rc;
+}
+
 int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 {
 	struct fetch_call *call = arg;
@@ -354,6 +408,16 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 
 	if (sink.unit <= FETCH_GATHER_MAX)
 		sink.buf = fetch_gather_buffer();
+	if (f->blobsrc) {
+		rc = fetch_fill_local(f, src, call, &sink);
+		if (rc == 0)
+			return 0;
+		if (rc != -ENOENT && rc != -EIO)
+			return rc;
+		rc = 0; /* the Hub has it */
+	}
+	if (f->offline)
+		return -ENODATA;
 	while (sink.pos < sink.end) {
 		struct http_response resp;
 		uint64_t before = sink.pos;
@@ -455,6 +519,11 @@ int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
 	return sink.pos >= sink.end ? 0 : (rc ? rc : -EIO);
 }
 
+cache_fill_fn fetch_filler(const struct fetch *f)
+{
+	return f->offline && !f->blobsrc ? NULL : fetch_fill;
+}
+
 static void fetch_job_free(struct fetch_job *j)
 {
 	cache_blob_put(j->blob);
@@ -553,6 +622,8 @@ struct fetch *fetch_new(const struct fetch_config *cfg, int *err)
 	}
 	f->http = cfg->http;
 	f->cache = cfg->cache;
+	f->blobsrc = cfg->blobsrc;
+	f->offline = cfg->offline;
 	chunk = cache_chunk_size(cfg->cache);
 	f->piece = cfg->piece ? cfg->piece : 8u << 20;
 	if (f->piece < chunk)

@@ -11,6 +11,10 @@
  * stopped.  Any answer that does not fit the range asked for fails with -EIO:
  * wrong bytes are never written to the cache.
  *
+ * A blob that a huggingface_hub cache holds (blobsrc.h) is read from there
+ * instead, once its copy there checked good; a bad or missing copy means the
+ * Hub, as if there were none.
+ *
  * Read-ahead runs on a small pool of threads: a sequential reader's window
  * is fetched ahead in pieces, by parallel range requests.
  *
@@ -22,12 +26,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "blobsrc.h"
 #include "cache.h"
 #include "http.h"
+#include "hub_api.h"
 
 struct fetch_config {
 	struct http_client *http; /* borrowed */
 	struct cache *cache;      /* borrowed */
+	struct blobsrc *blobsrc;  /* borrowed; NULL: the Hub only */
+	bool offline;             /* never ask the Hub: blob sources only */
 	int threads;              /* read-ahead threads; 0 for 8 */
 	uint64_t piece;           /* bytes per read-ahead request; 0 for 8 MiB */
 };
@@ -42,10 +50,12 @@ void fetch_free(struct fetch *f);
 /* Where one blob's bytes come from.  Reference-counted. */
 struct fetch_source;
 
-/* A source for the file at @resolve_url (absolute, pinned to a commit) whose
- * content is blob @blob_id of @size bytes.  Returns NULL when out of memory. */
-struct fetch_source *fetch_source_new(struct fetch *f, const char *resolve_url,
-				      const char *blob_id, uint64_t size);
+/* A source for the file at @resolve_url (absolute, pinned to a commit) of
+ * @repo (only read during the call; NULL: unknown) whose content is blob
+ * @blob_id of @size bytes.  Returns NULL when out of memory. */
+struct fetch_source *fetch_source_new(struct fetch *f, const struct hub_repo *repo,
+				      const char *resolve_url, const char *blob_id,
+				      uint64_t size);
 void fetch_source_ref(struct fetch_source *s);
 /* Drops a reference; NULL is a no-op. */
 void fetch_source_unref(struct fetch_source *s);
@@ -58,8 +68,13 @@ struct fetch_call {
 	void *cancel_arg;
 };
 
-/* The cache's fill callback (cache_fill_fn); @arg is a struct fetch_call. */
+/* The cache's fill callback (cache_fill_fn); @arg is a struct fetch_call.
+ * Offline, what the blob sources do not hold fails with -ENODATA. */
 int fetch_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len);
+
+/* The fill callback to give the cache: fetch_fill, or NULL when @f is
+ * offline without blob sources (nothing can be filled). */
+cache_fill_fn fetch_filler(const struct fetch *f);
 
 /* The link as range answers measured it (moving averages): *@wait_s, the
  * seconds from a request to its first byte, and *@rate, one answer's

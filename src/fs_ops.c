@@ -1466,7 +1466,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			f->blob = cache_blob_get(fs->cache, ss.sha256, f->size, &rc);
 			if (!f->blob)
 				goto fail;
-			f->src = url ? fetch_source_new(fs->fetch, url, ss.sha256, f->size) : NULL;
+			f->src = url ? fetch_source_new(fs->fetch, &repo, url, ss.sha256, f->size) : NULL;
 			if (!f->src) {
 				rc = -ENOMEM;
 				goto fail;
@@ -1511,7 +1511,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		f->blob = cache_blob_get(fs->cache, id, f->size, &rc);
 		if (!f->blob)
 			goto fail;
-		f->src = url ? fetch_source_new(fs->fetch, url, id, f->size) : NULL;
+		f->src = url ? fetch_source_new(fs->fetch, &repo, url, id, f->size) : NULL;
 		if (!f->src) {
 			rc = -ENOMEM;
 			goto fail;
@@ -1659,8 +1659,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fs *fs = fs_of(req);
 	struct fs_file *f = fs_handle_get(fs->files, fi->fh);
 	struct fetch_call call = { .cancel = fs_interrupted, .cancel_arg = req };
-	/* Offline, only what is cached can be read. */
-	cache_fill_fn fill = fs->offline ? NULL : fetch_fill;
+	/* Offline, only what is cached (or in a blob source) can be read. */
+	cache_fill_fn fill = fetch_filler(fs->fetch);
 	uint64_t end, ra_from = 0, ra_len = 0, ra_piece = 0;
 	double wait = 0, rate = 0;
 	char *buf;

@@ -281,7 +281,7 @@ static int fs_copy_in(void *arg, int fd)
 	url = hub_resolve_url(fs->http, &repo, c->commit, c->path);
 	buf = malloc(FS_MAX_READ);
 	blob = cache_blob_get(fs->cache, id, c->e.size, &rc);
-	call.src = url ? fetch_source_new(fs->fetch, url, id, c->e.size) : NULL;
+	call.src = url ? fetch_source_new(fs->fetch, &repo, url, id, c->e.size) : NULL;
 	if (!url || !buf || !call.src) {
 		rc = rc ? rc : -ENOMEM;
 		goto out;

@@ -3,7 +3,9 @@
  *
  * Token discovery follows huggingface_hub: HF_TOKEN, then the token file
  * HF_TOKEN_PATH, whose default is $HF_HOME/token, where HF_HOME defaults to
- * $XDG_CACHE_HOME/huggingface, then ~/.cache/huggingface.
+ * $XDG_CACHE_HOME/huggingface, then ~/.cache/huggingface.  Its cache
+ * directory likewise (huggingface_hub's constants.py): HF_HUB_CACHE, whose
+ * default is HUGGINGFACE_HUB_CACHE, whose default is $HF_HOME/hub.
  */
 #include "config.h"
 
@@ -229,6 +231,49 @@ char *options_cache_dir(const char *given)
 	if (!home)
 		return NULL;
 	if (asprintf(&out, "%s/.cache/hubfs", home) < 0)
+		return NULL;
+	return out;
+}
+
+/* @path with a leading "~" or "~/" made the home directory.  Caller frees. */
+static char *options_expand_home(const char *path)
+{
+	const char *home;
+	char *out;
+
+	if (path[0] != '~' || (path[1] && path[1] != '/'))
+		return strdup(path);
+	home = options_home();
+	if (!home || asprintf(&out, "%s%s", home, path + 1) < 0)
+		return NULL;
+	return out;
+}
+
+char *options_hf_cache_dir(void)
+{
+	const char *env, *home;
+	char *out = NULL, *base;
+
+	if ((env = getenv("HF_HUB_CACHE")) && *env)
+		return options_expand_home(env);
+	if ((env = getenv("HUGGINGFACE_HUB_CACHE")) && *env)
+		return options_expand_home(env);
+	if ((env = getenv("HF_HOME")) && *env) {
+		base = options_expand_home(env);
+		if (!base || asprintf(&out, "%s/hub", base) < 0)
+			out = NULL;
+		free(base);
+		return out;
+	}
+	if ((env = getenv("XDG_CACHE_HOME")) && *env) {
+		base = options_expand_home(env);
+		if (!base || asprintf(&out, "%s/huggingface/hub", base) < 0)
+			out = NULL;
+		free(base);
+		return out;
+	}
+	home = options_home();
+	if (!home || asprintf(&out, "%s/.cache/huggingface/hub", home) < 0)
 		return NULL;
 	return out;
 }

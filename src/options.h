@@ -42,4 +42,12 @@ void options_token_env_scrub(void);
  * ~/.cache/hubfs.  Caller frees; NULL when no home can be found. */
 char *options_cache_dir(const char *given);
 
+/* The cache directory of huggingface_hub, found as it finds it:
+ * $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE (its old name), else
+ * $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else
+ * ~/.cache/huggingface/hub; a leading "~/" is the home directory.  Empty
+ * variables count as unset.  Whether it exists is not checked.  Caller
+ * frees; NULL when no home can be found (or out of memory). */
+char *options_hf_cache_dir(void);
+
 #endif

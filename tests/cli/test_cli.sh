@@ -36,6 +36,12 @@ check "status with a mountpoint and --cache-dir exits 2" test $rc -eq 2
 out=$("$hubfs" umount --help); rc=$?
 check "umount --help exits 0" test $rc -eq 0
 check "umount --help tells exit status 3" grep -q "3 when unmounted but changes stay staged" <<<"$(tr '\n' ' ' <<<"$out" | tr -s ' ')"
+out=$("$hubfs" mount --help); rc=$?
+check "mount --help lists --hf-cache and --no-hf-cache" \
+	grep -q -- "--hf-cache DIR.*--no-hf-cache" <<<"$(tr '\n' ' ' <<<"$out")"
+err=$("$hubfs" mount --hf-cache= "$tmp" 2>&1); rc=$?
+check "mount --hf-cache with no directory exits 2" test $rc -eq 2
+check "and says a directory is wanted" grep -q -- "--hf-cache: a directory" <<<"$err"
 "$hubfs" umount >/dev/null 2>&1; rc=$?
 check "umount without a mountpoint exits 2" test $rc -eq 2
 err=$("$hubfs" frobnicate 2>&1); rc=$?

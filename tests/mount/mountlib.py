@@ -117,7 +117,7 @@ def hubfs_env(home, token=None):
     token file is ever found), HF_TOKEN=@token if given."""
     env = dict(os.environ)
     for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "HF_ENDPOINT",
-              "HF_HUB_OFFLINE", "XDG_CACHE_HOME"):
+              "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         env.pop(k, None)
     env["HOME"] = home
     if token:

@@ -1,4 +1,5 @@
-/* Unit tests: sizes, booleans, endpoint, token discovery, cache dir (src/options.c). */
+/* Unit tests: sizes, booleans, endpoint, token discovery, cache dir, huggingface_hub's
+ * cache dir (src/options.c). */
 #include "config.h"
 
 #include <errno.h>
@@ -183,6 +184,72 @@ static void test_cache_dir(const char *dir)
 	free(d);
 }
 
+/* The order huggingface_hub's constants.py gives: HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE,
+ * HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub. */
+static void test_hf_cache_dir(const char *dir)
+{
+	char want[512];
+	char *d;
+
+	unsetenv("HF_HUB_CACHE");
+	unsetenv("HUGGINGFACE_HUB_CACHE");
+	unsetenv("HF_HOME");
+	unsetenv("XDG_CACHE_HOME");
+	d = options_hf_cache_dir();
+	snprintf(want, sizeof(want), "%s/home/.cache/huggingface/hub", dir);
+	tap_ok(d && !strcmp(d, want), "hf cache: ~/.cache/huggingface/hub by default (%s)", d);
+	free(d);
+
+	setenv("XDG_CACHE_HOME", "/xdg", 1);
+	d = options_hf_cache_dir();
+	tap_ok(d && !strcmp(d, "/xdg/huggingface/hub"), "hf cache: XDG_CACHE_HOME/huggingface/hub");
+	free(d);
+
+	setenv("HF_HOME", "/hfhome", 1);
+	d = options_hf_cache_dir();
+	tap_ok(d && !strcmp(d, "/hfhome/hub"), "hf cache: HF_HOME/hub wins over XDG_CACHE_HOME");
+	free(d);
+
+	setenv("HF_HOME", "~/hf", 1);
+	d = options_hf_cache_dir();
+	snprintf(want, sizeof(want), "%s/home/hf/hub", dir);
+	tap_ok(d && !strcmp(d, want), "hf cache: a '~/' in HF_HOME is the home (%s)", d);
+	free(d);
+
+	setenv("HUGGINGFACE_HUB_CACHE", "/legacy", 1);
+	d = options_hf_cache_dir();
+	tap_ok(d && !strcmp(d, "/legacy"), "hf cache: HUGGINGFACE_HUB_CACHE wins over HF_HOME");
+	free(d);
+
+	setenv("HF_HUB_CACHE", "/hubcache", 1);
+	d = options_hf_cache_dir();
+	tap_ok(d && !strcmp(d, "/hubcache"), "hf cache: HF_HUB_CACHE wins over everything");
+	free(d);
+
+	setenv("HF_HUB_CACHE", "~", 1);
+	d = options_hf_cache_dir();
+	snprintf(want, sizeof(want), "%s/home", dir);
+	tap_ok(d && !strcmp(d, want), "hf cache: HF_HUB_CACHE '~' is the home");
+	free(d);
+
+	setenv("HF_HUB_CACHE", "~other/x", 1);
+	d = options_hf_cache_dir();
+	tap_ok(d && !strcmp(d, "~other/x"), "hf cache: '~other' is left as it is");
+	free(d);
+
+	setenv("HF_HUB_CACHE", "", 1);
+	setenv("HUGGINGFACE_HUB_CACHE", "", 1);
+	d = options_hf_cache_dir();
+	snprintf(want, sizeof(want), "%s/home/hf/hub", dir);
+	tap_ok(d && !strcmp(d, want), "hf cache: empty variables count as unset");
+	free(d);
+
+	unsetenv("HF_HUB_CACHE");
+	unsetenv("HUGGINGFACE_HUB_CACHE");
+	unsetenv("HF_HOME");
+	unsetenv("XDG_CACHE_HOME");
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/hubfs-test-options-XXXXXX";
@@ -195,6 +262,7 @@ int main(void)
 	test_endpoint();
 	test_token(dir);
 	test_cache_dir(dir);
+	test_hf_cache_dir(dir);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		tap_diag("could not remove %s", dir);
