@@ -571,7 +571,23 @@ class HubApp:
         repo = self._repo(ident, rtype, ns, name)
         sha = self._pinned(req, repo, rev)
         history = self.store.history(sha)
-        page, headers, _ = self._page(req, history, extra={"c": sha})
+        # The Hub pages commits by number: p=N (0-based) of limit items
+        # (default and cap: the page size), Link rel="next" with p+1.
+        limit = self.page_size
+        try:
+            if req.param("limit"):
+                limit = max(1, min(limit, int(req.param("limit"))))
+            p = int(req.param("p", "0"))
+        except ValueError:
+            raise HubError(400, "limit and p must be integers") from None
+        if p < 0:
+            raise HubError(400, "p must not be negative")
+        page = history[p * limit:(p + 1) * limit]
+        headers = []
+        if (p + 1) * limit < len(history):
+            query = [(k, v) for k, v in parse_qsl(req.query, keep_blank_values=True) if k != "p"]
+            query.append(("p", str(p + 1)))
+            headers.append(("Link", '<%s%s?%s>; rel="next"' % (self.base_url, req.path, urlencode(query))))
         out = []
         for cid in page:
             c = self.store.commit(cid)
