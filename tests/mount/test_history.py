@@ -14,6 +14,7 @@ nothing pending says so and exits 0; a conflict, no rights and an
 unreachable Hub exit 1 with a message, the changes staying staged.
 """
 
+import ctypes
 import errno
 import json
 import os
@@ -246,6 +247,25 @@ def test_branches(hub, m):
     body = hub.request("GET", "/%s/resolve/feature-1/new.txt" % TINY, ALICE_WRITE_TOKEN)[2]
     T.eq(body, b"theirs\n", "their change is not overwritten")
     os.setxattr(m.p(TINY + "/feature-1/new.txt"), "user.hub.resolve", b"theirs")
+
+    # sync(1) and syncfs(2) do not reach the daemon (no FUSE_SYNCFS but for
+    # virtiofs, no syncfs in libfuse 3.14): hubfs commit is the way
+    n = len(hub_commits(hub, TINY, "feature-1"))
+    with open(m.p(TINY + "/feature-1/synced.txt"), "wb") as f:
+        f.write(b"after sync\n")
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(m.p(TINY + "/feature-1"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rc = libc.syncfs(fd)
+    finally:
+        os.close(fd)
+    os.sync()
+    T.eq((rc, len(hub_commits(hub, TINY, "feature-1"))), (0, n),
+         "syncfs and sync succeed and commit nothing, as the man page says")
+    st, out, err = hubfs("commit", m.p(TINY + "/feature-1/synced.txt"))
+    hist = hub_commits(hub, TINY, "feature-1")
+    T.ok(st == 0 and len(hist) == n + 1 and hist[0]["title"] == "Add synced.txt with hubfs",
+         "hubfs commit without -m: one commit with hubfs's own title", (st, err, hist[0]["title"]))
 
 
 def test_read_only(hub):
