@@ -32,17 +32,17 @@
 #include "stage.h"
 
 static const char commit_usage[] =
-	"usage: hubfs commit [-m MESSAGE] [--description TEXT] PATH\n"
-	"\n"
-	"Commits every pending change of the branch that PATH is in (a branch's\n"
-	"directory, or a file or folder in it) now, as one commit, waits until it is\n"
-	"on the Hub, and prints its id and URL.  Exit status 0 once it is there (also\n"
-	"when nothing was pending: it says so), 1 when it failed (a conflict, no\n"
-	"rights, the Hub unreachable: the changes stay staged), 2 for a usage error.\n"
-	"\n"
-	"  -m, --message MESSAGE  the commit's title (one line, at most 400 bytes);\n"
-	"                         default: the titles hubfs gives (see hubfs(1))\n"
-	"  --description TEXT     the text below the title\n";
+    "usage: hubfs commit [-m MESSAGE] [--description TEXT] PATH\n"
+    "\n"
+    "Commits every pending change of the branch that PATH is in (a branch's\n"
+    "directory, or a file or folder in it) now, as one commit, waits until it is\n"
+    "on the Hub, and prints its id and URL.  Exit status 0 once it is there (also\n"
+    "when nothing was pending: it says so), 1 when it failed (a conflict, no\n"
+    "rights, the Hub unreachable: the changes stay staged), 2 for a usage error.\n"
+    "\n"
+    "  -m, --message MESSAGE  the commit's title (one line, at most 400 bytes);\n"
+    "                         default: the titles hubfs gives (see hubfs(1))\n"
+    "  --description TEXT     the text below the title\n";
 
 /* The revision directory above @real (where user.hub.path ends), into
  * @root.  Returns 0 or -errno. */
@@ -82,27 +82,32 @@ static void commit_explain(const struct cmd_where *w, int err)
 
 	switch (err) {
 	case -EACCES:
-		log_msg(LOG_ERR, "not committed: the mount's token may not write to '%s/%s' "
-			"(or this is not the mount's user)", w->ns, w->name);
+		log_msg(LOG_ERR,
+			"not committed: the mount's token may not write to '%s/%s' "
+			"(or this is not the mount's user)",
+			w->ns, w->name);
 		break;
 	case -EROFS:
-		log_msg(LOG_ERR, "not committed: '%s' is not a branch (a tag, commit or pull "
-			"request view is read-only), or the mount is offline", w->rev);
+		log_msg(LOG_ERR,
+			"not committed: '%s' is not a branch (a tag, commit or pull "
+			"request view is read-only), or the mount is offline",
+			w->rev);
 		break;
 	case -EINVAL:
 		log_msg(LOG_ERR, "not committed: the Hub refused a change (an invalid README.md "
-			"card?) or the message is not one line of at most 400 bytes");
+				 "card?) or the message is not one line of at most 400 bytes");
 		break;
 	case -EPERM:
 	case -ENOTSUP:
 		log_msg(LOG_ERR, "not committed: the daemon of this mount is an older hubfs that "
-			"has no 'hubfs commit'");
+				 "has no 'hubfs commit'");
 		return;
 	case -ETIMEDOUT:
 		log_msg(LOG_ERR, "not committed after 15 minutes: the changes stay staged");
 		break;
 	default:
-		log_msg(LOG_ERR, "not committed: %s (a conflict, a change the Hub refused, or "
+		log_msg(LOG_ERR,
+			"not committed: %s (a conflict, a change the Hub refused, or "
 			"the Hub failing or out of reach); the changes stay staged",
 			strerror(-err));
 		break;

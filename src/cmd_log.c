@@ -37,16 +37,16 @@
 #include "options.h"
 
 static const char log_usage[] =
-	"usage: hubfs log [--json] [-n N] [--token-file FILE] PATH\n"
-	"\n"
-	"The commits of PATH, newest first, one per line: short id, date (UTC),\n"
-	"author and title.  PATH is a repository's directory (its main branch), a\n"
-	"revision (a branch, tag, pull request or pinned view), or a file or folder\n"
-	"in one (the commits that changed it) in a hubfs mount.\n"
-	"\n"
-	"  --json             one JSON object per line: id, date, authors, title, message\n"
-	"  -n N               at most N commits\n"
-	"  --token-file FILE  the token to ask the Hub with (else as hubfs mount finds one)\n";
+    "usage: hubfs log [--json] [-n N] [--token-file FILE] PATH\n"
+    "\n"
+    "The commits of PATH, newest first, one per line: short id, date (UTC),\n"
+    "author and title.  PATH is a repository's directory (its main branch), a\n"
+    "revision (a branch, tag, pull request or pinned view), or a file or folder\n"
+    "in one (the commits that changed it) in a hubfs mount.\n"
+    "\n"
+    "  --json             one JSON object per line: id, date, authors, title, message\n"
+    "  -n N               at most N commits\n"
+    "  --token-file FILE  the token to ask the Hub with (else as hubfs mount finds one)\n";
 
 /* Commits asked for per page. */
 #define LOG_PAGE 100
@@ -55,10 +55,10 @@ struct log_state {
 	struct http_client *http;
 	struct hub_repo repo;
 	bool json;
-	unsigned long max;   /* 0: no limit */
+	unsigned long max; /* 0: no limit */
 	unsigned long shown;
-	bool gone;	     /* the reader went away */
-	int err;	     /* a write failure other than EPIPE */
+	bool gone; /* the reader went away */
+	int err;   /* a write failure other than EPIPE */
 	/* the walk of a path's history: the commit after the one shown */
 	bool walk_first;
 	char next[HUB_COMMIT_LEN + 1];
@@ -148,7 +148,8 @@ static int log_walk(struct log_state *st, const char *rev, const char *path)
 		if (rc == -ENOENT && n > 0)
 			return 0; /* the path did not exist before */
 		if (rc == -ENOENT) {
-			log_msg(LOG_ERR, "no commit on the Hub has '%s' (not committed yet?)", path);
+			log_msg(LOG_ERR, "no commit on the Hub has '%s' (not committed yet?)",
+				path);
 			return 1; /* said */
 		}
 		if (rc)
@@ -164,8 +165,8 @@ static int log_walk(struct log_state *st, const char *rev, const char *path)
 
 int cmd_log(int argc, char *argv[])
 {
-	struct http_client_config hc = { 0 };
-	struct log_state st = { 0 };
+	struct http_client_config hc = {0};
+	struct log_state st = {0};
 	struct cmd_where w;
 	const char *path = NULL, *token_file = NULL, *rev;
 	char *token = NULL, *end;
@@ -229,19 +230,21 @@ int cmd_log(int argc, char *argv[])
 	st.http = http_client_new(&hc, &rc);
 	options_token_free(token);
 	if (!st.http) {
-		log_msg(LOG_ERR, "the mount's endpoint '%s' is not an http or https URL", w.endpoint);
+		log_msg(LOG_ERR, "the mount's endpoint '%s' is not an http or https URL",
+			w.endpoint);
 		rc = 1;
 		goto out;
 	}
 	/* a view by commit id lists from its full id; a repo from main */
-	rev = !w.rev[0]				     ? "main"
+	rev = !w.rev[0]						? "main"
 	      : hub_commit_id_valid(w.rev, true) && w.commit[0] ? w.commit
-							     : w.rev;
+								: w.rev;
 	if (w.path[0])
 		rc = log_walk(&st, rev, w.path);
 	else
-		rc = hub_list_commits(st.http, &st.repo, rev, st.max && st.max < LOG_PAGE
-						  ? (unsigned)st.max : LOG_PAGE, log_commit, &st);
+		rc = hub_list_commits(st.http, &st.repo, rev,
+				      st.max && st.max < LOG_PAGE ? (unsigned)st.max : LOG_PAGE,
+				      log_commit, &st);
 	if (rc > 0)
 		; /* said already */
 	else if (st.err)
@@ -250,8 +253,10 @@ int cmd_log(int argc, char *argv[])
 		log_msg(LOG_ERR, "cannot list the commits of '%s': %s", path,
 			rc == -EACCES ? "the Hub refused the token (401, 403)" : strerror(-rc));
 	else if (rc)
-		log_msg(LOG_ERR, "cannot list the commits of '%s': no such repository or "
-			"revision on the Hub (or the token may not see it)", path);
+		log_msg(LOG_ERR,
+			"cannot list the commits of '%s': no such repository or "
+			"revision on the Hub (or the token may not see it)",
+			path);
 	rc = rc || st.err ? 1 : 0;
 out:
 	http_client_free(st.http);

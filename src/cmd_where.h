@@ -13,16 +13,16 @@
 #include "hub_id.h"
 
 struct cmd_where {
-	char *real;		     /* realpath(3) of the path; owned */
-	char *mountpoint;	     /* of the hubfs mount holding it; owned */
-	char *endpoint;		     /* the Hub the mount talks to; owned */
-	bool own;		     /* the mount belongs to the caller (user_id=) */
+	char *real;	  /* realpath(3) of the path; owned */
+	char *mountpoint; /* of the hubfs mount holding it; owned */
+	char *endpoint;	  /* the Hub the mount talks to; owned */
+	bool own;	  /* the mount belongs to the caller (user_id=) */
 	enum hub_repo_type type;
 	char ns[HUB_NAME_MAX + 1];
 	char name[HUB_NAME_MAX + 1];
-	char rev[HUB_REV_MAX + 1];   /* the view's revision, "" for a repo directory */
+	char rev[HUB_REV_MAX + 1];	 /* the view's revision, "" for a repo directory */
 	char commit[HUB_COMMIT_LEN + 1]; /* user.hub.commit of the path, or "" */
-	char path[HUB_PATH_MAX + 1]; /* in the repo, "" at the revision's root */
+	char path[HUB_PATH_MAX + 1];	 /* in the repo, "" at the revision's root */
 };
 
 /* Fills @w for @path (release it with cmd_where_release()).  Returns 0, or

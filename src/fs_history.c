@@ -42,8 +42,8 @@ int fs_history_xattr(struct fs *fs, const struct fs_node *n, const char *name, c
 {
 	if (!strcmp(name, "user.hubfs.endpoint"))
 		return n->p.kind == FS_PATH_ROOT && fs->http
-			       ? snprintf(buf, size, "%s", http_client_endpoint(fs->http))
-			       : -ENODATA;
+			   ? snprintf(buf, size, "%s", http_client_endpoint(fs->http))
+			   : -ENODATA;
 	if (n->p.kind < FS_PATH_REPO || n->p.kind == FS_PATH_REFS)
 		return -ENODATA;
 	if (!strcmp(name, "user.hub.repo"))
