@@ -142,6 +142,24 @@ def test_log(hub, m):
     st, out, _ = hubfs("log", "--json", m.p(TINY + "/main/README.md"))
     T.eq([json.loads(x)["title"] for x in out.splitlines()], ["initial commit"], "--json of a file")
 
+    # a private repo: the caller's own token, never the daemon's
+    priv = "acme-research/private-model"
+    want = [line_of(c) for c in hub_commits(hub, priv)]
+    st, out, err = hubfs("log", m.p(priv))
+    T.eq((st, out.splitlines()), (0, want), "log of a private repo with the caller's token")
+    st, out, err = hubfs("log", m.p(priv), token=None)
+    T.ok(st == 1 and out == "" and "no such repository" in err,
+         "without a token of its own the caller sees no private history (the daemon's is not lent)", err)
+    tok = os.path.join(m._tmp, "token")
+    with open(tok, "w") as f:
+        f.write(ALICE_WRITE_TOKEN + "\n")
+    st, out, err = hubfs("log", "--token-file", tok, m.p(priv), token=None)
+    T.eq((st, out.splitlines()), (0, want), "--token-file gives the token")
+    values = [os.getxattr(p, x) for p in (m.path, m.p(priv), m.p(priv + "/main"), m.p(priv + "/main/config.json"))
+              for x in os.listxattr(p)]
+    T.ok(len(values) >= 8 and all(ALICE_WRITE_TOKEN.encode() not in v for v in values),
+         "no xattr of the root, a repo, a branch or a file holds the token (%d values)" % len(values))
+
     st, out, err = hubfs("log", m.path)
     T.ok(st == 1 and "not in a repository" in err, "log of the mount root: exit 1, says why", err)
     st, out, err = hubfs("log", tempfile.gettempdir())
