@@ -124,9 +124,10 @@ static void commit_explain(const struct cmd_where *w, int err)
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(b[i].repo, key) || strcmp(b[i].branch, w->rev))
 			continue;
-		log_msg(LOG_ERR, "%llu change%s of '%s/%s@%s' stay staged (%llu in conflict)%s%s",
+		log_msg(LOG_ERR, "%llu change%s of '%s/%s@%s' stay%s staged (%llu in conflict)%s%s",
 			(unsigned long long)b[i].changes, b[i].changes == 1 ? "" : "s", w->ns,
-			w->name, w->rev, (unsigned long long)b[i].by_state[CACHE_STAGE_CONFLICT],
+			w->name, w->rev, b[i].changes == 1 ? "s" : "",
+			(unsigned long long)b[i].by_state[CACHE_STAGE_CONFLICT],
 			b[i].error && *b[i].error ? "; last error: " : "",
 			b[i].error ? b[i].error : "");
 	}

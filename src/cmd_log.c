@@ -12,9 +12,11 @@
  * never sent where someone else chose.
  *
  * A repo or revision is listed page after page (GET .../commits/REV, 100
- * per page), each line written as soon as its page arrives, so that
- * "hubfs log X | head" costs one page; a reader that goes away (EPIPE)
- * ends the listing quietly.  The Hub's listing has no path filter: for a
+ * per page), each line written as soon as its page arrives; into a pipe,
+ * the next page is asked for only once the reader took the last one, so
+ * that "hubfs log X | head" costs one or two pages whatever the history's
+ * length; a reader that goes away (EPIPE, POLLERR) ends the listing
+ * quietly.  The Hub's listing has no path filter: for a
  * file or folder, the history is walked through the commit that last
  * changed the path (paths-info with expand gives its lastCommit), then the
  * commit before that one (the second entry of the listing at it), and so
@@ -25,11 +27,15 @@
 #include "cmd.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cmd_where.h"
 #include "hub_api.h"
@@ -114,9 +120,36 @@ static int log_print(struct log_state *st, const struct hub_commit_info *c)
 	return st->max && st->shown >= st->max ? 1 : 0;
 }
 
+/* Before the next page: when stdout is a pipe, waits until the reader has
+ * taken what was written, or went away (POLLERR), so that a reader that
+ * stops (head) costs at most the page after the one it read.  Returns 0,
+ * or 1 when the reader is gone. */
+static int log_page_wait(struct log_state *st)
+{
+	struct stat sb;
+
+	if (fstat(STDOUT_FILENO, &sb) || !S_ISFIFO(sb.st_mode))
+		return 0;
+	/* no event asked: POLLERR (no reader left) comes anyway; the checks
+	 * of what is unread back off from 1 to 32 ms */
+	for (int ms = 1;; ms = ms < 32 ? 2 * ms : ms) {
+		struct pollfd pfd = {.fd = STDOUT_FILENO, .events = 0};
+		int unread = 0;
+
+		if (ioctl(STDOUT_FILENO, FIONREAD, &unread) || unread <= 0)
+			return 0;
+		if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
+			return 0;
+		if (pfd.revents & (POLLERR | POLLHUP)) {
+			st->gone = true;
+			return 1;
+		}
+	}
+}
+
 static int log_commit(void *arg, const struct hub_commit_info *c)
 {
-	return log_print(arg, c);
+	return c ? log_print(arg, c) : log_page_wait(arg);
 }
 
 /* The listing at the last commit that changed the path: prints that
@@ -126,6 +159,8 @@ static int log_walk_commit(void *arg, const struct hub_commit_info *c)
 	struct log_state *st = arg;
 	int rc;
 
+	if (!c)
+		return 0; /* the end of the page */
 	if (st->walk_first) {
 		st->walk_first = false;
 		rc = log_print(st, c);

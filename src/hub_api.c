@@ -1438,13 +1438,13 @@ static int hub_commits_page(void *arg, const cJSON *array)
 {
 	struct hub_commits_page *p = arg;
 	const cJSON *item;
+	int rc;
 
 	cJSON_ArrayForEach(item, array)
 	{
 		const char *authors[HUB_COMMIT_AUTHORS_MAX], *id = hub_json_string(item, "id");
 		const cJSON *list = cJSON_GetObjectItemCaseSensitive(item, "authors"), *a;
 		struct hub_commit_info c = { 0 };
-		int rc;
 
 		if (!hub_is_commit(id) || strlen(id) != HUB_COMMIT_LEN)
 			return hub_malformed("a commit without a valid id");
@@ -1467,7 +1467,11 @@ static int hub_commits_page(void *arg, const cJSON *array)
 			return rc;
 		}
 	}
-	return 0;
+	/* the end of a page: the caller may wait before the next one */
+	rc = p->fn(p->arg, NULL);
+	if (rc)
+		p->stop = rc;
+	return rc;
 }
 
 int hub_list_commits(struct http_client *http, const struct hub_repo *repo, const char *rev,

@@ -217,7 +217,8 @@ struct hub_commit_info {
 	size_t nauthors;
 };
 
-/* Receives one commit; returns 0 to go on, a positive value to stop
+/* Receives one commit, or NULL at the end of each page (before the next
+ * one is asked for); returns 0 to go on, a positive value to stop
  * (hub_list_commits() then returns 0), or -errno to stop with it. */
 typedef int (*hub_commit_fn)(void *arg, const struct hub_commit_info *c);
 
