@@ -130,6 +130,12 @@ def test_log(hub, m):
     st, out, _ = hubfs("log", m.p(TINY + "/v1.0"))
     T.eq(out.splitlines(), want[2:], "log of tag v1.0")
 
+    ds = "acme-research/sample-dataset"
+    for rev, view in (("main", "datasets/%s" % ds), ("refs%2Fconvert%2Fparquet", "datasets/%s/refs/convert/parquet" % ds)):
+        items = hub.json("GET", "/api/datasets/%s/commits/%s" % (ds, rev), ALICE_WRITE_TOKEN)[1]
+        st, out, err = hubfs("log", m.p(view))
+        T.eq((st, out.splitlines()), (0, [line_of(c) for c in items]), "log of %s: the Hub's commits" % view)
+
     # a file and a folder: the commits that changed them
     by_title = {c["title"]: line_of(c) for c in hist}
     st, out, _ = hubfs("log", m.p(TINY + "/main/config.json"))
