@@ -572,6 +572,9 @@ def commits_pagination():
     eq([c["title"] for c in js(get(TINY + "/commits/main?limit=3&p=1")[2])], ["initial commit"], "p=1 of 3")
     eq(js(get(TINY + "/commits/main?limit=3&p=5")[2]), [], "a page past the end is empty")
     eq(get(TINY + "/commits/main?p=x")[0], 400, "p must be a number")
+    ok("/commits/main?p=1&limit=3>" in get(TINY + "/commits/main?limit=3")[1]["link"],
+       "the next link reads ?p=1&limit=N, as the Hub's")
+    ok("link" not in get(TINY + "/commits/main")[1], "4 commits fit the default page (50)")
 
 
 @test
