@@ -1142,14 +1142,17 @@ out:
 	return rc;
 }
 
-/* Waits for a pass of the worker over @repo @branch that began after the
- * call; answers its result, or for @path (non-NULL) that of @path's row. */
+/* What a hubfs commit asks (stage_commit_now()) and gets. */
 struct stage_request {
 	const char *message, *description; /* borrowed */
 	bool *made;
 	char *commit;
 };
 
+/* Waits for a pass of the worker over @repo @branch that began after the
+ * call; answers its result, or for @path (non-NULL) that of @path's row.
+ * With @q, the commits made meanwhile carry its message and description,
+ * and it learns whether one was made, and which. */
 static int stage_wait_pass(struct stage *s, const char *repo, const char *branch,
 			   const char *path, const struct stage_request *q)
 {
