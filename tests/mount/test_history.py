@@ -291,6 +291,13 @@ def test_branches(hub, m):
     T.ok(st == 0 and len(hist) == n + 1 and hist[0]["title"] == "Add synced.txt with hubfs",
          "hubfs commit without -m: one commit with hubfs's own title", (st, err, hist[0]["title"]))
 
+    # a title with a terminal escape: shown as '?', kept whole in --json
+    hub_commit(hub, TINY, "feature-1", "esc.txt", b"x\n", "Colour \x1b[31mred")
+    st, out, _ = hubfs("log", "-n", "1", m.p(TINY + "/feature-1"))
+    T.ok(out.endswith(" alice Colour ?[31mred\n"), "control characters of a title are shown as ?", out)
+    st, out, _ = hubfs("log", "--json", "-n", "1", m.p(TINY + "/feature-1"))
+    T.eq(json.loads(out)["title"], "Colour \x1b[31mred", "--json keeps the title as the Hub has it")
+
 
 def test_read_only(hub):
     with Mount(hub, token=ALICE_READ_TOKEN, args=["--commit-delay", "600"]) as m:
