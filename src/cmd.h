@@ -23,6 +23,14 @@ int cmd_umount(int argc, char *argv[]);
 /* hubfs status [MOUNTPOINT] [--cache-dir DIR] */
 int cmd_status(int argc, char *argv[]);
 
+/* hubfs log [--json] [-n N] [--token-file FILE] PATH (cmd_log.c) */
+int cmd_log(int argc, char *argv[]);
+
+/* hubfs commit [-m MESSAGE] [--description TEXT] PATH (cmd_commit.c):
+ * 0 once committed or when nothing was pending, 1 when not committed, 2
+ * for a usage error. */
+int cmd_commit(int argc, char *argv[]);
+
 /* hubfs cache stats|prune|clear [--cache-dir DIR] [--cache-size SIZE] */
 int cmd_cache(int argc, char *argv[]);
 

@@ -132,14 +132,25 @@ static void stage_mark(struct stage *s, const int64_t *ids, size_t n, enum cache
 /* The commit message set for @rkey @branch (user.hub.message), else
  * --commit-message, into @buf.  Returns whether there was one. */
 static bool stage_message(struct stage *s, const char *rkey, const char *branch, char *buf,
-			  size_t size)
+			  size_t size, char **description)
 {
 	const char *m = s->message;
 
+	*description = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (struct stage_branch *b = s->branches; b; b = b->next)
-		if (b->message && !strcmp(b->branch, branch) && !strcmp(b->repo, rkey))
+	for (struct stage_branch *b = s->branches; b; b = b->next) {
+		if (strcmp(b->branch, branch) || strcmp(b->repo, rkey))
+			continue;
+		if (b->message)
 			m = b->message;
+		/* hubfs commit's, while it waits */
+		if (b->msg_req) {
+			if (b->req_message)
+				m = b->req_message;
+			if (b->req_description)
+				*description = strdup(b->req_description);
+		}
+	}
 	if (m)
 		snprintf(buf, size, "%s", m);
 	pthread_mutex_unlock(&s->lock);
@@ -775,7 +786,7 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			       struct stage_import **import)
 {
 	struct commit_pass pass = {.s = s, .rkey = rkey, .branch = branch}, *p = &pass;
-	char commit[HUB_COMMIT_LEN + 1], summary[512], why[1024];
+	char commit[HUB_COMMIT_LEN + 1], summary[512], why[1024], *description = NULL;
 	struct commit_own own[STAGE_OWN_MAX];
 	struct stage_branch *b;
 	size_t nown;
@@ -861,12 +872,15 @@ static int stage_commit_branch(struct stage *s, const char *rkey, const char *br
 			goto out_failed;
 		stage_mark(s, ids, pass_ids(p, COMMIT_SEND, COMMIT_SEND, ids),
 			   CACHE_STAGE_COMMITTING, NULL, false);
-		if (!stage_message(s, rkey, branch, summary, sizeof(summary)))
+		if (!stage_message(s, rkey, branch, summary, sizeof(summary), &description))
 			commit_title(s->meta, &p->repo, p->parent, p->ops, p->n, summary,
 				     sizeof(summary));
 		why[0] = '\0';
-		rc = hub_commit(s->http, &p->repo, branch, summary, p->parent, p->hops,
-				pass_lines(p), commit, why, sizeof(why));
+		rc = hub_commit_described(s->http, &p->repo, branch, summary, description,
+					  p->parent, p->hops, pass_lines(p), commit, why,
+					  sizeof(why));
+		free(description);
+		description = NULL;
 		if (rc == 0) {
 			made = true;
 			break;
@@ -1128,25 +1142,51 @@ out:
 	return rc;
 }
 
+/* What a hubfs commit asks (stage_commit_now()) and gets. */
+struct stage_request {
+	const char *message, *description; /* borrowed */
+	bool *made;
+	char *commit;
+};
+
 /* Waits for a pass of the worker over @repo @branch that began after the
- * call; answers its result, or for @path (non-NULL) that of @path's row. */
+ * call; answers its result, or for @path (non-NULL) that of @path's row.
+ * With @q, the commits made meanwhile carry its message and description,
+ * and it learns whether one was made, and which. */
 static int stage_wait_pass(struct stage *s, const char *repo, const char *branch,
-			   const char *path)
+			   const char *path, const struct stage_request *q)
 {
+	char *message = NULL, *description = NULL;
 	struct stage_branch *b;
 	struct stage_entry *e;
 	struct timespec ts;
+	unsigned nown = 0;
 	uint64_t my;
 	int rc = 0;
 
+	if (q && ((q->message && !(message = strdup(q->message))) ||
+		  (q->description && !(description = strdup(q->description))))) {
+		free(message);
+		return -ENOMEM;
+	}
 	stage_deadline(&ts, (int64_t)STAGE_SYNC_TIMEOUT_S * 1000);
 	pthread_mutex_lock(&s->lock);
 	b = stage_branch_get(s, repo, branch);
 	if (!b) {
 		pthread_mutex_unlock(&s->lock);
+		free(message);
+		free(description);
 		return -ENOMEM;
 	}
 	my = ++b->req;
+	if (q) {
+		free(b->req_message);
+		free(b->req_description);
+		b->req_message = message;
+		b->req_description = description;
+		b->msg_req = my;
+		nown = b->nown;
+	}
 	b->due = 1; /* now, before any other */
 	pthread_cond_signal(&s->wake);
 	while (b->done < my && !rc && !s->stop)
@@ -1163,6 +1203,25 @@ static int stage_wait_pass(struct stage *s, const char *repo, const char *branch
 			rc = e->aside_err;
 		else /* still pending: the pass failed */
 			rc = b->rc == -ESTALE || b->rc == -EINVAL ? -EIO : b->rc;
+	}
+	if (q) {
+		/* the commits made since the request are its own */
+		*q->made = b->nown != nown;
+		if (*q->made)
+			memcpy(q->commit, b->own[(b->nown - 1) % STAGE_OWN_MAX].commit,
+			       HUB_COMMIT_LEN + 1);
+		if (!rc) {
+			b->asked = true;
+			b->asked_made = *q->made;
+			if (*q->made)
+				memcpy(b->asked_commit, q->commit, sizeof(b->asked_commit));
+		}
+		if (b->msg_req == my) {
+			free(b->req_message);
+			free(b->req_description);
+			b->req_message = b->req_description = NULL;
+			b->msg_req = 0;
+		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	switch (rc) {
@@ -1181,12 +1240,23 @@ static int stage_wait_pass(struct stage *s, const char *repo, const char *branch
 
 int stage_sync(struct stage *s, const char *repo, const char *branch)
 {
-	return stage_wait_pass(s, repo, branch, NULL);
+	return stage_wait_pass(s, repo, branch, NULL, NULL);
 }
 
 int stage_sync_path(struct stage *s, const char *repo, const char *branch, const char *path)
 {
-	return stage_wait_pass(s, repo, branch, path);
+	return stage_wait_pass(s, repo, branch, path, NULL);
+}
+
+int stage_commit_now(struct stage *s, const char *repo, const char *branch, const char *message,
+		     const char *description, bool *made, char commit[HUB_COMMIT_LEN + 1])
+{
+	struct stage_request q = {
+		.message = message, .description = description, .made = made, .commit = commit
+	};
+
+	*made = false;
+	return stage_wait_pass(s, repo, branch, NULL, &q);
 }
 
 void stage_drain(struct stage *s, int timeout)
@@ -1297,3 +1367,21 @@ int stage_resume(struct stage *s)
 	return rc;
 }
 
+
+int stage_commit_asked(struct stage *s, const char *repo, const char *branch, bool *made,
+		       char commit[HUB_COMMIT_LEN + 1])
+{
+	int rc = -ENODATA;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct stage_branch *b = s->branches; b; b = b->next) {
+		if (!b->asked || strcmp(b->branch, branch) || strcmp(b->repo, repo))
+			continue;
+		*made = b->asked_made;
+		if (b->asked_made)
+			memcpy(commit, b->asked_commit, HUB_COMMIT_LEN + 1);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}

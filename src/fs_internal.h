@@ -182,4 +182,22 @@ void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 		 size_t size, int flags);
 void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 
+/* ---- fs_history.c ---- */
+
+/* The xattrs that say where @n is (user.hub.repo, .revision, .path,
+ * user.hubfs.endpoint, user.hubfs.commit), as fs_ops.c's getxattr wants
+ * them: the length, or -ENODATA when @name is none of them for @n. */
+int fs_history_xattr(struct fs *fs, const struct fs_node *n, const char *name, char *buf,
+		     size_t size);
+
+/* setxattr user.hubfs.commit on branch root @n: commits the branch now with
+ * the title and description in @value and waits.  Returns 0 or -errno. */
+int fs_history_commit(struct fs *fs, const struct fs_node *n, const char *value, size_t size);
+
+/* mkdir @name in repo directory @parent: creates the branch on the Hub and
+ * fills @proto as fs_child() does.  Returns 0, -EEXIST, -EINVAL (not a
+ * name a branch can have), -EACCES, -EROFS (offline), or -errno. */
+int fs_history_mkbranch(struct fs *fs, const struct fs_node *parent, const char *name,
+			struct fs_node *proto);
+
 #endif

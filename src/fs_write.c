@@ -745,6 +745,12 @@ void fs_mkdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t mo
 	if (fs_refuse(req, parent))
 		return;
 	memset(&ep, 0, sizeof(ep));
+	if (parent->p.kind == FS_PATH_REPO) { /* a branch (fs_history.c) */
+		rc = fs_history_mkbranch(fs, parent, name, &proto);
+		if (rc)
+			goto out;
+		goto made;
+	}
 	if (parent->p.kind != FS_PATH_NAMESPACE) {
 		rc = fs_branch_mkdir(fs, parent, name, &proto);
 		if (rc)
@@ -798,7 +804,8 @@ out:
 	fuse_reply_err(req, -rc);
 }
 
-/* rmdir of a repo is refused: deleting repos is not a filesystem operation.
+/* rmdir of a repo or of a branch or tag is refused: deleting them is not a
+ * filesystem operation.
  * Inside a branch view: see fs_branch_rmdir().  Elsewhere: EROFS. */
 void fs_rmdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 {
@@ -808,7 +815,8 @@ void fs_rmdir(fuse_req_t req, fuse_ino_t parent_ino, const char *name)
 
 	if (fs_refuse(req, parent))
 		return;
-	if (parent->p.kind == FS_PATH_NAMESPACE) {
+	if (parent->p.kind == FS_PATH_NAMESPACE || parent->p.kind == FS_PATH_REPO) {
+		/* a repo, or a branch or tag: not deleted by rmdir */
 		struct fs_node proto;
 
 		rc = fs_child(fs, parent, name, &proto);
@@ -1526,6 +1534,8 @@ static int fs_set_xattr(struct fs *fs, const struct fs_node *n, const char *name
 	if (!strcmp(name, "user.hub.resolve") &&
 	    (n->p.kind == FS_PATH_REVISION || (n->p.kind == FS_PATH_ENTRY && !n->is_dir)))
 		return fs_resolve(fs, n, value, size);
+	if (!strcmp(name, "user.hubfs.commit")) /* hubfs commit (fs_history.c) */
+		return fs_history_commit(fs, n, value, size);
 	if (!strncmp(name, "user.hub.", 9) || !strncmp(name, "user.hubfs.", 11))
 		return -EPERM;
 	return -ENOTSUP;

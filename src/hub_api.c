@@ -1206,6 +1206,15 @@ int hub_commit(struct http_client *http, const struct hub_repo *repo, const char
 	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
 	       char commit[HUB_COMMIT_LEN + 1], char *why, size_t why_size)
 {
+	return hub_commit_described(http, repo, rev, summary, NULL, parent, ops, n, commit, why,
+				    why_size);
+}
+
+int hub_commit_described(struct http_client *http, const struct hub_repo *repo, const char *rev,
+			 const char *summary, const char *description, const char *parent,
+			 const struct hub_op *ops, size_t n, char commit[HUB_COMMIT_LEN + 1],
+			 char *why, size_t why_size)
+{
 	struct http_request req = {
 		.method = "POST",
 		.content_type = "application/x-ndjson",
@@ -1225,7 +1234,7 @@ int hub_commit(struct http_client *http, const struct hub_repo *repo, const char
 		return rc;
 	header = cJSON_CreateObject();
 	if (!header || !cJSON_AddStringToObject(header, "summary", summary) ||
-	    !cJSON_AddStringToObject(header, "description", "") ||
+	    !cJSON_AddStringToObject(header, "description", description ? description : "") ||
 	    (parent && !cJSON_AddStringToObject(header, "parentCommit", parent))) {
 		cJSON_Delete(header);
 		rc = -ENOMEM;
@@ -1429,4 +1438,184 @@ char *hub_tree_cache_json(const struct hub_tree_file *files, size_t n)
 out:
 	cJSON_Delete(root);
 	return text;
+}
+
+/* ---- history and branches ---- */
+
+/* Longest title, message and author name kept from a commit listing. */
+#define HUB_COMMIT_TEXT_MAX (64 * 1024)
+/* Most authors kept per commit. */
+#define HUB_COMMIT_AUTHORS_MAX 16
+
+struct hub_commits_page {
+	hub_commit_fn fn;
+	void *arg;
+	int stop; /* the callback's non-zero answer */
+};
+
+/* A string field of a commit, "" when absent or too long to be real. */
+static const char *hub_commit_text(const cJSON *obj, const char *key)
+{
+	const char *v = hub_json_string(obj, key);
+
+	return v && strlen(v) <= HUB_COMMIT_TEXT_MAX ? v : "";
+}
+
+static int hub_commits_page(void *arg, const cJSON *array)
+{
+	struct hub_commits_page *p = arg;
+	const cJSON *item;
+	int rc;
+
+	cJSON_ArrayForEach(item, array)
+	{
+		const char *authors[HUB_COMMIT_AUTHORS_MAX], *id = hub_json_string(item, "id");
+		const cJSON *list = cJSON_GetObjectItemCaseSensitive(item, "authors"), *a;
+		struct hub_commit_info c = { 0 };
+
+		if (!hub_is_commit(id) || strlen(id) != HUB_COMMIT_LEN)
+			return hub_malformed("a commit without a valid id");
+		memcpy(c.id, id, sizeof(c.id));
+		c.title = hub_commit_text(item, "title");
+		c.message = hub_commit_text(item, "message");
+		c.date = hub_commit_text(item, "date");
+		c.time = hub_parse_time(c.date);
+		cJSON_ArrayForEach(a, list)
+		{
+			const char *user = hub_commit_text(a, "user");
+
+			if (*user && c.nauthors < HUB_COMMIT_AUTHORS_MAX)
+				authors[c.nauthors++] = user;
+		}
+		c.authors = authors;
+		rc = p->fn(p->arg, &c);
+		if (rc) {
+			p->stop = rc;
+			return rc;
+		}
+	}
+	/* the end of a page: the caller may wait before the next one */
+	rc = p->fn(p->arg, NULL);
+	if (rc)
+		p->stop = rc;
+	return rc;
+}
+
+int hub_list_commits(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		     unsigned limit, hub_commit_fn fn, void *arg)
+{
+	struct hub_commits_page page = { .fn = fn, .arg = arg };
+	char *base = NULL, *url = NULL;
+	int rc = hub_repo_rev_url(repo, "commits", rev, &base);
+
+	if (rc)
+		return rc;
+	if (asprintf(&url, "%s?limit=%u", base, limit ? limit : 100) < 0)
+		url = NULL;
+	free(base);
+	rc = hub_each_page(http, url, "commit listing is not an array", hub_commits_page, &page);
+	if (page.stop > 0)
+		return 0;
+	return rc;
+}
+
+char *hub_commit_json(const struct hub_commit_info *c)
+{
+	cJSON *o = cJSON_CreateObject(), *authors = cJSON_CreateArray();
+	char *text = NULL;
+
+	if (!o || !authors)
+		goto out;
+	for (size_t i = 0; i < c->nauthors; i++) {
+		cJSON *a = cJSON_CreateString(c->authors[i]);
+
+		if (!a || !cJSON_AddItemToArray(authors, a)) {
+			cJSON_Delete(a);
+			goto out;
+		}
+	}
+	if (!cJSON_AddStringToObject(o, "id", c->id) ||
+	    !cJSON_AddStringToObject(o, "date", c->date) ||
+	    !cJSON_AddItemToObject(o, "authors", authors))
+		goto out;
+	authors = NULL;
+	if (!cJSON_AddStringToObject(o, "title", c->title) ||
+	    !cJSON_AddStringToObject(o, "message", c->message))
+		goto out;
+	text = cJSON_PrintUnformatted(o);
+out:
+	cJSON_Delete(authors);
+	cJSON_Delete(o);
+	return text;
+}
+
+int hub_last_commit(struct http_client *http, const struct hub_repo *repo, const char *commit,
+		    const char *path, char last[HUB_COMMIT_LEN + 1])
+{
+	struct http_response resp;
+	cJSON *body, *paths, *answer = NULL;
+	const cJSON *item;
+	char *url = NULL;
+	int rc;
+
+	memset(&resp, 0, sizeof(resp));
+	rc = hub_repo_rev_url(repo, "paths-info", commit, &url);
+	if (rc)
+		return rc;
+	body = cJSON_CreateObject();
+	paths = cJSON_AddArrayToObject(body, "paths");
+	if (!paths || !cJSON_AddItemToArray(paths, cJSON_CreateString(path)) ||
+	    !cJSON_AddBoolToObject(body, "expand", true))
+		rc = -ENOMEM;
+	if (!rc)
+		rc = hub_post_json(http, url, "application/json", body, true, NULL, &resp);
+	cJSON_Delete(body);
+	free(url);
+	if (rc) {
+		http_response_release(&resp);
+		return rc;
+	}
+	rc = http_status_errno(&resp);
+	if (!rc) {
+		answer = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+		rc = -ENOENT; /* a path the commit does not have is left out */
+		cJSON_ArrayForEach(item, answer)
+		{
+			const cJSON *lc = cJSON_GetObjectItemCaseSensitive(item, "lastCommit");
+			const char *p = hub_json_string(item, "path"), *id = hub_json_string(lc, "id");
+
+			if (!p || strcmp(p, path))
+				continue;
+			if (!hub_is_commit(id) || strlen(id) != HUB_COMMIT_LEN) {
+				rc = hub_malformed("paths-info: no valid lastCommit");
+				break;
+			}
+			memcpy(last, id, HUB_COMMIT_LEN + 1);
+			rc = 0;
+			break;
+		}
+		if (!cJSON_IsArray(answer))
+			rc = hub_malformed("paths-info is not an array");
+		cJSON_Delete(answer);
+	}
+	http_response_release(&resp);
+	return rc;
+}
+
+int hub_create_branch(struct http_client *http, const struct hub_repo *repo, const char *branch)
+{
+	char *url = NULL;
+	cJSON *body;
+	int rc;
+
+	if (!hub_revision_valid(branch))
+		return -EINVAL;
+	rc = hub_repo_rev_url(repo, "branch", branch, &url);
+	if (rc)
+		return rc == -ENOENT ? -EINVAL : rc;
+	/* no startingPoint: the Hub starts it at the default branch's head */
+	body = cJSON_CreateObject();
+	rc = body ? hub_send_json(http, "POST", url, body) : -ENOMEM;
+	free(url);
+	return rc;
 }

@@ -179,6 +179,13 @@ int hub_commit(struct http_client *http, const struct hub_repo *repo, const char
 	       const char *summary, const char *parent, const struct hub_op *ops, size_t n,
 	       char commit[HUB_COMMIT_LEN + 1], char *why, size_t why_size);
 
+/* hub_commit() with a @description (the commit's message below its title;
+ * NULL or "" for none). */
+int hub_commit_described(struct http_client *http, const struct hub_repo *repo, const char *rev,
+			 const char *summary, const char *description, const char *parent,
+			 const struct hub_op *ops, size_t n, char commit[HUB_COMMIT_LEN + 1],
+			 char *why, size_t why_size);
+
 /* Creates @repo, private or public.  Returns 0, -EEXIST (409), -EACCES,
  * -EINVAL (a name the Hub refuses), -EIO. */
 int hub_create_repo(struct http_client *http, const struct hub_repo *repo, bool private);
@@ -205,6 +212,51 @@ struct hub_tree_file {
  * "size", "blob_id" and for LFS files "lfs_sha256" and "lfs_size"), in the
  * order of @files.  Returns a string the caller frees, or NULL (no memory). */
 char *hub_tree_cache_json(const struct hub_tree_file *files, size_t n);
+
+/*
+ * History and branches.
+ */
+
+/* One commit of a listing; everything borrowed for the callback's call.
+ * Texts are "" when the Hub gave none (or one over 64 KiB); they may hold
+ * any character but NUL (control characters included: escape them before
+ * showing them on a terminal). */
+struct hub_commit_info {
+	char id[HUB_COMMIT_LEN + 1]; /* full commit id */
+	const char *title;
+	const char *message;	     /* the description below the title */
+	const char *date;	     /* as the Hub wrote it (ISO 8601) */
+	int64_t time;		     /* seconds since the epoch, -1 if unreadable */
+	const char *const *authors;  /* user names, at most 16 */
+	size_t nauthors;
+};
+
+/* Receives one commit, or NULL at the end of each page (before the next
+ * one is asked for); returns 0 to go on, a positive value to stop
+ * (hub_list_commits() then returns 0), or -errno to stop with it. */
+typedef int (*hub_commit_fn)(void *arg, const struct hub_commit_info *c);
+
+/* GET .../commits/REV?limit=@limit (0: 100), newest first, page after page
+ * (Link rel="next"), handing each commit to @fn as its page arrives: a
+ * caller that stops early costs only the pages it read.  -ENOENT for a
+ * repo or revision that does not exist (or is hidden). */
+int hub_list_commits(struct http_client *http, const struct hub_repo *repo, const char *rev,
+		     unsigned limit, hub_commit_fn fn, void *arg);
+
+/* @c as one line of JSON, {"id","date","authors":[...],"title","message"}
+ * (caller frees), or NULL (no memory). */
+char *hub_commit_json(const struct hub_commit_info *c);
+
+/* The last commit that changed @path (a file or folder) at @commit, from
+ * POST .../paths-info/COMMIT with expand (its lastCommit), into @last.
+ * -ENOENT when @commit has no @path. */
+int hub_last_commit(struct http_client *http, const struct hub_repo *repo, const char *commit,
+		    const char *path, char last[HUB_COMMIT_LEN + 1]);
+
+/* POST .../branch/BRANCH: creates @branch at the head of the default
+ * branch.  Returns 0, -EEXIST (409), -EACCES (401, 403), -EINVAL (a name
+ * the Hub or hub_id.h refuses), -ENOENT, -EIO. */
+int hub_create_branch(struct http_client *http, const struct hub_repo *repo, const char *branch);
 
 /* Parses an ISO 8601 UTC time ("2026-06-01T12:34:56.000Z").  Returns the
  * seconds since the epoch, or -1. */

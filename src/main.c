@@ -27,6 +27,9 @@ static const char hubfs_usage[] =
 	"  mount MOUNTPOINT      mount the Hub on MOUNTPOINT\n"
 	"  umount MOUNTPOINT     unmount, waiting for pending commits\n"
 	"  status [MOUNTPOINT]   changes not yet on the Hub, upload progress, errors\n"
+	"  log PATH              the commits of a repo, revision, file or folder\n"
+	"  commit PATH [-m MESSAGE]\n"
+	"                        commit the pending changes of PATH's branch now\n"
 	"  cache stats|prune|clear\n"
 	"                        show, trim or empty the blob cache\n"
 	"\n"
@@ -110,6 +113,10 @@ int main(int argc, char *argv[])
 		return cmd_cache(argc - 1, argv + 1);
 	if (!strcmp(cmd, "status"))
 		return cmd_status(argc - 1, argv + 1);
+	if (!strcmp(cmd, "log"))
+		return cmd_log(argc - 1, argv + 1);
+	if (!strcmp(cmd, "commit"))
+		return cmd_commit(argc - 1, argv + 1);
 	/* mount(8) and fstab: "mount -t fuse.hubfs SOURCE MOUNTPOINT -o OPTS"
 	 * runs "hubfs SOURCE MOUNTPOINT -o OPTS" (mount.fuse3). */
 	if (argc >= 3 && main_is_source(cmd))

@@ -1361,6 +1361,8 @@ void stage_free(struct stage *s)
 		free(b->repo);
 		free(b->branch);
 		free(b->message);
+		free(b->req_message);
+		free(b->req_description);
 		free(b);
 	}
 	free(s->message);

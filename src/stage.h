@@ -258,4 +258,19 @@ int stage_sync(struct stage *s, const char *repo, const char *branch);
  * paths of the branch set aside do not make it fail. */
 int stage_sync_path(struct stage *s, const char *repo, const char *branch, const char *path);
 
+/* stage_sync() for hubfs commit: commits the pending changes of @repo
+ * @branch now, with @message as title (NULL: the usual titles) and
+ * @description (NULL: none), and waits.  Returns as stage_sync(); on 0,
+ * *@made says whether a commit was made (false: nothing was pending, or
+ * nothing that would change the branch) and @commit is its id (the last
+ * one when the Hub refused a change and the rest went in parts). */
+int stage_commit_now(struct stage *s, const char *repo, const char *branch, const char *message,
+		     const char *description, bool *made, char commit[HUB_COMMIT_LEN + 1]);
+
+/* The answer of the last stage_commit_now() of @repo @branch that returned
+ * 0: *@made and @commit as it set them.  Returns 0, or -ENODATA when there
+ * was none. */
+int stage_commit_asked(struct stage *s, const char *repo, const char *branch, bool *made,
+		       char commit[HUB_COMMIT_LEN + 1]);
+
 #endif

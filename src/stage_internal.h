@@ -80,6 +80,13 @@ struct stage_branch {
 	uint64_t done;	   /* requests answered by a finished commit */
 	int rc;		   /* the result of the last commit */
 	char *message;	   /* the commit message set for it (user.hub.message), or NULL */
+	/* hubfs commit: the title (NULL: the usual) and description of the
+	 * commits made while request msg_req (0: none) waits */
+	char *req_message, *req_description;
+	uint64_t msg_req;
+	/* the answer to the last hubfs commit that was answered */
+	bool asked, asked_made;
+	char asked_commit[41];
 	struct stage_branch *next;
 };
 

@@ -571,7 +571,24 @@ class HubApp:
         repo = self._repo(ident, rtype, ns, name)
         sha = self._pinned(req, repo, rev)
         history = self.store.history(sha)
-        page, headers, _ = self._page(req, history, extra={"c": sha})
+        # The Hub pages commits by number: p=N (0-based) of limit items
+        # (default 50; capped by the page size here), Link rel="next" with p+1
+        # and the limit (the Hub's reads "?p=1&limit=50").
+        limit = min(50, self.page_size)
+        try:
+            if req.param("limit"):
+                limit = max(1, min(self.page_size, int(req.param("limit"))))
+            p = int(req.param("p", "0"))
+        except ValueError:
+            raise HubError(400, "limit and p must be integers") from None
+        if p < 0:
+            raise HubError(400, "p must not be negative")
+        page = history[p * limit:(p + 1) * limit]
+        headers = []
+        if (p + 1) * limit < len(history):
+            query = [("p", str(p + 1)), ("limit", str(limit))]
+            query += [(k, v) for k, v in parse_qsl(req.query, keep_blank_values=True) if k not in ("p", "limit")]
+            headers.append(("Link", '<%s%s?%s>; rel="next"' % (self.base_url, req.path, urlencode(query))))
         out = []
         for cid in page:
             c = self.store.commit(cid)

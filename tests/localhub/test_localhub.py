@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -565,6 +566,15 @@ def commits_pagination():
     ok(len(c["id"]) == 40 and c["authors"][0]["user"] == "alice" and c["date"].endswith("Z") and "message" in c,
        "commit fields")
     eq(get(TINY + "/commits/dev")[1].get("x-total-count"), "4", "dev history")
+    st, h, body = get(TINY + "/commits/main?limit=3")
+    ok(re.search(r'[?&]p=1(&|>)', h.get("link", "")) and "limit=3" in h["link"],
+       "next page by number, as the Hub: p=1 with the same limit (%s)" % h.get("link"))
+    eq([c["title"] for c in js(get(TINY + "/commits/main?limit=3&p=1")[2])], ["initial commit"], "p=1 of 3")
+    eq(js(get(TINY + "/commits/main?limit=3&p=5")[2]), [], "a page past the end is empty")
+    eq(get(TINY + "/commits/main?p=x")[0], 400, "p must be a number")
+    ok("/commits/main?p=1&limit=3>" in get(TINY + "/commits/main?limit=3")[1]["link"],
+       "the next link reads ?p=1&limit=N, as the Hub's")
+    ok("link" not in get(TINY + "/commits/main")[1], "4 commits fit the default page (50)")
 
 
 @test
