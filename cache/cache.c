@@ -877,6 +877,7 @@ static int recount_punch(struct cache *c, const struct cache_index_lru *e, int f
 	}
 free_row:
 	free(row.present);
+	free(row.crcs);
 	return err;
 }
 
