@@ -238,6 +238,9 @@ int cmd_log(int argc, char *argv[])
 	if (cmd_where_read(path, &w))
 		return 1;
 	cmd_where_repo(&w, &st.repo);
+	/* The caller's own mount: the token it was given by file, if it was. */
+	if (!token_file && w.own)
+		token_file = w.token_file;
 	if (w.own || token_file) {
 		rc = options_token(token_file, &token, NULL);
 		if (rc) {

@@ -552,6 +552,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		goto out_mount;
 	m.fs.cache = m.cache;
 	m.fs.cache_dir = realpath(cache_dir, NULL); /* NULL: the xattr is absent */
+	m.fs.token_file = o->token_file ? realpath(o->token_file, NULL) : NULL;
 	m.fs.http = m.http;
 	m.fs.ttl = ttl;
 	m.fs.offline = offline;
@@ -623,6 +624,7 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 out_mount:
 	mount_release(&m);
 	free(m.fs.cache_dir);
+	free(m.fs.token_file);
 out_global:
 	http_global_release();
 out:

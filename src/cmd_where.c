@@ -215,6 +215,11 @@ int cmd_where_read(const char *path, struct cmd_where *w)
 		if (len >= 0 && !w->endpoint && rc == 0)
 			rc = -ENOMEM;
 	}
+	if (!rc) {
+		len = where_xattr(w->mountpoint, "user.hubfs.token_file", buf, sizeof(buf));
+		if (len > 0 && buf[0] == '/' && !(w->token_file = strdup(buf)))
+			rc = -ENOMEM;
+	}
 	if (rc) {
 		log_msg(LOG_ERR, "'%s': the mount on '%s' does not say where it is: %s", path,
 			w->mountpoint, strerror(-rc));
@@ -238,6 +243,7 @@ void cmd_where_release(struct cmd_where *w)
 	if (!w)
 		return;
 	free(w->real);
+	free(w->token_file);
 	free(w->mountpoint);
 	free(w->endpoint);
 	memset(w, 0, sizeof(*w));

@@ -16,6 +16,7 @@ struct cmd_where {
 	char *real;	  /* realpath(3) of the path; owned */
 	char *mountpoint; /* of the hubfs mount holding it; owned */
 	char *endpoint;	  /* the Hub the mount talks to; owned */
+	char *token_file; /* the mount's --token-file (a path), or NULL; owned */
 	bool own;	  /* the mount belongs to the caller (user_id=) */
 	enum hub_repo_type type;
 	char ns[HUB_NAME_MAX + 1];

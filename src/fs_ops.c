@@ -1807,6 +1807,10 @@ static int fs_xattr(struct fs *fs, const struct fs_node *n, const char *name, ch
 		return snprintf(buf, size, "%s", fs->cache_dir);
 	if (n->p.kind == FS_PATH_ROOT && !strcmp(name, "user.hubfs.pid"))
 		return snprintf(buf, size, "%ld", (long)getpid());
+	/* where the token came from, so hubfs log asks as the mount does: the
+	 * file's own permissions decide who may read it */
+	if (n->p.kind == FS_PATH_ROOT && !strcmp(name, "user.hubfs.token_file") && fs->token_file)
+		return snprintf(buf, size, "%s", fs->token_file);
 	/* where a node is, for hubfs log and hubfs commit (fs_history.c) */
 	len = fs_history_xattr(fs, n, name, buf, size);
 	if (len != -ENODATA)
@@ -1892,7 +1896,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 					     "user.hub.message",     "user.hubfs.cache_dir",
 					     "user.hubfs.pid",	     "user.hub.repo",
 					     "user.hub.revision",    "user.hub.path",
-					     "user.hubfs.endpoint" };
+					     "user.hubfs.endpoint",  "user.hubfs.token_file" };
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = fs_inode_get(fs->inodes, ino);
 	char list[256], buf[8192];

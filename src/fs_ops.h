@@ -53,6 +53,8 @@ struct fs {
 	struct fs_dir_move *moves;  /* protected by moves_lock; read atomically for NULL */
 	pthread_mutex_t moves_lock; /* initialised by fs_handles_init() */
 	char *cache_dir;          /* absolute; the mount root's xattr user.hubfs.cache_dir */
+	char *token_file;         /* absolute, of --token-file, or NULL; the mount root's
+				     xattr user.hubfs.token_file (a path, never the token) */
 	/* Open files of branch views and the page invalidations their changes
 	 * call for (fs_write.c; created by fs_handles_init()). */
 	struct fs_live *live;

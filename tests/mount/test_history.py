@@ -330,6 +330,27 @@ def test_offline(hub):
             hub.start()
 
 
+def test_token_file(hub):
+    """A mount given --token-file: hubfs log of a private repo reads that file, with the caller's rights."""
+    priv = "acme-research/private-model"
+    want = [line_of(c) for c in hub_commits(hub, priv)]
+    tmp = tempfile.mkdtemp(prefix="hubfs-history-tok-")
+    try:
+        tok = os.path.join(tmp, "token")
+        with open(tok, "w") as f:
+            f.write(ALICE_WRITE_TOKEN + "\n")
+        os.chmod(tok, 0o600)
+        with Mount(hub, token=None, args=["--token-file", tok]) as m:
+            T.eq(os.getxattr(m.path, "user.hubfs.token_file").decode(), os.path.realpath(tok),
+                 "the mount's root names its token file (the path)")
+            st, out, err = hubfs("log", m.p(priv), token=None)
+            T.eq((st, out.splitlines()), (0, want), "log of a private repo on a --token-file mount, no token given", )
+            m.unmount()
+            T.eq(m.sanitizer_report(), [], "no sanitizer report (--token-file mount)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     if not have_fuse():
         print("1..0 # SKIP no /dev/fuse")
@@ -345,7 +366,7 @@ def main():
                     except Exception as e:  # a broken step fails, the rest still runs
                         T.ok(False, "%s raised %r" % (test.__name__, e))
             T.eq(m.sanitizer_report(), [], "no sanitizer report")
-            for test in (test_read_only, test_offline):
+            for test in (test_read_only, test_offline, test_token_file):
                 try:
                     test(hub)
                 except Exception as e:
