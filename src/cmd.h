@@ -5,8 +5,11 @@
 #ifndef HUBFS_CMD_H
 #define HUBFS_CMD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 struct cache;
 
@@ -62,6 +65,26 @@ void cmd_mount_info_release(struct cmd_mount_info *info);
  * an index is -ENOENT.  Returns the cache (close it with cache_close()) or
  * NULL with *@err set; logs why. */
 struct cache *cmd_cache_open_existing(const char *dir, int *err);
+
+/* The type of a hubfs mount in /proc/self/mountinfo. */
+#define CMD_FSTYPE "fuse.hubfs"
+
+/* One mount of /proc/self/mountinfo; the strings point into the line read. */
+struct cmd_mountinfo {
+	char *point;	       /* the mount point, its octal escapes decoded */
+	const char *fstype;    /* "fuse.hubfs" ... */
+	const char *super_opts; /* "rw,user_id=0,..." or NULL */
+};
+
+/* Reads the next mount of @f (/proc/self/mountinfo) into @m; *@line and
+ * *@cap are getline(3)'s buffer, which @m points into until the next call.
+ * Returns false at the end. */
+bool cmd_mountinfo_next(FILE *f, char **line, size_t *cap, struct cmd_mountinfo *m);
+
+/* The value of xattr @name of @path, NUL-terminated, into @buf of @size
+ * bytes.  Returns its length or -errno (-ENODATA when absent, -EIO when it
+ * is too long or holds a NUL). */
+ssize_t cmd_xattr(const char *path, const char *name, char *buf, size_t size);
 
 /* Room for cmd_size_text(): "1023.9 KiB". */
 #define CMD_SIZE_TEXT 24

@@ -53,9 +53,6 @@ static const char *const status_states[CACHE_STAGE_STATES] = {
 	[CACHE_STAGE_LOCAL] = "local-only",
 };
 
-/* The mount's type in /proc/self/mountinfo. */
-#define STATUS_FSTYPE "fuse.hubfs"
-
 /*
  * Shared helpers (cmd.h).
  */
@@ -115,35 +112,49 @@ static void status_unescape(char *s)
 	*w = '\0';
 }
 
+bool cmd_mountinfo_next(FILE *f, char **line, size_t *cap, struct cmd_mountinfo *m)
+{
+	while (getline(line, cap, f) > 0) {
+		char *save = NULL, *sep;
+
+		/* id parent major:minor root MOUNTPOINT options ... - FSTYPE source superopts */
+		sep = strstr(*line, " - ");
+		if (!sep)
+			continue;
+		*sep = '\0';
+		m->point = strtok_r(*line, " ", &save);
+		for (int i = 0; m->point && i < 4; i++)
+			m->point = strtok_r(NULL, " ", &save);
+		if (!m->point)
+			continue;
+		status_unescape(m->point);
+		save = NULL;
+		m->fstype = strtok_r(sep + 3, " \n", &save);
+		if (!m->fstype)
+			continue;
+		m->super_opts = NULL;
+		if (strtok_r(NULL, " \n", &save)) /* the source */
+			m->super_opts = strtok_r(NULL, " \n", &save);
+		return true;
+	}
+	return false;
+}
+
 /* Whether @path is the mountpoint of a hubfs mount in /proc/self/mountinfo
  * (the newest mount on it decides). */
 static bool status_is_hubfs_mount(const char *path)
 {
 	char *real = realpath(path, NULL), *line = NULL;
 	FILE *f = fopen("/proc/self/mountinfo", "re");
+	struct cmd_mountinfo m;
 	bool hubfs = false;
 	size_t cap = 0;
 
 	if (!real || !f)
 		goto out;
-	while (getline(&line, &cap, f) > 0) {
-		char *save = NULL, *mnt, *sep;
-
-		/* id parent major:minor root MOUNTPOINT options ... - FSTYPE source ... */
-		sep = strstr(line, " - ");
-		if (!sep)
-			continue;
-		*sep = '\0';
-		mnt = strtok_r(line, " ", &save);
-		for (int i = 0; mnt && i < 4; i++)
-			mnt = strtok_r(NULL, " ", &save);
-		if (!mnt)
-			continue;
-		status_unescape(mnt);
-		if (strcmp(mnt, real))
-			continue;
-		hubfs = !strncmp(sep + 3, STATUS_FSTYPE " ", sizeof(STATUS_FSTYPE));
-	}
+	while (cmd_mountinfo_next(f, &line, &cap, &m))
+		if (!strcmp(m.point, real))
+			hubfs = !strcmp(m.fstype, CMD_FSTYPE);
 out:
 	free(line);
 	if (f)
@@ -152,10 +163,7 @@ out:
 	return hubfs;
 }
 
-/* The value of xattr @name of @path, NUL-terminated, into @buf of @size
- * bytes.  Returns its length or -errno (-ENODATA when absent, -EIO when it
- * is too long or holds a NUL). */
-static ssize_t status_xattr(const char *path, const char *name, char *buf, size_t size)
+ssize_t cmd_xattr(const char *path, const char *name, char *buf, size_t size)
 {
 	ssize_t len = getxattr(path, name, buf, size - 1);
 
@@ -172,7 +180,7 @@ int cmd_mount_info_read(const char *mountpoint, struct cmd_mount_info *info)
 	long pid;
 
 	memset(info, 0, sizeof(*info));
-	len = status_xattr(mountpoint, "user.hubfs.cache_dir", buf, sizeof(buf));
+	len = cmd_xattr(mountpoint, "user.hubfs.cache_dir", buf, sizeof(buf));
 	if (len == -ENODATA || len == -ENOTSUP) {
 		/* Not ours, or a hubfs that does not tell: mountinfo knows. */
 		return status_is_hubfs_mount(mountpoint) ? -EPROTO : -ENODATA;
@@ -184,7 +192,7 @@ int cmd_mount_info_read(const char *mountpoint, struct cmd_mount_info *info)
 	info->cache_dir = strdup(buf);
 	if (!info->cache_dir)
 		return -ENOMEM;
-	len = status_xattr(mountpoint, "user.hubfs.pid", buf, sizeof(buf));
+	len = cmd_xattr(mountpoint, "user.hubfs.pid", buf, sizeof(buf));
 	if (len == -ENODATA)
 		return 0;
 	if (len < 0) {

@@ -21,26 +21,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "cmd.h"
 #include "log.h"
-
-#define WHERE_FSTYPE "fuse.hubfs"
-
-/* Decodes the octal escapes (\040 ...) of a mountinfo field in place. */
-static void where_unescape(char *s)
-{
-	char *w = s;
-
-	for (char *r = s; *r; r++) {
-		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
-		    r[3] >= '0' && r[3] <= '7') {
-			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-			r += 3;
-		} else {
-			*w++ = *r;
-		}
-	}
-	*w = '\0';
-}
 
 /* Whether mount point @mnt is @real or above it. */
 static bool where_above(const char *mnt, const char *real)
@@ -59,39 +41,23 @@ static int where_mount(const char *real, char **mnt, bool *own)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	char *line = NULL, *best = NULL;
+	struct cmd_mountinfo m;
 	size_t cap = 0, best_len = 0;
 	bool hubfs = false, mine = false;
 
 	*mnt = NULL;
 	if (!f)
 		return -ENODATA;
-	while (getline(&line, &cap, f) > 0) {
-		char *save = NULL, *point, *sep, *fstype, *source, *opts, *uid;
-		size_t len;
+	while (cmd_mountinfo_next(f, &line, &cap, &m)) {
+		size_t len = strlen(m.point);
+		const char *opts = m.super_opts, *uid;
 
-		/* id parent major:minor root MOUNTPOINT options ... - FSTYPE source superopts */
-		sep = strstr(line, " - ");
-		if (!sep)
+		if (!where_above(m.point, real) || len < best_len)
 			continue;
-		*sep = '\0';
-		point = strtok_r(line, " ", &save);
-		for (int i = 0; point && i < 4; i++)
-			point = strtok_r(NULL, " ", &save);
-		if (!point)
-			continue;
-		where_unescape(point);
-		len = strlen(point);
-		if (!where_above(point, real) || len < best_len)
-			continue;
-		save = NULL;
-		fstype = strtok_r(sep + 3, " \n", &save);
-		source = strtok_r(NULL, " \n", &save);
-		opts = strtok_r(NULL, " \n", &save);
-		(void)source;
 		free(best);
-		best = strdup(point);
+		best = strdup(m.point);
 		best_len = len;
-		hubfs = fstype && !strcmp(fstype, WHERE_FSTYPE);
+		hubfs = !strcmp(m.fstype, CMD_FSTYPE);
 		uid = opts ? strstr(opts, "user_id=") : NULL;
 		mine = uid && (uid == opts || uid[-1] == ',') &&
 		       strtol(uid + 8, NULL, 10) == (long)getuid();
@@ -105,19 +71,6 @@ static int where_mount(const char *real, char **mnt, bool *own)
 	*mnt = best;
 	*own = mine;
 	return 0;
-}
-
-/* The xattr @name of @path into @buf (@size bytes), NUL-terminated.
- * Returns its length, or -errno (-ENODATA when absent, -EIO when too long
- * or holding a NUL). */
-static ssize_t where_xattr(const char *path, const char *name, char *buf, size_t size)
-{
-	ssize_t len = getxattr(path, name, buf, size - 1);
-
-	if (len < 0)
-		return errno == ERANGE || errno == E2BIG ? -EIO : -errno;
-	buf[len] = '\0';
-	return strlen(buf) == (size_t)len ? len : -EIO;
 }
 
 /* Copies @src into @dst of @size bytes; -EIO when it does not fit. */
@@ -173,7 +126,7 @@ int cmd_where_read(const char *path, struct cmd_where *w)
 		log_msg(LOG_ERR, "'%s' is not in a hubfs mount", path);
 		goto fail;
 	}
-	len = where_xattr(w->real, "user.hub.repo", buf, sizeof(buf));
+	len = cmd_xattr(w->real, "user.hub.repo", buf, sizeof(buf));
 	if (len == -ENODATA) {
 		log_msg(LOG_ERR,
 			"'%s' is not in a repository (a repository's directory, a revision, or a "
@@ -190,24 +143,24 @@ int cmd_where_read(const char *path, struct cmd_where *w)
 	}
 	rc = len < 0 ? (int)len : where_repo(buf, w);
 	if (!rc) {
-		len = where_xattr(w->real, "user.hub.revision", buf, sizeof(buf));
+		len = cmd_xattr(w->real, "user.hub.revision", buf, sizeof(buf));
 		if (len >= 0 && hub_revision_valid(buf))
 			rc = where_copy(w->rev, sizeof(w->rev), buf);
 		else if (len != -ENODATA)
 			rc = len < 0 ? (int)len : -EIO;
 	}
 	if (!rc && w->rev[0]) {
-		len = where_xattr(w->real, "user.hub.commit", buf, sizeof(buf));
+		len = cmd_xattr(w->real, "user.hub.commit", buf, sizeof(buf));
 		if (len >= 0 && hub_commit_id_valid(buf, false))
 			where_copy(w->commit, sizeof(w->commit), buf);
-		len = where_xattr(w->real, "user.hub.path", buf, sizeof(buf));
+		len = cmd_xattr(w->real, "user.hub.path", buf, sizeof(buf));
 		if (len >= 0 && hub_repo_path_valid(buf))
 			rc = where_copy(w->path, sizeof(w->path), buf);
 		else if (len != -ENODATA)
 			rc = len < 0 ? (int)len : -EIO;
 	}
 	if (!rc) {
-		len = where_xattr(w->mountpoint, "user.hubfs.endpoint", buf, sizeof(buf));
+		len = cmd_xattr(w->mountpoint, "user.hubfs.endpoint", buf, sizeof(buf));
 		if (len > 0 && (!strncmp(buf, "https://", 8) || !strncmp(buf, "http://", 7)))
 			w->endpoint = strdup(buf);
 		else
@@ -216,7 +169,7 @@ int cmd_where_read(const char *path, struct cmd_where *w)
 			rc = -ENOMEM;
 	}
 	if (!rc) {
-		len = where_xattr(w->mountpoint, "user.hubfs.token_file", buf, sizeof(buf));
+		len = cmd_xattr(w->mountpoint, "user.hubfs.token_file", buf, sizeof(buf));
 		if (len > 0 && buf[0] == '/' && !(w->token_file = strdup(buf)))
 			rc = -ENOMEM;
 	}

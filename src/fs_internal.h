@@ -112,6 +112,10 @@ int fs_reply_node(fuse_req_t req, struct fs *fs, struct fs_node *n);
 /* Frees an open file: journals and drops its writer, drops its node. */
 void fs_file_free(struct fs *fs, struct fs_file *f);
 
+/* A handle of node @n (the handle takes the caller's reference), nothing
+ * open yet; NULL without memory. */
+struct fs_file *fs_file_new(struct fs_node *n);
+
 /* ---- fs_write.c ---- */
 
 /* Whether the requester may change the mount (write, create, remove,

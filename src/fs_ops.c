@@ -641,6 +641,7 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 	struct hub_revision rev;
 	struct hub_repo repo;
 	struct cache_entry e;
+	bool ref_known = false; /* a revision of the repo, as fs_ref_exists() said */
 	int rc;
 
 	memset(proto, 0, sizeof(*proto));
@@ -663,6 +664,8 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 		rc = fs_ref_exists(fs, &proto->p);
 		if (rc == -ENOENT)
 			rc = fs_repo_default_entry(fs, parent, name, proto);
+		else
+			ref_known = rc == 0;
 	}
 	if (rc)
 		goto fail;
@@ -700,7 +703,7 @@ int fs_child_at(struct fs *fs, const struct fs_node *parent, const char *name,
 		rc = fs_hfcache_child(fs, proto);
 		break;
 	case FS_PATH_REVISION:
-		rc = proto->p.pinned ? 0 : fs_ref_exists(fs, &proto->p);
+		rc = proto->p.pinned || ref_known ? 0 : fs_ref_exists(fs, &proto->p);
 		if (!rc)
 			rc = fs_revision(fs, proto, &rev);
 		if (!rc)
@@ -1363,6 +1366,18 @@ void fs_file_free(struct fs *fs, struct fs_file *f)
 	free(f);
 }
 
+struct fs_file *fs_file_new(struct fs_node *n)
+{
+	struct fs_file *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return NULL;
+	pthread_mutex_init(&f->lock, NULL);
+	f->fd = -1;
+	f->node = n;
+	return f;
+}
+
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -1401,14 +1416,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			rc = fs_hfcache_may_open(n, fi->flags);
 		if (rc)
 			goto fail;
-		f = calloc(1, sizeof(*f));
+		f = fs_file_new(n);
 		if (!f) {
 			rc = -ENOMEM;
 			goto fail;
 		}
-		pthread_mutex_init(&f->lock, NULL);
-		f->fd = -1;
-		f->node = n;
 		n = NULL;
 		rc = fs_hfcache_content(fs, f->node, &f->content, &len);
 		if (rc)
@@ -1433,14 +1445,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		rc = 0;
 	}
-	f = calloc(1, sizeof(*f));
+	f = fs_file_new(n);
 	if (!f) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	pthread_mutex_init(&f->lock, NULL);
-	f->fd = -1;
-	f->node = n;
 	n = NULL;
 	if (writing) {
 		f->w = fs_writer_open(fs, v, (fi->flags & O_TRUNC) != 0, &rc);

@@ -1331,18 +1331,15 @@ void fs_create(fuse_req_t req, fuse_ino_t parent_ino, const char *name, mode_t m
 		goto fail;
 	}
 	rc = fs_stat(fs, n, &ep.attr);
-	f = calloc(1, sizeof(*f));
+	f = rc ? NULL : fs_file_new(n);
 	if (rc || !f) {
 		rc = rc ? rc : -ENOMEM;
 		fs_inode_forget(fs->inodes, n->ino, 1);
 		goto fail;
 	}
-	pthread_mutex_init(&f->lock, NULL);
-	f->fd = -1;
 	f->w = w;
 	w = NULL;
 	f->append = (fi->flags & O_APPEND) != 0;
-	f->node = n;
 	n = NULL;
 	__atomic_store_n(&f->node->live, true, __ATOMIC_RELEASE);
 	f->path = strdup(f->node->p.path);

@@ -20,39 +20,14 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mountlib import Mount, Tap, data_requests, git_blob_id, have_fuse, sha256  # noqa: E402
+from mountlib import Mount, Tap, data_requests, have_fuse, sha256  # noqa: E402
 from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
+from test_read import API, content_matches, errno_of, hub_commit, hub_tree  # noqa: E402
 
 T = Tap()
 MiB = 1 << 20
-API = {"model": "models", "dataset": "datasets", "space": "spaces"}
 TINY = ".hf-cache/models--alice--tiny-model"
 BIG_SHA256 = "aaae4dbf0c256871149dec08e83a4e1444c5c74f2e96e4f722b5012c1a0bc7a5"
-
-
-def hub_tree(hub, kind, repo, rev):
-    """Every file of @repo at @rev, from the Hub's recursive listing: {path: entry}."""
-    out = {}
-    path = "/api/%s/%s/tree/%s?recursive=true" % (API[kind], repo, rev.replace("/", "%2F"))
-    while path:
-        status, headers, body = hub.request("GET", path, ALICE_WRITE_TOKEN)
-        assert status == 200, (path, status, body[:200])
-        for e in json.loads(body):
-            if e["type"] == "file":
-                out[e["path"]] = e
-        link = headers.get("link", "")
-        path = None
-        if 'rel="next"' in link:
-            url = link[link.index("<") + 1:link.index(">")]
-            path = url[url.index("/api/"):]
-    return out
-
-
-def hub_commit(hub, kind, repo, rev):
-    status, info, _ = hub.json("GET", "/api/%s/%s/revision/%s" % (API[kind], repo, rev.replace("/", "%2F")),
-                               ALICE_WRITE_TOKEN)
-    assert status == 200, (repo, rev, status)
-    return info["sha"]
 
 
 def hub_refs(hub, kind, repo):
@@ -64,20 +39,6 @@ def hub_refs(hub, kind, repo):
         for r in refs.get(group, []):
             out[r["ref"].replace("refs/heads/", "").replace("refs/tags/", "")] = r["targetCommit"]
     return out
-
-
-def content_matches(data, entry):
-    if entry.get("lfs"):
-        return len(data) == entry["lfs"]["size"] and sha256(data) == entry["lfs"]["oid"]
-    return len(data) == entry["size"] and git_blob_id(data) == entry["oid"]
-
-
-def errno_of(fn, *args):
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def walk_files(top):

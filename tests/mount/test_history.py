@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mountlib import Mount, Tap, have_fuse, hubfs_binary  # noqa: E402
 from harness import ALICE_READ_TOKEN, ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
+from test_read import errno_of  # noqa: E402
 import seed as seedmod  # noqa: E402
 from store import Store  # noqa: E402
 
@@ -74,14 +75,6 @@ def line_of(c):
 
 def commit_requests(records):
     return [r for r in records if r["origin"] == "api" and "/commits/" in r["path"]]
-
-
-def errno_of(fn, *args):
-    try:
-        fn(*args)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def hub_commit(hub, repo, branch, path, data, title):
