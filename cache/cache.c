@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/statvfs.h>
 #include <syslog.h>
 #include <time.h>
@@ -210,6 +211,29 @@ static int cache_index_attach(struct cache *c)
 	return err;
 }
 
+/* File systems on a local disk, where O_DIRECT moves the bytes between the
+ * disk and our buffers (ext4, xfs, btrfs, f2fs).  Elsewhere it is slower
+ * (NFS asks the server every time) or changes nothing (tmpfs). */
+static bool cache_fs_local_disk(unsigned long type)
+{
+	switch (type) {
+	case 0xEF53:	 /* ext2/3/4 */
+	case 0x58465342: /* xfs */
+	case 0x9123683E: /* btrfs */
+	case 0xF2F52010: /* f2fs */
+		return true;
+	default:
+		return false;
+	}
+}
+
+bool cache_direct_io(const struct cache *c, unsigned long *fs_type)
+{
+	if (fs_type)
+		*fs_type = c->fs_type;
+	return c->direct;
+}
+
 struct cache *cache_open(const struct cache_config *cfg, int *errp)
 {
 	uint32_t chunk = cfg->chunk_size ? cfg->chunk_size : CACHE_CHUNK_DEFAULT;
@@ -217,7 +241,8 @@ struct cache *cache_open(const struct cache_config *cfg, int *errp)
 	int err;
 
 	if (!cfg->dir || !cfg->dir[0] || chunk < CACHE_CHUNK_MIN || chunk > CACHE_CHUNK_MAX ||
-	    (chunk & (chunk - 1)) || cfg->lock > CACHE_LOCK_EXCLUSIVE) {
+	    (chunk & (chunk - 1)) || cfg->lock > CACHE_LOCK_EXCLUSIVE ||
+	    cfg->io > CACHE_IO_BUFFERED) {
 		err = -EINVAL;
 		goto fail;
 	}
@@ -244,6 +269,13 @@ struct cache *cache_open(const struct cache_config *cfg, int *errp)
 	err = cache_lock_take(c, cfg->lock);
 	if (err)
 		goto close_c;
+	{
+		struct statfs sf;
+
+		c->fs_type = fstatfs(c->dirfd, &sf) ? 0 : (unsigned long)sf.f_type;
+		c->direct = cfg->io == CACHE_IO_DIRECT ||
+			    (cfg->io == CACHE_IO_AUTO && cache_fs_local_disk(c->fs_type));
+	}
 	if (mkdirat(c->dirfd, "blobs", 0700) && errno != EEXIST) {
 		err = -errno;
 		goto close_c;

@@ -94,6 +94,15 @@ enum cache_lock {
  * held. */
 typedef void (*cache_log_fn)(int level, const char *fmt, va_list ap);
 
+/* How blob content is written and read (see cache_blob.c). */
+enum cache_io {
+	CACHE_IO_AUTO,	   /* O_DIRECT on local disk file systems (ext4, xfs,
+			      btrfs, f2fs), the page cache elsewhere (NFS,
+			      tmpfs, FUSE...), where O_DIRECT is slow or void */
+	CACHE_IO_DIRECT,   /* O_DIRECT wherever the file system accepts it */
+	CACHE_IO_BUFFERED, /* always the page cache */
+};
+
 struct cache_config {
 	const char *dir;     /* the cache directory; created (with parents) 0700 */
 	uint64_t limit;	     /* bytes the blobs may occupy; 0: no limit */
@@ -102,6 +111,7 @@ struct cache_config {
 	uint64_t sync_bytes; /* persist presence after this much new data of a
 				blob; 0: CACHE_SYNC_DEFAULT */
 	enum cache_lock lock;
+	enum cache_io io;
 	cache_log_fn log; /* NULL: silent */
 };
 
@@ -123,6 +133,10 @@ struct cache *cache_open(const struct cache_config *cfg, int *err);
  * must not be used again).  NULL is a no-op.  Not concurrent with any other
  * call on @c. */
 void cache_close(struct cache *c);
+
+/* Whether @c writes and reads blob content with O_DIRECT (see enum
+ * cache_io), and the type of its file system in *@fs_type (may be NULL). */
+bool cache_direct_io(const struct cache *c, unsigned long *fs_type);
 
 /* The chunk size of @c. */
 uint32_t cache_chunk_size(const struct cache *c);

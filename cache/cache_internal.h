@@ -36,6 +36,8 @@ struct cache {
 	int blobs_fd;	      /* DIR/blobs; constant */
 	int stage_fd;	      /* DIR/stage, the staged files (cache_stage.c); constant */
 	int lock_fd;	      /* DIR/lock, -1 without a lock; constant */
+	bool direct;	      /* content with O_DIRECT (enum cache_io); constant */
+	unsigned long fs_type; /* statfs f_type of DIR; constant */
 	bool alone;	      /* holds DIR/lock exclusively (while opening, for a
 				 mount); constant after cache_open() */
 	uint32_t chunk_size;  /* constant */
@@ -106,6 +108,8 @@ struct cache_blob {
 
 	pthread_rwlock_t io;
 	int fd; /* the blob file; protected by io (written write-held) */
+	int dfd; /* the same file opened with O_DIRECT, -1 where the file system
+		    refuses it; protected by io like fd */
 
 	pthread_mutex_t lock;
 	pthread_mutex_t wlock;		/* held across each pwrite of content */

@@ -47,6 +47,7 @@ struct mount_opts {
 	char *token_file;
 	char *cache_dir;
 	char *cache_size;
+	char *cache_io;
 	char *ttl;
 	char *timeout;
 	char *commit_delay;
@@ -83,6 +84,8 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("--cache-dir=%s", cache_dir),
 	MOUNT_OPT("--cache-size %s", cache_size),
 	MOUNT_OPT("--cache-size=%s", cache_size),
+	MOUNT_OPT("--cache-io %s", cache_io),
+	MOUNT_OPT("--cache-io=%s", cache_io),
 	MOUNT_OPT("--ttl %s", ttl),
 	MOUNT_OPT("--ttl=%s", ttl),
 	MOUNT_OPT("--timeout %s", timeout),
@@ -102,6 +105,7 @@ static const struct fuse_opt mount_spec[] = {
 	MOUNT_OPT("token_file=%s", token_file),
 	MOUNT_OPT("cache_dir=%s", cache_dir),
 	MOUNT_OPT("cache_size=%s", cache_size),
+	MOUNT_OPT("cache_io=%s", cache_io),
 	MOUNT_OPT("ttl=%s", ttl),
 	MOUNT_OPT("timeout=%s", timeout),
 	MOUNT_OPT("commit_delay=%s", commit_delay),
@@ -114,8 +118,8 @@ static const struct fuse_opt mount_spec[] = {
 
 static const char mount_usage[] =
 	"usage: hubfs mount [-f] [-d] [-o FUSE_OPTIONS] [--endpoint URL] [--token-file FILE]\n"
-	"                   [--cache-dir DIR] [--cache-size SIZE] [--ttl SECONDS]\n"
-	"                   [--timeout SECONDS] [--commit-delay SECONDS]\n"
+	"                   [--cache-dir DIR] [--cache-size SIZE] [--cache-io MODE]\n"
+	"                   [--ttl SECONDS] [--timeout SECONDS] [--commit-delay SECONDS]\n"
 	"                   [--commit-message TEXT] [--local-only GLOB] [--public-repos]\n"
 	"                   [--hf-cache DIR] [--no-hf-cache] [--offline] MOUNTPOINT\n"
 	"\n"
@@ -127,6 +131,8 @@ static const char mount_usage[] =
 	"  --token-file FILE     read the token from FILE\n"
 	"  --cache-dir DIR       the cache (default $XDG_CACHE_HOME/hubfs or ~/.cache/hubfs)\n"
 	"  --cache-size SIZE     cache limit, K/M/G/T suffixes (default 10G)\n"
+	"  --cache-io MODE       auto (default: O_DIRECT on ext4, xfs, btrfs, f2fs),\n"
+	"                        direct or buffered: how blob files are written and read\n"
 	"  --ttl SECONDS         how long a branch head, a listing or a missing name is\n"
 	"                        trusted before it is asked again (default 10)\n"
 	"  --timeout SECONDS     a transfer that stalls this long fails with EIO (default 30)\n"
@@ -213,6 +219,7 @@ static void mount_opts_release(struct mount_opts *o)
 	free(o->token_file);
 	free(o->cache_dir);
 	free(o->cache_size);
+	free(o->cache_io);
 	free(o->ttl);
 	free(o->timeout);
 	free(o->commit_delay);
@@ -456,6 +463,17 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		log_msg(LOG_ERR, "--cache-size '%s' is not a size (examples: 500M, 10G)", o->cache_size);
 		return 1;
 	}
+	if (o->cache_io && strcmp(o->cache_io, "auto")) {
+		if (!strcmp(o->cache_io, "direct")) {
+			cc.io = CACHE_IO_DIRECT;
+		} else if (!strcmp(o->cache_io, "buffered")) {
+			cc.io = CACHE_IO_BUFFERED;
+		} else {
+			log_msg(LOG_ERR, "--cache-io '%s': auto, direct or buffered, please",
+				o->cache_io);
+			return 1;
+		}
+	}
 	offline = o->offline || options_truthy(getenv("HF_HUB_OFFLINE"));
 	endpoint = options_endpoint(o->endpoint);
 	cache_dir = options_cache_dir(o->cache_dir);
@@ -497,6 +515,13 @@ static int mount_run(struct mount_opts *o, struct fuse_args *args, int notify_fd
 		log_msg(LOG_ERR, "cannot open the cache '%s': %s", cache_dir,
 			rc == -EPROTO ? "written by a newer hubfs" : strerror(-rc));
 		goto out_mount;
+	}
+	{
+		unsigned long fs_type;
+		bool direct = cache_direct_io(m.cache, &fs_type);
+
+		log_msg(LOG_INFO, "cache '%s' (file system type %#lx): blob content %s", cache_dir,
+			fs_type, direct ? "with O_DIRECT" : "through the page cache");
 	}
 	mc.endpoint = endpoint;
 	mc.identity = identity;

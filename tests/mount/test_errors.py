@@ -55,6 +55,7 @@ def test_mount_errors(hub):
         (base + [os.path.join(tmp, "missing")], {}, "No such file", "a missing mountpoint"),
         (base + [full], {}, "not empty", "a mountpoint that is not empty"),
         (base + ["--cache-size", "lots", empty], {}, "not a size", "a bad --cache-size"),
+        (base + ["--cache-io", "fast", empty], {}, "auto, direct or buffered", "a bad --cache-io"),
         (base + ["--ttl", "-3", empty], {}, "not a number", "a bad --ttl"),
         (base + ["--bogus", empty], {}, "unknown option", "an unknown option"),
         (base + [empty], {"HF_TOKEN": "hf_not_a_real_token_000000000000"}, "refused", "a bad token"),

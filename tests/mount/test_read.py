@@ -279,6 +279,45 @@ def test_remount_cached(hub, m_cache_dir):
         check_sanitizers(m, "remount")
 
 
+# File system types (stat -f -c %t) where --cache-io=auto uses O_DIRECT.
+DIRECT_FS = {"ef53", "58465342", "9123683e", "f2f52010"}
+
+
+def resident_bytes(path):
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path], capture_output=True,
+                       text=True, timeout=30)
+    return int(r.stdout.split()[0]) if r.returncode == 0 and r.stdout.split() else -1
+
+
+def test_page_cache(hub):
+    """A cold read keeps one copy in memory (the mount's page cache), not a second one of the cache's blob file:
+    O_DIRECT on a local disk file system (--cache-io=auto), the page cache with -o cache_io=buffered."""
+    tree = hub_tree(hub, "model", "alice/big-model", "main")["model.safetensors"]
+    oid = tree["lfs"]["oid"]
+    for how, args in (("auto", ["--cache-io", "auto"]), ("buffered", ["-o", "cache_io=buffered"]),
+                      ("direct", ["--cache-io=direct"])):
+        with Mount(hub, token=ALICE_WRITE_TOKEN, args=args) as m:
+            fs = subprocess.run(["stat", "-f", "-c", "%t", m.cache_dir], capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+            data = m.read("alice/big-model/main/model.safetensors")
+            blob = os.path.join(m.cache_dir, "blobs", oid[:2], oid)
+            res = resident_bytes(blob)
+            T.ok(content_matches(data, tree), "--cache-io %s: the bytes read are the Hub's" % how)
+            if how == "buffered" or (how == "auto" and fs not in DIRECT_FS) or fs == "1021994":  # tmpfs
+                T.ok(res >= len(data) * 9 // 10, "--cache-io %s (file system %s): the blob file is in the page "
+                     "cache (%d of %d bytes)" % (how, fs, res, len(data)))
+            else:
+                T.ok(0 <= res <= 4096, "--cache-io %s (file system %s): %d bytes of the %d-byte blob file in the "
+                     "page cache (at most its last page)" % (how, fs, res, len(data)))
+            drop_page_cache(m.p("alice/big-model/main/model.safetensors"))
+            hub.clear_log()
+            again = m.read("alice/big-model/main/model.safetensors")
+            T.ok(content_matches(again, tree) and not data_requests(hub.log()),
+                 "--cache-io %s: read again from the cache, 0 data requests" % how)
+            m.unmount()
+            check_sanitizers(m, "--cache-io " + how)
+
+
 def test_threads(hub):
     tree = hub_tree(hub, "model", "alice/big-model", "main")
     want = tree["model.safetensors"]
@@ -554,7 +593,8 @@ def main():
             check_sanitizers(m, "main mount")
             subprocess.run(["cp", "-a", m.cache_dir, cache_dir], check=True)
         for test, args in ((test_remount_cached, (hub, cache_dir)), (test_threads, (hub,)), (test_many_pages, ()),
-                           (test_faults, (hub,)), (test_private, (hub,)), (test_listings, (hub,)), (test_offline_and_eviction, (hub,))):
+                           (test_faults, (hub,)), (test_private, (hub,)), (test_listings, (hub,)), (test_offline_and_eviction, (hub,)),
+                           (test_page_cache, (hub,))):
             try:
                 test(*args)
             except Exception as e:  # noqa: B902

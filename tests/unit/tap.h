@@ -44,6 +44,20 @@ __attribute__((format(printf, 1, 2), unused)) static void tap_diag(const char *f
 	putchar('\n');
 }
 
+/* An assertion that cannot be made here: "ok N # SKIP why". */
+__attribute__((format(printf, 1, 2), unused)) static void tap_skip(const char *fmt, ...)
+{
+	va_list ap;
+
+	tap_count++;
+	printf("ok %d # SKIP ", tap_count);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
 static int tap_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st;

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -845,6 +847,158 @@ out:
 	free(content);
 }
 
+/*
+ * Content around the page cache.
+ */
+
+/* Pages of [@off, @off + @len) of the file at @path in the page cache
+ * (@off page-aligned), or -1. */
+static long resident_pages(const char *path, uint64_t off, uint64_t len)
+{
+	long page = sysconf(_SC_PAGESIZE), n = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	unsigned char *vec;
+	void *m;
+
+	if (fd < 0 || fstat(fd, &st) || st.st_size == 0) {
+		if (fd >= 0)
+			close(fd);
+		return fd < 0 ? -1 : 0;
+	}
+	m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return -1;
+	vec = malloc((size_t)(st.st_size + page - 1) / (size_t)page);
+	if (!vec || mincore(m, (size_t)st.st_size, vec)) {
+		n = -1;
+	} else {
+		for (uint64_t i = off / (uint64_t)page;
+		     i < (off + len + (uint64_t)page - 1) / (uint64_t)page &&
+		     i < (uint64_t)(st.st_size + page - 1) / (uint64_t)page;
+		     i++)
+			n += vec[i] & 1;
+	}
+	free(vec);
+	munmap(m, (size_t)st.st_size);
+	return n;
+}
+
+/* Writes @len bytes of @data at @off from a page-aligned copy (as fetch.c
+ * gathers them), or from one a byte off alignment. */
+static int write_copy(struct cache_blob *b, const unsigned char *data, uint64_t off, uint64_t len,
+		      bool aligned)
+{
+	unsigned char *buf = aligned_alloc(4096, (len + 4096) & ~4095ull);
+	int err;
+
+	if (!buf)
+		return -ENOMEM;
+	memcpy(buf + !aligned, data + off, len);
+	err = cache_blob_write(b, off, buf + !aligned, len);
+	free(buf);
+	return err;
+}
+
+static int aligned_fill(void *arg, struct cache_blob *b, uint64_t off, uint64_t len)
+{
+	return write_copy(b, arg, off, len, true);
+}
+
+/* Blob content written from aligned buffers goes around the page cache
+ * (O_DIRECT): a cold read must not leave a second copy of what the mount's
+ * page cache holds.  Bytes written either way read back equal, whatever the
+ * reader's alignment; on a file system without O_DIRECT (tmpfs) the same
+ * bytes go through the page cache. */
+static void direct_case(const char *base, const char *what, enum cache_io io)
+{
+	const uint64_t size = 16 * CHUNK + 5000;
+	unsigned char *data = gen(91, size), *out = aligned_alloc(4096, 2 * CHUNK);
+	char dir[512], id[CACHE_ID_MAX], path[700];
+	struct cache_blob *b = NULL;
+	struct cache *c = NULL;
+	bool same = true;
+	long pages;
+	int err = 0;
+
+	snprintf(dir, sizeof(dir), "%s/direct%u", base, dir_serial++);
+	cache_id_of_buffer(CACHE_ID_SHA256, data, size, id);
+	snprintf(path, sizeof(path), "%s/blobs/%.2s/%s", dir, id, id);
+	struct cache_config cfg = {
+	    .dir = dir, .chunk_size = CHUNK, .lock = CACHE_LOCK_SHARED, .io = io,
+	};
+	unsigned long fs_type = 0;
+
+	c = data && out ? cache_open(&cfg, &err) : NULL;
+	b = c ? cache_blob_get(c, id, size, &err) : NULL;
+	/* Chunk 1 written from an unaligned buffer, chunk 2 in two pieces
+	 * (the second at an unaligned offset), the rest as fetch.c does. */
+	if (b)
+		err = write_copy(b, data, CHUNK, CHUNK, false);
+	if (b && !err)
+		err = write_copy(b, data, 2 * CHUNK, 1000, true);
+	if (b && !err)
+		err = write_copy(b, data, 2 * CHUNK + 1000, CHUNK - 1000, true);
+	/* Aligned reads of 2 chunks, then every byte again through a buffer
+	 * one byte off alignment, in reads of 3 pages. */
+	for (uint64_t off = 0; b && !err && off < size; off += 2 * CHUNK) {
+		ssize_t n = cache_blob_read(b, out, 2 * CHUNK, off, aligned_fill, data);
+		size_t want = size - off < 2 * CHUNK ? (size_t)(size - off) : 2 * CHUNK;
+
+		if (n < 0)
+			err = (int)n;
+		same = same && n == (ssize_t)want && !memcmp(out, data + off, want);
+	}
+	tap_ok(b && !err && same, "%s: aligned reads return the bytes written, aligned or not (%s)",
+	       what, strerror(-err));
+	tap_ok(b && cache_blob_complete(b), "%s: the blob is complete and verified", what);
+	pages = resident_pages(path, 0, CHUNK);
+	pages += pages < 0 ? 0 : resident_pages(path, 3 * CHUNK, 13 * CHUNK);
+	if (c && cache_direct_io(c, &fs_type)) {
+		/* Chunks 1 and 2 and the tail went through the page cache;
+		 * chunks 0 and 3-15 were written and read around it. */
+		tap_ok(pages == 0, "%s: none of the chunks written aligned is in the page cache "
+		       "(%ld pages)", what, pages);
+	} else if (io == CACHE_IO_BUFFERED) {
+		tap_ok(pages == 14 * CHUNK / 4096, "%s: all of them are (%ld pages)", what, pages);
+	} else {
+		tap_skip("%s: the cache's file system (type %#lx) gets no O_DIRECT", what, fs_type);
+	}
+	for (uint64_t off = 0; b && !err && off < size; off += 3 * 4096) {
+		ssize_t n = cache_blob_read(b, out + 1, 3 * 4096, off, NULL, NULL);
+		size_t want = size - off < 3 * 4096 ? (size_t)(size - off) : 3 * 4096;
+
+		same = same && n == (ssize_t)want && !memcmp(out + 1, data + off, want);
+	}
+	tap_ok(b && same, "%s: unaligned reads of the same bytes are equal too", what);
+	cache_blob_put(b);
+	b = c ? cache_blob_get(c, id, size, &err) : NULL;
+	out[0] = 0;
+	tap_ok(b && cache_blob_read(b, out, 4096, 15 * CHUNK, NULL, NULL) == 4096 &&
+	       !memcmp(out, data + 15 * CHUNK, 4096), "%s: read again after the handle was reopened",
+	       what);
+	cache_blob_put(b);
+	cache_close(c);
+	free(out);
+	free(data);
+}
+
+static void test_direct(void)
+{
+	char shm[] = "/dev/shm/hubfs-test-cache-blob-XXXXXX";
+	struct statfs sf;
+
+	direct_case(top, "on the test directory's file system", CACHE_IO_AUTO);
+	direct_case(top, "--cache-io=buffered", CACHE_IO_BUFFERED);
+	if (statfs("/dev/shm", &sf) == 0 && mkdtemp(shm)) {
+		direct_case(shm, "on tmpfs", CACHE_IO_AUTO);
+		tap_rm_rf(shm);
+	} else {
+		tap_skip("no /dev/shm: the tmpfs case");
+	}
+}
+
 int main(void)
 {
 	if (!mkdtemp(top)) {
@@ -860,6 +1014,7 @@ int main(void)
 	test_prefetch();
 	test_import();
 	test_rot();
+	test_direct();
 	if (getenv("HUBFS_CACHE_BENCH"))
 		bench();
 	tap_rm_rf(top);
