@@ -215,6 +215,12 @@ int cache_blob_write(struct cache_blob *b, uint64_t off, const void *data, size_
 ssize_t cache_blob_read(struct cache_blob *b, void *buf, size_t size, uint64_t off,
 			cache_fill_fn fill, void *arg);
 
+/* Offers @n bytes at @off that cache_blob_read() returned, and that the
+ * caller served (they stay unchanged during the call), to @b's running
+ * hash: a sequential reader's bytes need not be read from the file again to
+ * verify the blob.  Costs nothing once @b is verified. */
+void cache_blob_read_done(struct cache_blob *b, const void *buf, size_t n, uint64_t off);
+
 /* Makes [@off, @off+@len) present like cache_blob_read() without copying
  * out: for read-ahead threads.  Chunks that other threads are filling are
  * left to them (this does not wait for them).  Returns 0 or the errors of

@@ -89,6 +89,10 @@
  * thread's buffer of BLOB_IO_BUFFER bytes cannot be had.  Reading a chunk
  * from a cold disk in pieces of 64 KiB is about half as fast as in 1 MiB. */
 #define BLOB_CRC_BUFFER (64u << 10)
+/* The cache's worker hashes from the file only the chunks this far behind
+ * the furthest read: nearer ones are hashed from the memory of the reads
+ * (or writes) that carry the running hash, so they are not read twice. */
+#define BLOB_HASH_LAG (64u << 20)
 /* Chunks of one write whose CRCs live on the stack (more: on the heap). */
 #define BLOB_CRC_STACK 32
 
@@ -898,14 +902,47 @@ int cache_blob_sync(struct cache_blob *b)
 
 /*
  * Verification.  A running hash follows the leading chunks that are present:
- * a blob filled in order is hashed as it arrives (by the cache's worker, or
- * by whoever calls blob_hash() first), and judged as soon as its last chunk
- * lands.
+ * a blob filled in order is hashed as it arrives (from the writer's memory
+ * when the hash is at the bytes it wrote, else by the cache's worker or by
+ * whoever calls blob_hash() first, from the file), and judged as soon as
+ * its last chunk lands.
  */
 
-/* Feeds chunk @i to @h, unless the blob was discarded since generation @gen
- * (-ESTALE).  With io read-held, the file cannot be replaced. */
-static int hash_chunk(struct cache_blob *b, struct cache_hasher *h, uint64_t i, uint64_t gen)
+/* Bytes just written, still in the writer's memory: [off, end) at p. */
+struct hash_mem {
+	const unsigned char *p;
+	uint64_t off, end;
+};
+
+/* Whether chunk @i of @b is whole in @m. */
+static bool hash_mem_has(const struct cache_blob *b, const struct hash_mem *m, uint64_t i)
+{
+	return m && m->off <= chunk_start(b, i) && chunk_end(b, i) <= m->end;
+}
+
+/* Whether blob_hash() with @m feeds chunk @i: every chunk without @m; with
+ * it, never the last chunk, the chunks @m holds, and with @catch_up (a
+ * reader's bytes) the chunks up to BLOB_HASH_LAG before them, from the
+ * file, so that the running hash catches up with the reader it lost (while
+ * another thread was hashing) instead of being left to the worker. */
+static bool hash_mem_feeds(const struct cache_blob *b, const struct hash_mem *m, bool catch_up,
+			   uint64_t i)
+{
+	if (!m)
+		return true;
+	if (i + 1 >= b->nchunks)
+		return false;
+	if (hash_mem_has(b, m, i))
+		return true;
+	return catch_up && chunk_end(b, i) <= m->off && m->off - chunk_end(b, i) < BLOB_HASH_LAG &&
+	       m->end - m->off >= chunk_end(b, i) - chunk_start(b, i);
+}
+
+/* Feeds chunk @i to @h, from @m when it holds the chunk, else from the
+ * file, unless the blob was discarded since generation @gen (-ESTALE).  With
+ * io read-held, the file cannot be replaced. */
+static int hash_chunk(struct cache_blob *b, struct cache_hasher *h, uint64_t i, uint64_t gen,
+		      const struct hash_mem *m)
 {
 	uint64_t off = chunk_start(b, i), end = chunk_end(b, i);
 	int err = 0;
@@ -913,6 +950,10 @@ static int hash_chunk(struct cache_blob *b, struct cache_hasher *h, uint64_t i, 
 	pthread_rwlock_rdlock(&b->io);
 	if (b->gen != gen) /* written with io write-held: stable here */
 		err = -ESTALE;
+	if (!err && hash_mem_has(b, m, i)) {
+		err = cache_hasher_update(h, m->p + (off - m->off), (size_t)(end - off));
+		off = end;
+	}
 	while (!err && off < end) {
 		size_t n = end - off < BLOB_HASH_BUFFER ? (size_t)(end - off) : BLOB_HASH_BUFFER;
 		ssize_t r = blob_pread(b, b->hashbuf, n, off);
@@ -927,8 +968,12 @@ static int hash_chunk(struct cache_blob *b, struct cache_hasher *h, uint64_t i, 
 /* Advances the running hash over the leading present chunks, one thread at
  * a time (returns 0 at once if another thread is at it).  When it reaches
  * the end, judges the blob: on a match marks it complete and persists that;
- * on a mismatch discards it and returns -EIO. */
-static int blob_hash(struct cache_blob *b)
+ * on a mismatch discards it and returns -EIO.  With @m (bytes just written
+ * or served), only what hash_mem_feeds() says is fed, the chunks @m holds
+ * from memory, and never the last chunk: the judging is left to the reads
+ * (blob_settle), so that a bad blob fails the read that completes it, as
+ * without @m.  No chunk from @limit on is fed. */
+static int blob_hash(struct cache_blob *b, const struct hash_mem *m, bool catch_up, uint64_t limit)
 {
 	char hex[CACHE_ID_MAX] = "";
 	bool judged = false, match = false;
@@ -937,7 +982,8 @@ static int blob_hash(struct cache_blob *b)
 	int err = 0;
 
 	pthread_mutex_lock(&b->lock);
-	if (b->state != CACHE_BLOB_READY || b->hashing || b->broken || b->detached || b->verified) {
+	if (b->state != CACHE_BLOB_READY || b->hashing || b->broken || b->detached || b->verified ||
+	    b->hashed >= limit || !hash_mem_feeds(b, m, catch_up, b->hashed)) {
 		pthread_mutex_unlock(&b->lock);
 		return 0;
 	}
@@ -957,8 +1003,10 @@ static int blob_hash(struct cache_blob *b)
 	/* Presence is tested with the lock held: a chunk that becomes present
 	 * after the last test is followed by its filler's own call. */
 	for (i = b->hashed; i < b->nchunks && bit_test(b->present, i); i++) {
+		if (i >= limit || !hash_mem_feeds(b, m, catch_up, i))
+			break;
 		pthread_mutex_unlock(&b->lock);
-		err = hash_chunk(b, h, i, gen);
+		err = hash_chunk(b, h, i, gen, m);
 		pthread_mutex_lock(&b->lock);
 		if (err)
 			break;
@@ -1014,7 +1062,7 @@ static int blob_settle(struct cache_blob *b)
 	for (int round = 0; round < BLOB_RETRIES; round++) {
 		uint64_t gen;
 		bool stale;
-		int err = blob_hash(b);
+		int err = blob_hash(b, NULL, false, UINT64_MAX);
 
 		if (err || !blob_needs_verify(b))
 			return err;
@@ -1242,6 +1290,13 @@ static int blob_write(struct cache_blob *b, uint64_t off, const void *data, size
 		free(crcs);
 unlock_io:
 	pthread_rwlock_unlock(&b->io);
+	/* Where the running hash is at these bytes, it goes on from memory:
+	 * they need not be read back from the file for it. */
+	if (!err) {
+		struct hash_mem m = { .p = p, .off = off, .end = end };
+
+		blob_hash(b, &m, false, UINT64_MAX);
+	}
 	return err;
 }
 
@@ -1408,6 +1463,16 @@ static int blob_ensure(struct cache_blob *b, uint64_t first, uint64_t last, cach
 
 /* What is due for @b in the background: advancing its running hash,
  * persisting its presence. */
+/* The chunks the worker may hash: those BLOB_HASH_LAG behind the furthest
+ * read.  Before any read, none: the fill that completes a blob nobody read
+ * (a prefetched small file) hashes it when it settles. */
+static uint64_t blob_hash_limit(struct cache_blob *b)
+{
+	uint64_t end = __atomic_load_n(&b->read_end, __ATOMIC_RELAXED);
+
+	return end > BLOB_HASH_LAG ? (end - BLOB_HASH_LAG) >> b->c->chunk_shift : 0;
+}
+
 static bool blob_work_due(struct cache_blob *b)
 {
 	bool due;
@@ -1415,7 +1480,7 @@ static bool blob_work_due(struct cache_blob *b)
 	pthread_mutex_lock(&b->lock);
 	due = b->state == CACHE_BLOB_READY && !b->broken &&
 	      (b->dirty >= b->c->sync_bytes ||
-	       (!b->verified && !b->hashing && b->hashed < b->nchunks &&
+	       (!b->verified && !b->hashing && b->hashed < blob_hash_limit(b) &&
 		bit_test(b->present, b->hashed)));
 	pthread_mutex_unlock(&b->lock);
 	return due;
@@ -1425,7 +1490,7 @@ void cache_blob_work(struct cache_blob *b)
 {
 	bool sync;
 
-	blob_hash(b); /* a verdict's error is the settling reader's to report */
+	blob_hash(b, NULL, false, blob_hash_limit(b)); /* a verdict's error is the settling reader's to report */
 	pthread_mutex_lock(&b->lock);
 	sync = b->dirty >= b->c->sync_bytes;
 	pthread_mutex_unlock(&b->lock);
@@ -1530,6 +1595,10 @@ ssize_t cache_blob_read(struct cache_blob *b, void *buf, size_t size, uint64_t o
 	first = off >> b->c->chunk_shift;
 	last = (off + size - 1) >> b->c->chunk_shift;
 	blob_touch(b);
+	for (uint64_t e = __atomic_load_n(&b->read_end, __ATOMIC_RELAXED); e < off + size;)
+		if (__atomic_compare_exchange_n(&b->read_end, &e, off + size, true, __ATOMIC_RELAXED,
+						__ATOMIC_RELAXED))
+			break;
 	for (int attempt = 0;; attempt++) {
 		pthread_rwlock_rdlock(&b->io);
 		/* The hot path.  Once a blob's last chunk lands, reads wait
@@ -1583,6 +1652,15 @@ ssize_t cache_blob_read(struct cache_blob *b, void *buf, size_t size, uint64_t o
 		if (err)
 			return err;
 	}
+}
+
+void cache_blob_read_done(struct cache_blob *b, const void *buf, size_t n, uint64_t off)
+{
+	struct hash_mem m = { .p = buf, .off = off, .end = off + n };
+
+	if (n && off < b->size && n <= b->size - off &&
+	    !__atomic_load_n(&b->verified, __ATOMIC_ACQUIRE))
+		blob_hash(b, &m, true, UINT64_MAX);
 }
 
 int cache_blob_prefetch(struct cache_blob *b, uint64_t off, uint64_t len, cache_fill_fn fill,

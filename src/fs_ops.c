@@ -1766,10 +1766,13 @@ fail:
 		log_msg(LOG_NOTICE, "offline: '%s' is not cached", f->node->fullpath);
 		n = -EIO;
 	}
-	if (n < 0)
+	if (n < 0) {
 		fuse_reply_err(req, (int)-n);
-	else
+	} else {
 		fuse_reply_buf(req, buf, (size_t)n);
+		/* after the reply: the reader does not wait for the hash */
+		cache_blob_read_done(f->blob, buf, (size_t)n, (uint64_t)off);
+	}
 out:
 	fs_handle_put(fs->files, fi->fh, f);
 }
