@@ -345,6 +345,7 @@ class Bench:
                 os.sync()  # dirty pages cannot be dropped: the cold fill's writeback first
                 drop_tree(cache)
                 drop_page_cache(p)
+                settle()
                 warm.append(dd(p))
                 hot.append(dd(p))
                 m.unmount()
@@ -356,6 +357,7 @@ class Bench:
                 os.stat(p)
                 dd(p)
                 drop_page_cache(p)
+                settle()
                 warm_mem.append(dd(p))
                 m.unmount()
             with Daemon(lambda mnt: [passthrough, self.local, mnt], "passthrough", self.tmp) as d:
@@ -364,8 +366,10 @@ class Bench:
                 os.sync()
                 drop_page_cache(self.local)
                 drop_page_cache(p)
+                settle()
                 pwarm.append(dd(p))
                 drop_page_cache(p)
+                settle()
                 pwarm_mem.append(dd(p))
                 phot.append(dd(p))
         for name, mine, ref, target in (("warm, from disk (all page caches dropped)", warm, pwarm, 0.8),

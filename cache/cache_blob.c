@@ -93,6 +93,8 @@
  * the furthest read: nearer ones are hashed from the memory of the reads
  * (or writes) that carry the running hash, so they are not read twice. */
 #define BLOB_HASH_LAG (64u << 20)
+/* How far behind a warm read its pages of the blob file are dropped. */
+#define BLOB_DROP_BEHIND (8u << 20)
 /* Chunks of one write whose CRCs live on the stack (more: on the heap). */
 #define BLOB_CRC_STACK 32
 
@@ -262,12 +264,27 @@ static int blob_pwrite(struct cache_blob *b, const unsigned char *p, uint64_t le
 }
 
 /* Reads exactly @len bytes of content: the aligned part with O_DIRECT when
- * @p and @off are aligned, the rest through the page cache.  Called with io
+ * @p and @off are aligned and the blob is still being filled (its bytes are
+ * not in the page cache), the rest through the page cache.  Called with io
  * read-held. */
 static ssize_t blob_pread(struct cache_blob *b, unsigned char *p, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
+	if (b->dfd >= 0 && __atomic_load_n(&b->verified, __ATOMIC_ACQUIRE)) {
+		/* A warm read: through the page cache, for the kernel's
+		 * read-ahead of the file (an O_DIRECT read waits for the disk
+		 * once per request), then the pages read are dropped, so that
+		 * the next read-ahead reuses them and the blob is not held in
+		 * memory twice.  From BLOB_DROP_BEHIND before the read: a large
+		 * folio is dropped only once the range covers all of it. */
+		ssize_t r = pread_full(b->fd, p, len, off);
+		uint64_t s = off > BLOB_DROP_BEHIND ? off - BLOB_DROP_BEHIND : 0;
+
+		if (r >= 0)
+			posix_fadvise(b->fd, (off_t)s, (off_t)(off + len - s), POSIX_FADV_DONTNEED);
+		return r;
+	}
 	if (b->dfd >= 0 && len >= BLOB_IO_ALIGN && direct_aligned(p, off, 0)) {
 		size_t n = len & ~(size_t)(BLOB_IO_ALIGN - 1);
 		ssize_t r = pread_full(b->dfd, p, n, off);

@@ -289,6 +289,13 @@ def resident_bytes(path):
     return int(r.stdout.split()[0]) if r.returncode == 0 and r.stdout.split() else -1
 
 
+def storage_bytes(pid):
+    """(read_bytes, write_bytes) of /proc/PID/io: what the process had the disk read and write."""
+    with open("/proc/%d/io" % pid) as f:
+        got = dict(line.split(":") for line in f)
+    return int(got["read_bytes"]), int(got["write_bytes"])
+
+
 def test_page_cache(hub):
     """A cold read keeps one copy in memory (the mount's page cache), not a second one of the cache's blob file:
     O_DIRECT on a local disk file system (--cache-io=auto), the page cache with -o cache_io=buffered."""
@@ -299,7 +306,9 @@ def test_page_cache(hub):
         with Mount(hub, token=ALICE_WRITE_TOKEN, args=args) as m:
             fs = subprocess.run(["stat", "-f", "-c", "%t", m.cache_dir], capture_output=True, text=True,
                                 timeout=30).stdout.strip()
+            io0 = storage_bytes(m.proc.pid)
             data = m.read("alice/big-model/main/model.safetensors")
+            io1 = storage_bytes(m.proc.pid)
             blob = os.path.join(m.cache_dir, "blobs", oid[:2], oid)
             res = resident_bytes(blob)
             T.ok(content_matches(data, tree), "--cache-io %s: the bytes read are the Hub's" % how)
@@ -309,11 +318,20 @@ def test_page_cache(hub):
             else:
                 T.ok(0 <= res <= 4096, "--cache-io %s (file system %s): %d bytes of the %d-byte blob file in the "
                      "page cache (at most its last page)" % (how, fs, res, len(data)))
+                # Written once; read back for the replies, and not again for the hash (that would be 2x).
+                T.ok(io1[1] - io0[1] >= len(data) and io1[0] - io0[0] <= len(data) * 3 // 2,
+                     "--cache-io %s: the cold read wrote %.2fx the file to the disk and read back %.2fx (at most "
+                     "1.5x)" % (how, (io1[1] - io0[1]) / len(data), (io1[0] - io0[0]) / len(data)))
             drop_page_cache(m.p("alice/big-model/main/model.safetensors"))
             hub.clear_log()
             again = m.read("alice/big-model/main/model.safetensors")
             T.ok(content_matches(again, tree) and not data_requests(hub.log()),
                  "--cache-io %s: read again from the cache, 0 data requests" % how)
+            if how != "buffered" and fs in DIRECT_FS:
+                # A warm read goes through the page cache (for read-ahead) and drops the pages it read.
+                res = resident_bytes(blob)
+                T.ok(0 <= res <= len(data) // 16, "--cache-io %s: after a warm read, %d bytes of the blob file "
+                     "stay in the page cache (at most a sixteenth)" % (how, res))
             m.unmount()
             check_sanitizers(m, "--cache-io " + how)
 
