@@ -263,15 +263,16 @@ static int blob_pwrite(struct cache_blob *b, const unsigned char *p, uint64_t le
 	return pwrite_full(b->fd, p, len, off);
 }
 
-/* Reads exactly @len bytes of content: the aligned part with O_DIRECT when
- * @p and @off are aligned and the blob is still being filled (its bytes are
- * not in the page cache), the rest through the page cache.  Called with io
- * read-held. */
+/* Reads exactly @len bytes of content: through the page cache when the blob
+ * was complete when the handle was opened (a warm read), else the aligned
+ * part with O_DIRECT when @p and @off are aligned (the bytes this handle
+ * wrote are not in the page cache) and the rest through the page cache.
+ * Called with io read-held. */
 static ssize_t blob_pread(struct cache_blob *b, unsigned char *p, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
-	if (b->dfd >= 0 && __atomic_load_n(&b->verified, __ATOMIC_ACQUIRE)) {
+	if (b->dfd >= 0 && __atomic_load_n(&b->warm, __ATOMIC_ACQUIRE)) {
 		/* A warm read: through the page cache, for the kernel's
 		 * read-ahead of the file (an O_DIRECT read waits for the disk
 		 * once per request), then the pages read are dropped, so that
@@ -415,6 +416,7 @@ static void presence_clear(struct cache_blob *b)
 	b->crcs_legacy = false;
 	__atomic_store_n(&b->npresent, 0, __ATOMIC_RELEASE);
 	__atomic_store_n(&b->verified, false, __ATOMIC_RELEASE);
+	__atomic_store_n(&b->warm, false, __ATOMIC_RELEASE);
 	__atomic_sub_fetch(&b->c->used, (int64_t)b->present_bytes, __ATOMIC_RELAXED);
 	b->present_bytes = 0;
 	b->dirty = 0;
@@ -449,6 +451,7 @@ static void presence_load(struct cache_blob *b, const struct cache_index_blob *r
 	}
 	__atomic_store_n(&b->npresent, n, __ATOMIC_RELEASE);
 	__atomic_store_n(&b->verified, row->complete, __ATOMIC_RELEASE);
+	__atomic_store_n(&b->warm, row->complete, __ATOMIC_RELEASE);
 	b->crcs_legacy = n > 0 && !has_crcs;
 	if (b->crcs_legacy)
 		cache_log(b->c, LOG_DEBUG,

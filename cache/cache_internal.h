@@ -127,6 +127,9 @@ struct cache_blob {
 	uint64_t *present;		/* written under lock, read with __atomic anywhere */
 	uint64_t npresent;		/* written under lock, read with __atomic anywhere */
 	bool verified;			/* written under lock, read with __atomic anywhere */
+	bool warm;			/* complete when its row was loaded: reads go
+					   through the page cache (blob_pread); as
+					   verified */
 	uint32_t *crcs;			/* CRC32C of each present chunk: written under lock
 					   before the chunk's present bit is set, read with
 					   __atomic once that bit was seen (io read-held) */
