@@ -860,6 +860,9 @@ static int http_hop(struct http_client *c, CURL *h, const struct http_request *r
 		if (x.abort_rc == -ETIMEDOUT)
 			log_msg(LOG_WARNING, "%s %.*s: less than %" PRIu64 " bytes in %ld s, giving up",
 				method, (int)strcspn(url, "?"), url, x.window_need, x.timeout);
+		else if (rc == -ETIMEDOUT) /* libcurl's own limits, which may fire first */
+			log_msg(LOG_WARNING, "%s %.*s: %s, giving up", method,
+				(int)strcspn(url, "?"), url, curl_easy_strerror(cc));
 		else if (rc != -EINTR)
 			log_msg(LOG_INFO, "%s %.*s: %s", method, (int)strcspn(url, "?"), url,
 				curl_easy_strerror(cc));
