@@ -28,7 +28,7 @@ sys.dont_write_bytecode = True
 
 from mountlib import Mount, data_requests, drop_page_cache, mounted  # noqa: E402
 from harness import ALICE_WRITE_TOKEN, LocalHub  # noqa: E402
-from test_read import create_repo, upload_lfs  # noqa: E402
+from test_read import create_repo, storage_bytes, upload_lfs  # noqa: E402
 
 MB = 1e6
 MIB = 1 << 20
@@ -69,16 +69,6 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
-
-
-def disk_bytes(pid):
-    """(read_bytes, write_bytes) of /proc/PID/io: what the process made the storage layer read and write."""
-    got = {}
-    with open("/proc/%d/io" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            got[k] = int(v)
-    return got["read_bytes"], got["write_bytes"]
 
 
 def page_fill(size):
@@ -260,10 +250,10 @@ class Bench:
             os.stat(p)
             since = hub.log()[-1]["seq"] if hub.log() else 0
             cpu0 = cpu_seconds(m.proc.pid)
-            io0 = disk_bytes(m.proc.pid)
+            io0 = storage_bytes(m.proc.pid)
             t = dd(p)
             cpu = cpu_seconds(m.proc.pid) - cpu0
-            io = disk_bytes(m.proc.pid)
+            io = storage_bytes(m.proc.pid)
             self.disk = (io[0] - io0[0], io[1] - io0[1])
             reqs = len(data_requests(hub.log(since)))
             m.unmount()

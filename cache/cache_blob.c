@@ -77,16 +77,15 @@
 #define BLOB_RETRIES 4
 /* Last use is persisted before the last put only when older than this (ms). */
 #define BLOB_USED_GRANULARITY 10000
-/* Buffers of import copies and of hashing. */
+/* Buffers of import copies, and each thread's for reading chunks back. */
 #define BLOB_IO_BUFFER (1u << 20)
-#define BLOB_HASH_BUFFER (1u << 20)
 /* Their alignment.  The kernel copies file pages into a page-aligned buffer
  * several times faster than into malloc's large buffers, which start 16
  * bytes into a page (pread from the page cache, 2 cores of an AMD EPYC:
  * ~9 GB/s aligned, ~1.6 GB/s at offset 16). */
 #define BLOB_IO_ALIGN 4096
-/* The stack buffer a chunk's CRC is computed from the file with, when the
- * thread's buffer of BLOB_IO_BUFFER bytes cannot be had.  Reading a chunk
+/* The stack buffer a chunk is read back with (for its CRC or the hash), when
+ * the thread's buffer of BLOB_IO_BUFFER bytes cannot be had.  Reading a chunk
  * from a cold disk in pieces of 64 KiB is about half as fast as in 1 MiB. */
 #define BLOB_CRC_BUFFER (64u << 10)
 /* The cache's worker hashes from the file only the chunks this far behind
@@ -665,7 +664,6 @@ void cache_blob_free(struct cache_blob *b)
 	partials_clear(b);
 	free(b->partials);
 	cache_hasher_free(b->hasher);
-	free(b->hashbuf);
 	free(b->present);
 	free(b->filling);
 	free(b->checked);
@@ -920,6 +918,76 @@ int cache_blob_sync(struct cache_blob *b)
 	return cache_blob_flush(b, true);
 }
 
+/* Each thread's buffer for reading chunks back, to hash or check them
+ * (freed at its exit). */
+static pthread_once_t io_buf_once = PTHREAD_ONCE_INIT;
+static pthread_key_t io_buf_key;
+
+static void io_buf_key_make(void)
+{
+	pthread_key_create(&io_buf_key, free);
+}
+
+/* The calling thread's buffer of BLOB_IO_BUFFER bytes, or NULL. */
+static unsigned char *io_buf(void)
+{
+	unsigned char *buf;
+
+	pthread_once(&io_buf_once, io_buf_key_make);
+	buf = pthread_getspecific(io_buf_key);
+	if (!buf) {
+		buf = aligned_alloc(BLOB_IO_ALIGN, BLOB_IO_BUFFER);
+		if (buf && pthread_setspecific(io_buf_key, buf)) {
+			free(buf);
+			buf = NULL;
+		}
+	}
+	return buf;
+}
+
+/* Reads [@off, @end) of the blob file in pieces and hands each to @eat
+ * (which returns 0 or -errno).  Called with io read-held. */
+static int file_feed(struct cache_blob *b, uint64_t off, uint64_t end,
+		     int (*eat)(void *arg, const unsigned char *p, size_t n), void *arg)
+{
+	unsigned char stack[BLOB_CRC_BUFFER] __attribute__((aligned(BLOB_IO_ALIGN)));
+	unsigned char *buf = io_buf();
+	size_t max = buf ? BLOB_IO_BUFFER : sizeof(stack);
+	int err = 0;
+
+	if (!buf)
+		buf = stack;
+	while (!err && off < end) {
+		size_t n = end - off < max ? (size_t)(end - off) : max;
+		ssize_t r = blob_pread(b, buf, n, off);
+
+		err = r < 0 ? (int)r : eat(arg, buf, n);
+		off += n;
+	}
+	return err;
+}
+
+static int crc_eat(void *arg, const unsigned char *p, size_t n)
+{
+	uint32_t *crc = arg;
+
+	*crc = cache_crc32c(*crc, p, n);
+	return 0;
+}
+
+static int hash_eat(void *arg, const unsigned char *p, size_t n)
+{
+	return cache_hasher_update(arg, p, n);
+}
+
+/* The CRC32C of chunk @i as the file holds it, in *@crc.  Called with io
+ * read-held.  Returns 0 or -errno. */
+static int chunk_crc_file(struct cache_blob *b, uint64_t i, uint32_t *crc)
+{
+	*crc = 0;
+	return file_feed(b, chunk_start(b, i), chunk_end(b, i), crc_eat, crc);
+}
+
 /*
  * Verification.  A running hash follows the leading chunks that are present:
  * a blob filled in order is hashed as it arrives (from the writer's memory
@@ -974,13 +1042,8 @@ static int hash_chunk(struct cache_blob *b, struct cache_hasher *h, uint64_t i, 
 		err = cache_hasher_update(h, m->p + (off - m->off), (size_t)(end - off));
 		off = end;
 	}
-	while (!err && off < end) {
-		size_t n = end - off < BLOB_HASH_BUFFER ? (size_t)(end - off) : BLOB_HASH_BUFFER;
-		ssize_t r = blob_pread(b, b->hashbuf, n, off);
-
-		err = r < 0 ? (int)r : cache_hasher_update(h, b->hashbuf, n);
-		off += n;
-	}
+	if (!err && off < end)
+		err = file_feed(b, off, end, hash_eat, h);
 	pthread_rwlock_unlock(&b->io);
 	return err;
 }
@@ -1007,13 +1070,11 @@ static int blob_hash(struct cache_blob *b, const struct hash_mem *m, bool catch_
 		pthread_mutex_unlock(&b->lock);
 		return 0;
 	}
-	if (!b->hashbuf)
-		b->hashbuf = aligned_alloc(BLOB_IO_ALIGN, BLOB_HASH_BUFFER);
-	if (b->hashbuf && !b->hasher) {
+	if (!b->hasher) {
 		b->hasher = cache_hasher_new(b->kind, b->size, &err);
 		b->hashed = 0;
 	}
-	if (!b->hashbuf || !b->hasher) {
+	if (!b->hasher) {
 		pthread_mutex_unlock(&b->lock);
 		return err ? err : -ENOMEM;
 	}
@@ -1102,56 +1163,6 @@ static int blob_settle(struct cache_blob *b)
 /*
  * Writes, fills, reads.
  */
-
-/* Each thread's buffer for reading chunks back (freed at its exit). */
-static pthread_once_t crc_buf_once = PTHREAD_ONCE_INIT;
-static pthread_key_t crc_buf_key;
-
-static void crc_buf_key_make(void)
-{
-	pthread_key_create(&crc_buf_key, free);
-}
-
-/* The calling thread's buffer of BLOB_IO_BUFFER bytes, or NULL. */
-static unsigned char *crc_buf(void)
-{
-	unsigned char *buf;
-
-	pthread_once(&crc_buf_once, crc_buf_key_make);
-	buf = pthread_getspecific(crc_buf_key);
-	if (!buf) {
-		buf = aligned_alloc(BLOB_IO_ALIGN, BLOB_IO_BUFFER);
-		if (buf && pthread_setspecific(crc_buf_key, buf)) {
-			free(buf);
-			buf = NULL;
-		}
-	}
-	return buf;
-}
-
-/* The CRC32C of chunk @i as the file holds it, in *@crc.  Called with io
- * read-held.  Returns 0 or -errno. */
-static int chunk_crc_file(struct cache_blob *b, uint64_t i, uint32_t *crc)
-{
-	unsigned char stack[BLOB_CRC_BUFFER] __attribute__((aligned(BLOB_IO_ALIGN)));
-	unsigned char *buf = crc_buf();
-	size_t max = buf ? BLOB_IO_BUFFER : sizeof(stack);
-	uint64_t off = chunk_start(b, i), end = chunk_end(b, i);
-
-	if (!buf)
-		buf = stack;
-	*crc = 0;
-	while (off < end) {
-		size_t n = end - off < max ? (size_t)(end - off) : max;
-		ssize_t r = blob_pread(b, buf, n, off);
-
-		if (r < 0)
-			return (int)r;
-		*crc = cache_crc32c(*crc, buf, n);
-		off += n;
-	}
-	return 0;
-}
 
 /* Records that [off, end) was written to the chunks [first, last]; @crcs
  * holds the CRC of each chunk that [off, end) covers whole (index i -
@@ -1481,8 +1492,6 @@ static int blob_ensure(struct cache_blob *b, uint64_t first, uint64_t last, cach
 	return err;
 }
 
-/* What is due for @b in the background: advancing its running hash,
- * persisting its presence. */
 /* The chunks the worker may hash: those BLOB_HASH_LAG behind the furthest
  * read.  Before any read, none: the fill that completes a blob nobody read
  * (a prefetched small file) hashes it when it settles. */
@@ -1492,6 +1501,9 @@ static uint64_t blob_hash_limit(struct cache_blob *b)
 
 	return end > BLOB_HASH_LAG ? (end - BLOB_HASH_LAG) >> b->c->chunk_shift : 0;
 }
+
+/* What is due for @b in the background: advancing its running hash,
+ * persisting its presence. */
 
 static bool blob_work_due(struct cache_blob *b)
 {

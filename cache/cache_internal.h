@@ -155,7 +155,6 @@ struct cache_blob {
 					outside it by the thread that set hashing */
 	uint64_t hashed;	     /* leading chunks fed to it; protected by lock */
 	uint64_t read_end;	     /* the furthest end of a read served; atomic */
-	unsigned char *hashbuf;	     /* used by the thread that set hashing */
 	bool queued;		     /* waits for the worker; protected by c->work_lock */
 	struct cache_blob *work_next; /* protected by c->work_lock */
 };
